@@ -1,0 +1,51 @@
+"""quantswap: binarize or ternarize a pretrained PyTorch vision model in one line.
+
+Example:
+    >>> import torch, quantswap
+    >>> from torchvision.models import resnet18
+    >>> bnn = quantswap.binarize(resnet18(), method="irnet")
+    >>> bnn(torch.randn(1, 3, 64, 64)).shape
+    torch.Size([1, 1000])
+"""
+
+from quantswap._registry import list_methods as list_methods
+from quantswap.api import SwapReport as SwapReport
+from quantswap.api import binarize as binarize
+from quantswap.api import get_swap_report as get_swap_report
+from quantswap.api import set_progress as set_progress
+from quantswap.api import swap as swap
+from quantswap.api import ternarize as ternarize
+from quantswap.config import QuantConfig as QuantConfig
+from quantswap.config import config_from_dict as config_from_dict
+from quantswap.fx.tracer import UntraceableModelError as UntraceableModelError
+from quantswap.fx.tracer import register_leaf_module as register_leaf_module
+from quantswap.methods import BiRealConfig as BiRealConfig
+from quantswap.methods import IRNetConfig as IRNetConfig
+from quantswap.methods import McDonnellConfig as McDonnellConfig
+from quantswap.methods import TernaryConfig as TernaryConfig
+from quantswap.methods import XnorConfig as XnorConfig
+from quantswap.summary import ModelSummary as ModelSummary
+from quantswap.summary import summary as summary
+from quantswap.version import __version__ as __version__
+
+__all__ = [
+    "BiRealConfig",
+    "IRNetConfig",
+    "McDonnellConfig",
+    "ModelSummary",
+    "QuantConfig",
+    "SwapReport",
+    "TernaryConfig",
+    "UntraceableModelError",
+    "XnorConfig",
+    "__version__",
+    "binarize",
+    "config_from_dict",
+    "get_swap_report",
+    "list_methods",
+    "register_leaf_module",
+    "set_progress",
+    "summary",
+    "swap",
+    "ternarize",
+]

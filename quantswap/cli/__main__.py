@@ -1,0 +1,5 @@
+import sys
+
+from quantswap.cli import main
+
+sys.exit(main())

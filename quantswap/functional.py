@@ -1,0 +1,196 @@
+"""Pure quantization math: sign with straight-through estimators, scales and ternarization.
+
+Every function here is stateless and works on plain tensors; the `quantswap.nn` modules and the
+methods in `quantswap.methods` are built from them.
+
+Sign convention: quantswap's ``sign`` maps 0 to +1 (``sign(x) = +1 if x >= 0 else -1``), so a
+binarized tensor holds exactly two values and packs into one bit per element. ``torch.sign`` maps 0
+to 0, which would silently make a binary weight ternary.
+
+The backward rules (METHODS.md §0):
+
+========================  ==========================================  ==================
+estimator                 d sign(x) / dx                              used by
+========================  ==========================================  ==================
+``clipped``               ``1[|x| <= 1]``                             XNOR-Net, Bi-Real weights
+``approx``                ``max(0, 2 - 2|x|)`` (ApproxSign)           Bi-Real activations
+``ede``                   ``k * t * (1 - tanh(t x)^2)``               IR-Net
+``identity``              ``1``                                       McDonnell
+========================  ==========================================  ==================
+
+Example:
+    >>> import torch
+    >>> from quantswap.functional import sign, sign_ste
+    >>> sign(torch.tensor([-0.5, 0.0, 2.0]))
+    tensor([-1.,  1.,  1.])
+    >>> x = torch.tensor([-2.0, -0.5, 0.5, 2.0], requires_grad=True)
+    >>> sign_ste(x, "approx").sum().backward()
+    >>> x.grad
+    tensor([0., 1., 1., 0.])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "ESTIMATORS",
+    "sign",
+    "sign_ste",
+    "sign_ede",
+    "scaled_sign_identity",
+    "per_channel_mean_abs",
+    "ede_schedule",
+    "ternary_levels",
+    "ternary_expand",
+]
+
+ESTIMATORS = ("clipped", "approx", "identity")
+
+
+def sign(x: torch.Tensor) -> torch.Tensor:
+    """Binary sign with ``sign(0) = +1``; no gradient rule (use :func:`sign_ste` for training)."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def _surrogate_grad(x: torch.Tensor, estimator: str) -> torch.Tensor:
+    if estimator == "clipped":
+        return (x.abs() <= 1).to(x.dtype)
+    if estimator == "approx":
+        return (2.0 - 2.0 * x.abs()).clamp_min(0.0)
+    raise AssertionError(estimator)  # identity never reaches here
+
+
+class _SignSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, estimator: str) -> torch.Tensor:
+        ctx.estimator = estimator
+        if estimator != "identity":
+            ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.estimator == "identity":
+            return grad, None
+        (x,) = ctx.saved_tensors
+        return grad * _surrogate_grad(x, ctx.estimator), None
+
+
+def sign_ste(x: torch.Tensor, estimator: str = "clipped") -> torch.Tensor:
+    """``sign(x)`` forward, the named straight-through estimator backward.
+
+    Args:
+        x: any tensor.
+        estimator: ``"clipped"`` (``1[|x| <= 1]``), ``"approx"`` (Bi-Real's ApproxSign,
+            ``max(0, 2 - 2|x|)``) or ``"identity"``.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+    return _SignSTE.apply(x, estimator)
+
+
+class _SignEDE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, k: float, t: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.k, ctx.t = k, t
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        k, t = ctx.k, ctx.t
+        return grad * (k * t) * (1.0 - torch.tanh(x * t).square()), None, None
+
+
+def sign_ede(x: torch.Tensor, k: float, t: float) -> torch.Tensor:
+    """IR-Net's Error Decay Estimator: ``sign(x)`` forward, ``k·t·(1 − tanh²(t·x))`` backward."""
+    return _SignEDE.apply(x, k, t)
+
+
+def ede_schedule(progress: float, t_min: float = 0.1, t_max: float = 10.0) -> tuple[float, float]:
+    """IR-Net's EDE schedule at a training ``progress`` in [0, 1]: returns ``(k, t)``.
+
+    ``t = t_min · 10^(progress · log10(t_max / t_min))`` and ``k = max(1/t, 1)`` (METHODS.md §2.3).
+
+    Example:
+        >>> ede_schedule(0.0)
+        (10.0, 0.1)
+        >>> ede_schedule(1.0)
+        (1.0, 10.0)
+    """
+    t = t_min * 10 ** (progress * math.log10(t_max / t_min))
+    if progress == 1.0:
+        t = t_max  # avoid 9.999999999999998 from the float power
+    return max(1.0 / t, 1.0), t
+
+
+class _ScaledSignIdentity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, scale: float) -> torch.Tensor:
+        return sign(w) * scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def scaled_sign_identity(w: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale · sign(w)`` forward; backward passes the gradient through unchanged (not scaled).
+
+    McDonnell's rule (METHODS.md §4.1): ``∂L/∂W = ∂L/∂Ŵ``, the constant is not applied to the gradient.
+    """
+    return _ScaledSignIdentity.apply(w, scale)
+
+
+def per_channel_mean_abs(w: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel ``mean|W|``, shaped to broadcast against ``w`` (``[C_out, 1, ...]``)."""
+    return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
+
+
+@torch.no_grad()
+def ternary_levels(w: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ternarization branch: codes in {-1, 0, +1} and the per-layer scale ``α``.
+
+    ``δ = threshold · max|W|``; a weight is non-zero when ``|W| >= δ``, with the sign of ``W``;
+    ``α = mean(|W| : |W| >= δ)`` (METHODS.md §5.1). The authors' code maps ``W = −δ`` exactly to 0,
+    an asymmetry of measure zero that quantswap does not copy: here ``±δ`` both map to ``±1``.
+    """
+    mag = w.abs()
+    delta = threshold * mag.max()
+    mask = mag >= delta
+    codes = torch.where(mask, sign(w), torch.zeros((), dtype=w.dtype, device=w.device))
+    alpha = (mag * mask).sum() / mask.sum().clamp_min(1)
+    return codes, alpha
+
+
+class _TernaryExpand(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, thresholds: tuple[float, ...]) -> torch.Tensor:
+        ctx.save_for_backward(w)
+        ctx.branches = len(thresholds)
+        out = torch.zeros_like(w)
+        for tau in thresholds:
+            codes, alpha = ternary_levels(w, tau)
+            out.add_(codes, alpha=float(alpha))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (w,) = ctx.saved_tensors
+        return grad * (w.abs() < 1).to(grad.dtype) * ctx.branches, None
+
+
+def ternary_expand(w: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor:
+    """Residual-expansion ternary weight: ``Σ_b α_b · T_b(W)``, one branch per threshold.
+
+    Summing the branch weights and running one convolution equals summing ``t`` branch
+    convolutions (convolution is linear), at a ``t``-th of the cost. Backward is the
+    straight-through estimator of every branch added up: ``∂L/∂W = t · g · 1[|W| < 1]``;
+    ``α`` and ``δ`` are not differentiated (METHODS.md §5.1-5.2).
+    """
+    return _TernaryExpand.apply(w, tuple(thresholds))

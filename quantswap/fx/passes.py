@@ -1,0 +1,177 @@
+"""The graph passes of a swap. Each edits the model's module tree and/or its traced graphs; a
+model traced in train and eval mode has two graphs over one module tree, and every pass edits both
+the same way."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import fx, nn
+from torch.nn import functional as F
+
+from quantswap.config import QuantConfig
+from quantswap.fx.analysis import reaches, weight_layer_sites
+from quantswap.fx.utils import get_module, parent_name, set_module
+from quantswap.nn.blocks import bireal_shortcut
+from quantswap.nn.layers import QuantConv2d, QuantLayer, QuantLinear
+
+__all__ = [
+    "swap_layers",
+    "quantize_weight_reads",
+    "replace_activations",
+    "add_bireal_shortcuts",
+    "freeze_bn_affine",
+]
+
+_RELU_MODULES = (nn.ReLU, nn.ReLU6)
+_RELU_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6}
+_RELU_METHODS = {"relu", "relu_"}
+
+
+def swap_layers(root: nn.Module, targets: Sequence[str], config: QuantConfig) -> None:
+    """Replace each Conv2d/Linear named in ``targets`` by its quantized twin (same parameters)."""
+    for target in targets:
+        layer = get_module(root, target)
+        cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
+        set_module(root, target, cls.from_float(layer, config.weight_quantizer(layer), config.input_quantizer()))
+
+
+def quantize_weight_reads(graph: fx.Graph, quantized: set[str]) -> None:
+    """Where a quantized layer's weight is read directly (``get_attr``), read its quantized weight."""
+    for node in list(graph.nodes):
+        if node.op == "get_attr" and node.target.endswith(".weight"):
+            owner = node.target[: -len(".weight")]
+            if owner in quantized:
+                with graph.inserting_after(node):
+                    q = graph.call_module(f"{owner}.weight_quantizer", (node,))
+                node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return type(modules.get(node.target)) in _RELU_MODULES  # exact type: a subclass may do more
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS
+    return node.op == "call_method" and node.target in _RELU_METHODS
+
+
+def replace_activations(
+    root: nn.Module, graphs: Sequence[fx.Graph], factory: Callable[[], nn.Module]
+) -> list[str]:
+    """Replace every ReLU whose output reaches a quantized layer's input (no weight layer between).
+
+    A ReLU module is replaced at its name, so all its call sites change together; a functional
+    ``relu`` becomes a call of a new module ``quantswap_act_<node>``, or disappears when the
+    replacement is ``nn.Identity``. Returns the names replaced.
+    """
+    modules = dict(root.named_modules())
+    replaced: dict[str, None] = {}
+    for graph in graphs:
+        sites = weight_layer_sites(graph, modules)
+        feeding = reaches(
+            graph,
+            is_target=lambda n: n.op == "call_module" and isinstance(modules.get(n.target), QuantLayer),
+            is_barrier=lambda n: n in sites,
+        )
+        for node in list(graph.nodes):
+            if node not in feeding or not _is_relu(node, modules):
+                continue
+            if node.op == "call_module":
+                replaced[node.target] = None
+                continue
+            name = f"quantswap_act_{node.name}"
+            replaced[name] = None
+            if factory is nn.Identity:
+                node.replace_all_uses_with(node.args[0])
+            else:
+                if not hasattr(root, name):
+                    root.add_module(name, factory())
+                with graph.inserting_before(node):
+                    new = graph.call_module(name, (node.args[0],))
+                node.replace_all_uses_with(new)
+            graph.erase_node(node)
+    for target in replaced:
+        if target in modules:
+            set_module(root, target, factory())
+    return list(replaced)
+
+
+def _keeps_spatial_grid(conv: nn.Conv2d) -> bool:
+    """Output size is ``ceil(H / stride)``: "same"-style padding, ``2p == d·(k − 1)`` per axis."""
+    if isinstance(conv.padding, str):
+        return conv.padding == "same"
+    return all(2 * p == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size))
+
+
+def add_bireal_shortcuts(root: nn.Module, graphs: Sequence[fx.Graph], convs: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Give each binary conv (and the BatchNorm right after it) its own real-valued shortcut.
+
+    ``y = BN(conv(x))`` becomes ``y = BN(conv(x)) + shortcut(x)``; the shortcut is the identity
+    where shapes match and ``AvgPool → 1×1 conv → BN`` (module ``<conv>_shortcut``) where they do not.
+    Returns the convs that got a shortcut, and those that could not, with the reason.
+    """
+    done, skipped = [], {}
+    shortcut_targets: dict[str, str | None] = {}
+    for target in convs:
+        conv = get_module(root, target)
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        if not _keeps_spatial_grid(conv):
+            skipped[target] = f"padding {conv.padding} does not keep the grid, so no shortcut fits"
+            continue
+        stride = conv.stride[0]
+        if conv.stride[0] != conv.stride[1]:
+            skipped[target] = f"unequal strides {conv.stride}"
+            continue
+        if conv.in_channels == conv.out_channels and stride == 1:
+            shortcut_targets[target] = None
+        else:
+            parent, name = parent_name(target)
+            sc_target = f"{parent}.{name}_shortcut" if parent else f"{name}_shortcut"
+            module = bireal_shortcut(conv.in_channels, conv.out_channels, stride).to(conv.weight.device)
+            set_module(root, sc_target, module)
+            shortcut_targets[target] = sc_target
+        done.append(target)
+    modules = dict(root.named_modules())
+    for graph in graphs:
+        for node in list(graph.nodes):
+            if node.op != "call_module" or node.target not in shortcut_targets:
+                continue
+            x = node.args[0]
+            out = node
+            users = list(node.users)
+            if len(users) == 1 and users[0].op == "call_module" and isinstance(modules.get(users[0].target), nn.BatchNorm2d):
+                out = users[0]
+            sc_target = shortcut_targets[node.target]
+            with graph.inserting_after(out):
+                shortcut = graph.call_module(sc_target, (x,)) if sc_target else x
+            with graph.inserting_after(shortcut if sc_target else out):
+                add = graph.call_function(operator.add, (out, shortcut))
+            out.replace_all_uses_with(add, delete_user_cb=lambda user: user is not add)
+    return done, skipped
+
+
+def freeze_bn_affine(root: nn.Module, graphs: Sequence[fx.Graph], convs: Sequence[str]) -> list[str]:
+    """BatchNorms right after a quantized conv lose their learned scale and offset (γ = 1, β = 0)."""
+    modules = dict(root.named_modules())
+    convs = set(convs)
+    targets: dict[str, None] = {}
+    for graph in graphs:
+        for node in graph.nodes:
+            if node.op == "call_module" and node.target in convs:
+                for user in node.users:
+                    if user.op == "call_module" and type(modules.get(user.target)) is nn.BatchNorm2d:
+                        targets[user.target] = None
+    for target in targets:
+        bn = modules[target]
+        new = nn.BatchNorm2d(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=False,
+                             track_running_stats=bn.track_running_stats, device=bn.running_mean.device
+                             if bn.running_mean is not None else None)
+        if bn.track_running_stats:
+            new.running_mean.copy_(bn.running_mean)
+            new.running_var.copy_(bn.running_var)
+            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+        set_module(root, target, new)
+    return list(targets)

@@ -1,0 +1,78 @@
+"""Bi-Real Net (Liu et al., ECCV 2018), as in liuzechun/Bi-Real-net (METHODS.md §3).
+
+* Activations: ``sign(x)`` with the ApproxSign backward ``max(0, 2 − 2|x|)``.
+* Weights: ``α · sign(W)``, ``α = mean|W|`` per output channel, detached, with the paper's
+  **magnitude-aware** gradient ``∂L/∂W = α · 1[|W| ≤ 1] · g`` (as Larq's ``MagnitudeAwareSign``).
+  The authors' PyTorch code drops the ``α`` factor (``1[|W| ≤ 1] · g``) and their Caffe code uses
+  the identity; quantswap follows the paper.
+* Structure, made by rewriting the graph: every binary convolution, with the BatchNorm right after
+  it, gets its own real-valued shortcut, ``out = BN(conv(sign(x))) + shortcut(x)``: the identity
+  where shapes match, ``AvgPool2d → 1×1 conv → BN`` where they do not. ReLUs feeding binary layers
+  are removed (the Bi-Real body has no nonlinearity but ``sign``). The model's own residual
+  connections stay. Downsample convolutions (1×1, stride > 1) stay real, as in the paper.
+
+Example:
+    >>> import quantswap
+    >>> from torchvision.models import resnet18
+    >>> bnn = quantswap.binarize(resnet18(), method="bireal")
+    >>> len(bnn.meta["quantswap"].shortcuts)
+    16
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from quantswap import functional as QF
+from quantswap._registry import register_method
+from quantswap.config import QuantConfig
+from quantswap.methods.irnet import is_downsample_conv
+from quantswap.nn.quantizers import BinaryWeightQuantizer, SignActivation
+
+__all__ = ["BiRealConfig", "BiRealWeight"]
+
+
+class BiRealWeight(BinaryWeightQuantizer):
+    """``α · sign(W)``, ``α = mean|W|`` per output channel (detached): ``∂L/∂W = α·1[|W| ≤ 1]·g``."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return QF.per_channel_mean_abs(w).detach() * QF.sign_ste(w, "clipped")
+
+    @torch.no_grad()
+    def binarize(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return w >= 0, QF.per_channel_mean_abs(w)
+
+
+@register_method
+@dataclasses.dataclass
+class BiRealConfig(QuantConfig):
+    """Bi-Real: W1/A1 with a shortcut around every binary conv.
+
+    Args:
+        keep_downsample: keep 1×1 stride-2 projection convs real (they get no shortcut).
+    """
+
+    method = "bireal"
+    default_activations = True
+    supports_binary_activations = True
+
+    keep_downsample: bool = True
+
+    def weight_quantizer(self, layer: nn.Module) -> nn.Module:
+        return BiRealWeight()
+
+    def input_quantizer(self) -> nn.Module | None:
+        return SignActivation("approx") if self.activations else None
+
+    def activation_replacement(self):
+        return nn.Identity if self.activations else None
+
+    def keep_real(self, layer: nn.Module) -> bool:
+        return self.keep_downsample and is_downsample_conv(layer)
+
+    @property
+    def adds_shortcuts(self) -> bool:
+        return True

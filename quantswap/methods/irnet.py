@@ -1,0 +1,112 @@
+"""IR-Net (Qin et al., CVPR 2020), as in htqin/IR-Net (METHODS.md §2).
+
+* Weights (Libra-PB), per output channel: balance ``Ŵ = W − mean(W)``, standardize
+  ``Ŵ_std = Ŵ / std(Ŵ)`` (unbiased std, as in the code; mean and std are differentiated), scale
+  ``s = 2^round(log2(mean|Ŵ_std|))`` (detached), ``Q_w = s · sign(Ŵ_std)``. quantswap clamps the std
+  at 1e-12 so an all-constant filter gives a zero weight instead of NaN (the code has no ε).
+* Backward through ``sign`` (weights and activations): the Error Decay Estimator
+  ``k·t·(1 − tanh²(t·x))``, with ``t = T_min·10^(p·log10(T_max/T_min))`` and ``k = max(1/t, 1)`` at
+  training progress ``p`` (``quantswap.set_progress``); defaults ``T_min = 0.1``, ``T_max = 10``.
+* W1/A1 (default): activations ``sign(x)`` with the same EDE, and each ReLU feeding a binary layer
+  becomes ``Hardtanh`` (README: "Hardtanh replaces ReLU"). ``activations=False`` gives W1/A32 and
+  keeps ReLU, as the authors' 1w32a models do.
+* Downsample convolutions (1×1, stride > 1) stay real, as in the authors' ResNets
+  (``keep_downsample=False`` binarizes them too).
+
+Example:
+    >>> import quantswap
+    >>> from torchvision.models import resnet18
+    >>> bnn = quantswap.binarize(resnet18(), method="irnet")
+    >>> quantswap.set_progress(bnn, 1.0)
+    >>> (bnn.layer1[0].conv1.weight_quantizer.k, bnn.layer1[0].conv1.weight_quantizer.t)
+    (1.0, 10.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from quantswap import functional as QF
+from quantswap._registry import register_method
+from quantswap.config import QuantConfig
+from quantswap.nn.quantizers import BinaryWeightQuantizer, EDESignActivation, ScheduledQuantizer
+
+__all__ = ["IRNetConfig", "IRNetWeight", "is_downsample_conv"]
+
+
+def is_downsample_conv(layer: nn.Module) -> bool:
+    """A 1×1 convolution with stride > 1: a ResNet-style projection shortcut."""
+    return isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and max(layer.stride) > 1
+
+
+class IRNetWeight(BinaryWeightQuantizer, ScheduledQuantizer):
+    """Libra-PB: ``s · sign(standardize(W − mean W))`` per output channel, EDE backward."""
+
+    def __init__(self, t_min: float = 0.1, t_max: float = 10.0):
+        super().__init__()
+        self.t_min, self.t_max = t_min, t_max
+        self.set_progress(0.0)
+
+    def set_progress(self, progress: float) -> None:
+        self.k, self.t = QF.ede_schedule(progress, self.t_min, self.t_max)
+
+    @staticmethod
+    def standardize(w: torch.Tensor) -> torch.Tensor:
+        flat = w.flatten(1)
+        balanced = flat - flat.mean(dim=1, keepdim=True)
+        return (balanced / balanced.std(dim=1, keepdim=True).clamp_min(1e-12)).view_as(w)
+
+    @staticmethod
+    def power_of_two_scale(w_std: torch.Tensor) -> torch.Tensor:
+        return torch.exp2(torch.round(torch.log2(QF.per_channel_mean_abs(w_std.detach()))))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        w_std = self.standardize(w)
+        return self.power_of_two_scale(w_std) * QF.sign_ede(w_std, self.k, self.t)
+
+    @torch.no_grad()
+    def binarize(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w_std = self.standardize(w)
+        return w_std >= 0, self.power_of_two_scale(w_std)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k:.4g}, t={self.t:.4g}"
+
+
+@register_method
+@dataclasses.dataclass
+class IRNetConfig(QuantConfig):
+    """IR-Net: W1/A1 by default, W1/A32 with ``activations=False``.
+
+    Args:
+        t_min, t_max: the EDE schedule's end points (METHODS.md §2.3).
+        keep_downsample: keep 1×1 stride-2 projection convs real.
+    """
+
+    method = "irnet"
+    default_activations = True
+    supports_binary_activations = True
+
+    t_min: float = 0.1
+    t_max: float = 10.0
+    keep_downsample: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.t_min < self.t_max:
+            raise ValueError(f"EDE needs 0 < t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}")
+
+    def weight_quantizer(self, layer: nn.Module) -> nn.Module:
+        return IRNetWeight(self.t_min, self.t_max)
+
+    def input_quantizer(self) -> nn.Module | None:
+        return EDESignActivation(self.t_min, self.t_max) if self.activations else None
+
+    def activation_replacement(self):
+        return nn.Hardtanh if self.activations else None
+
+    def keep_real(self, layer: nn.Module) -> bool:
+        return self.keep_downsample and is_downsample_conv(layer)

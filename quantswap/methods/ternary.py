@@ -1,0 +1,103 @@
+"""Ternary weights with residual expansion layers (He, Gong, Fan, WACV 2019), as in
+elliothe/Ternarized_Neural_Network (METHODS.md §5).
+
+* Per branch ``b`` (per layer): ``δ_b = τ_b · max|W|``, ``α_b = mean(|W| : |W| ≥ δ_b)``,
+  ``T_b = sign(W) · 1[|W| ≥ δ_b]``. The layer's weight is ``Σ_b α_b · T_b`` over ``t = expansion``
+  branches with increasing thresholds ``τ = 0.05, 0.10, 0.15, 0.20`` (the authors' REL: the *same*
+  latent weight ternarized with each threshold, not the residual of the previous branch).
+* Backward: straight-through, ``1[|W| < 1] · g`` per branch, summed over branches; ``α`` and ``δ``
+  are constants. Activations and BatchNorm stay real.
+* The sum of branch weights is convolved once; that equals the sum of ``t`` branch convolutions.
+  (The authors' Linear adds its bias once per branch; quantswap adds it once.)
+
+Example:
+    >>> import quantswap
+    >>> from torchvision.models import resnet18
+    >>> tnn = quantswap.ternarize(resnet18(), expansion=2)
+    >>> tnn.layer1[0].conv1.weight_quantizer.thresholds
+    (0.05, 0.1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from quantswap import functional as QF
+from quantswap._registry import register_method
+from quantswap.config import QuantConfig
+
+__all__ = ["TernaryConfig", "TernaryWeight", "DEFAULT_THRESHOLDS"]
+
+DEFAULT_THRESHOLDS = (0.05, 0.10, 0.15, 0.20)
+
+
+class TernaryWeight(nn.Module):
+    """``Σ_b α_b · T_b(W)`` over the thresholds, straight-through backward."""
+
+    scale_granularity = "tensor"
+
+    def __init__(self, thresholds: tuple[float, ...] = (0.05,)):
+        super().__init__()
+        self.thresholds = tuple(thresholds)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return QF.ternary_expand(w, self.thresholds)
+
+    @torch.no_grad()
+    def ternarize(self, w: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per branch, ``(codes, alpha)`` with codes in {-1, 0, +1}; the forward is ``Σ α·codes``."""
+        return [QF.ternary_levels(w, tau) for tau in self.thresholds]
+
+    def extra_repr(self) -> str:
+        return f"thresholds={self.thresholds}"
+
+
+@register_method
+@dataclasses.dataclass
+class TernaryConfig(QuantConfig):
+    """Ternary weights, real activations.
+
+    Args:
+        expansion: number of residual-expansion branches ``t`` (1 to 4 with the default thresholds).
+        thresholds: ``τ_b`` per branch, strictly increasing in (0, 1); default
+            ``(0.05, 0.10, 0.15, 0.20)[:expansion]``.
+    """
+
+    method = "ternary"
+
+    expansion: int = 1
+    thresholds: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.expansion, bool) or not isinstance(self.expansion, int) or self.expansion < 1:
+            raise ValueError(f"expansion must be a positive integer (1 to 4), got {self.expansion!r}")
+        if self.thresholds is None:
+            if self.expansion > len(DEFAULT_THRESHOLDS):
+                raise ValueError(
+                    f"expansion={self.expansion} has no default thresholds (defaults cover 1 to "
+                    f"{len(DEFAULT_THRESHOLDS)}); pass thresholds=(...) with {self.expansion} values"
+                )
+            self.thresholds = DEFAULT_THRESHOLDS[: self.expansion]
+        try:
+            self.thresholds = tuple(float(t) for t in self.thresholds)
+        except (TypeError, ValueError):
+            raise TypeError(f"thresholds must be a sequence of numbers, got {self.thresholds!r}") from None
+        if len(self.thresholds) != self.expansion:
+            raise ValueError(
+                f"thresholds has {len(self.thresholds)} values but expansion={self.expansion}; give one per branch"
+            )
+        if not all(0 < t < 1 for t in self.thresholds) or any(
+            a >= b for a, b in zip(self.thresholds, self.thresholds[1:])
+        ):
+            raise ValueError(f"thresholds must be strictly increasing values in (0, 1), got {self.thresholds}")
+
+    def weight_quantizer(self, layer: nn.Module) -> nn.Module:
+        return TernaryWeight(self.thresholds)
+
+    @property
+    def weight_bits(self) -> int:
+        return 2 * self.expansion

@@ -1,0 +1,161 @@
+"""A bit-aware summary of a model: per layer its bits, parameters, binary and float operations;
+totals of parameters by bit width, theoretical size, compression and OPs (METHODS.md §7)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from quantswap.fx.analysis import WEIGHT_LAYER_TYPES
+from quantswap.methods.ternary import TernaryWeight
+from quantswap.nn.layers import QuantLayer
+
+__all__ = ["LayerSummary", "ModelSummary", "summary", "layer_bits"]
+
+
+@dataclasses.dataclass
+class LayerSummary:
+    name: str
+    kind: str
+    weight_bits: int
+    activation_bits: int
+    params: int
+    bops: int  # binary multiply-accumulates: binary weights times binary activations
+    flops: int  # real-valued multiply-accumulates (as the papers count "FLOPs")
+
+
+@dataclasses.dataclass
+class ModelSummary:
+    """The result of :func:`summary`; ``str()`` renders it as a table.
+
+    Sizes count every parameter and floating buffer (BatchNorm statistics) a checkpoint must hold:
+    quantized weights at their bit width plus one 32-bit scale per scale value, everything else at
+    ``fp_bits``.
+    """
+
+    layers: list[LayerSummary]
+    params_by_bits: dict[int, int]  # bit width -> number of parameters stored at that width
+    buffers: int  # floating buffer elements (BatchNorm running statistics)
+    scales: int  # 32-bit scale values of the quantized layers
+    size_bytes: float  # theoretical size
+    fp32_size_bytes: float  # the same model with every tensor in float32
+    bops: int
+    flops: int
+    fp_flops: int  # MACs of the same model run entirely in floating point
+
+    @property
+    def params(self) -> int:
+        return sum(self.params_by_bits.values())
+
+    @property
+    def compression(self) -> float:
+        return self.fp32_size_bytes / self.size_bytes
+
+    @property
+    def ops(self) -> float:
+        """``BOPs / 64 + FLOPs``: 64 binary operations per 64-bit instruction."""
+        return self.bops / 64 + self.flops
+
+    def __str__(self) -> str:
+        head = ("layer", "kind", "W", "A", "params", "BOPs", "FLOPs")
+        rows = [(s.name, s.kind, str(s.weight_bits), str(s.activation_bits), f"{s.params:,}", f"{s.bops:,}",
+                 f"{s.flops:,}") for s in self.layers]
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        fmt = "  ".join(f"{{:{'<' if i < 2 else '>'}{w}}}" for i, w in enumerate(widths))
+        lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+        lines += [fmt.format(*r) for r in rows]
+        by_bits = ", ".join(f"{n:,} at {b} bit" for b, n in sorted(self.params_by_bits.items()))
+        lines += [
+            "",
+            f"parameters: {self.params:,} ({by_bits}); buffers: {self.buffers:,}; scales: {self.scales:,}",
+            f"theoretical size: {self.size_bytes / 1e6:.3f} MB (FP32 {self.fp32_size_bytes / 1e6:.3f} MB, "
+            f"{self.compression:.2f}x smaller)",
+            f"BOPs {self.bops:.3e}, FLOPs {self.flops:.3e}, OPs = BOPs/64 + FLOPs = {self.ops:.3e} "
+            f"(FP {self.fp_flops:.3e}, {self.fp_flops / max(self.ops, 1):.2f}x fewer)",
+        ]
+        return "\n".join(lines)
+
+
+def layer_bits(module: nn.Module) -> tuple[int, int, int]:
+    """``(weight bits, activation bits, number of 32-bit scale values)`` of a layer."""
+    if not isinstance(module, QuantLayer):
+        return 32, 32, 0
+    quantizer = module.weight_quantizer
+    act_bits = 1 if module.input_quantizer is not None else 32
+    if isinstance(quantizer, TernaryWeight):
+        return 2 * len(quantizer.thresholds), act_bits, len(quantizer.thresholds)
+    granularity = getattr(quantizer, "scale_granularity", "channel")
+    scales = {"channel": module.weight.shape[0], "tensor": 1, "constant": 0}[granularity]
+    return 1, act_bits, scales
+
+
+def _macs(module: nn.Module, output: torch.Tensor) -> int:
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    return output.numel() * (module.in_channels // module.groups) * int(torch.tensor(module.kernel_size).prod())
+
+
+@torch.no_grad()
+def summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224), fp_bits: int = 32) -> ModelSummary:
+    """Summarize ``model`` (swapped or not) for one forward pass on an input of ``input_size``.
+
+    Operations are counted for that input (batch included), as multiply-accumulates.
+
+    Example:
+        >>> import quantswap
+        >>> from torchvision.models import resnet18
+        >>> s = quantswap.summary(quantswap.binarize(resnet18(), method="irnet"), input_size=(1, 3, 224, 224))
+        >>> s.params_by_bits[1], round(s.compression, 1)
+        (10985472, 12.3)
+        >>> print(str(s).splitlines()[0].split())
+        ['layer', 'kind', 'W', 'A', 'params', 'BOPs', 'FLOPs']
+    """
+    if fp_bits not in (16, 32):
+        raise ValueError(f"fp_bits is the width real tensors are stored at: 16 or 32, got {fp_bits}")
+    macs: dict[str, int] = {}
+    names = {m: n for n, m in model.named_modules()}
+    hooks = [
+        m.register_forward_hook(lambda mod, _, out: macs.__setitem__(names[mod], macs.get(names[mod], 0) + _macs(mod, out)))
+        for m in names if isinstance(m, WEIGHT_LAYER_TYPES)
+    ]
+    was_training = model.training
+    param = next(model.parameters(), None)
+    try:
+        model.eval()
+        model(torch.zeros(*input_size, device=param.device if param is not None else None,
+                          dtype=param.dtype if param is not None else None))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+
+    layers, params_by_bits = [], {}
+    quant_bits = scales = bops = flops = fp_flops = 0
+    quantized_weights = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, WEIGHT_LAYER_TYPES):
+            continue
+        w_bits, a_bits, n_scales = layer_bits(module)
+        n_macs = macs.get(name, 0)
+        fp_flops += n_macs
+        binary_macs = n_macs if (w_bits == 1 and a_bits == 1) else 0
+        bops += binary_macs
+        flops += n_macs - binary_macs
+        layers.append(LayerSummary(name, type(module).__name__, w_bits, a_bits,
+                                   sum(p.numel() for p in module.parameters(recurse=False)), binary_macs,
+                                   n_macs - binary_macs))
+        if isinstance(module, QuantLayer):
+            quantized_weights.add(id(module.weight))
+            params_by_bits[w_bits] = params_by_bits.get(w_bits, 0) + module.weight.numel()
+            quant_bits += w_bits * module.weight.numel()
+            scales += n_scales
+    real_params = sum(p.numel() for p in model.parameters() if id(p) not in quantized_weights)
+    if real_params:
+        params_by_bits[fp_bits] = params_by_bits.get(fp_bits, 0) + real_params
+    buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    size_bits = quant_bits + 32 * scales + fp_bits * (real_params + buffers)
+    fp32_bits = 32 * (sum(p.numel() for p in model.parameters()) + buffers)
+    return ModelSummary(layers, params_by_bits, buffers, scales, size_bits / 8, fp32_bits / 8, bops, flops, fp_flops)

@@ -1,0 +1,112 @@
+"""The quantization math against the formulas of METHODS.md; gradients included.
+
+References are written independently of quantswap.functional with the "detached forward +
+differentiable surrogate" trick, so an error in the autograd Functions cannot hide.
+Tolerances: exact equality for sign values and masks; 1e-6 absolute for float gradients.
+"""
+
+import math
+
+import pytest
+import torch
+
+from quantswap import functional as QF
+
+ATOL = 1e-6
+
+
+def grad_of(fn, x, g=None):
+    x = x.detach().clone().requires_grad_(True)
+    y = fn(x)
+    y.backward(torch.ones_like(y) if g is None else g)
+    return y.detach(), x.grad
+
+
+def test_sign_maps_zero_to_plus_one():
+    x = torch.tensor([-2.0, -1e-8, 0.0, 1e-8, 3.0])
+    assert QF.sign(x).tolist() == [-1.0, -1.0, 1.0, 1.0, 1.0]
+    assert QF.sign(x.half()).dtype == torch.float16
+
+
+@pytest.mark.parametrize(
+    "estimator, derivative",
+    [
+        ("clipped", lambda x: (x.abs() <= 1).float()),
+        ("approx", lambda x: torch.where(x.abs() < 1, 2 - 2 * x.abs(), torch.zeros_like(x))),
+        ("identity", lambda x: torch.ones_like(x)),
+    ],
+)
+def test_sign_ste_gradient_closed_form(estimator, derivative):
+    x = torch.linspace(-2, 2, 401)
+    g = torch.randn_like(x)
+    y, grad = grad_of(lambda t: QF.sign_ste(t, estimator), x, g)
+    assert torch.equal(y, QF.sign(x))
+    torch.testing.assert_close(grad, g * derivative(x), atol=ATOL, rtol=0)
+
+
+def test_approx_sign_matches_bireal_piecewise_polynomial():
+    # F(x) = -1 (x<-1); 2x + x^2 (-1<=x<0); 2x - x^2 (0<=x<1); 1 (x>=1): its derivative is the backward
+    def F(x):
+        return torch.where(x < -1, -torch.ones_like(x),
+                           torch.where(x < 0, 2 * x + x * x, torch.where(x < 1, 2 * x - x * x, torch.ones_like(x))))
+
+    x = torch.rand(1000) * 4 - 2
+    _, expected = grad_of(F, x)
+    _, grad = grad_of(lambda t: QF.sign_ste(t, "approx"), x)
+    torch.testing.assert_close(grad, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("k, t", [(10.0, 0.1), (3.0, 1.0 / 3), (1.0, 10.0), (2.5, 0.7)])
+def test_ede_gradient_closed_form(k, t):
+    x = torch.linspace(-3, 3, 601)
+    g = torch.randn_like(x)
+    y, grad = grad_of(lambda v: QF.sign_ede(v, k, t), x, g)
+    assert torch.equal(y, QF.sign(x))
+    torch.testing.assert_close(grad, g * k * t * (1 - torch.tanh(t * x) ** 2), atol=ATOL, rtol=1e-6)
+
+
+def test_ede_schedule_is_log_linear_from_t_min_to_t_max():
+    assert QF.ede_schedule(0.0) == (10.0, 0.1)
+    k, t = QF.ede_schedule(0.5)
+    assert t == pytest.approx(1.0) and k == pytest.approx(1.0)
+    k, t = QF.ede_schedule(0.25, t_min=1e-3, t_max=10)
+    assert t == pytest.approx(1e-3 * 10 ** (0.25 * 4)) and k == pytest.approx(1 / t)
+    assert QF.ede_schedule(1.0) == (1.0, 10.0)
+
+
+def test_scaled_sign_identity_passes_gradient_unscaled():
+    w = torch.randn(64)
+    g = torch.randn(64)
+    y, grad = grad_of(lambda v: QF.scaled_sign_identity(v, 0.25), w, g)
+    assert torch.equal(y, 0.25 * QF.sign(w))
+    assert torch.equal(grad, g)
+
+
+def reference_ternary(w, tau):
+    delta = tau * w.abs().max()
+    mask = w.abs() >= delta
+    alpha = w.abs()[mask].mean()
+    return torch.sign(w) * mask * alpha
+
+
+@pytest.mark.parametrize("thresholds", [(0.05,), (0.05, 0.10), (0.05, 0.10, 0.15, 0.20), (0.3, 0.6)])
+def test_ternary_expand_forward_and_gradient(thresholds):
+    w = torch.randn(16, 8, 3, 3) * 0.7  # some |w| >= 1, so the STE mask is exercised
+    g = torch.randn_like(w)
+    y, grad = grad_of(lambda v: QF.ternary_expand(v, thresholds), w, g)
+    expected = sum(reference_ternary(w, tau) for tau in thresholds)
+    torch.testing.assert_close(y, expected, atol=ATOL, rtol=1e-6)
+    torch.testing.assert_close(grad, len(thresholds) * g * (w.abs() < 1).float(), atol=ATOL, rtol=0)
+
+
+def test_ternary_levels_codes_and_scale():
+    w = torch.tensor([-1.0, -0.5, -0.04, 0.0, 0.05, 0.2, 1.0])
+    codes, alpha = QF.ternary_levels(w, 0.05)  # delta = 0.05
+    assert codes.tolist() == [-1, -1, 0, 0, 1, 1, 1]
+    assert alpha.item() == pytest.approx((1.0 + 0.5 + 0.05 + 0.2 + 1.0) / 5)
+    assert math.isclose(QF.ternary_levels(torch.zeros(5), 0.1)[1].item(), 0.0)
+
+
+def test_unknown_estimator_is_a_clear_error():
+    with pytest.raises(ValueError, match="clipped"):
+        QF.sign_ste(torch.zeros(1), "sigmoid")

@@ -1,0 +1,154 @@
+"""Each method's effective weight, activation and gradients against METHODS.md's formulas.
+
+Tolerances: 1e-6 absolute (float32 rounding of sums over at most a few hundred terms) unless stated.
+"""
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import quantswap
+from quantswap import functional as QF
+from quantswap.methods.bireal import BiRealWeight
+from quantswap.methods.irnet import IRNetWeight
+from quantswap.methods.mcdonnell import McDonnellWeight
+from quantswap.methods.ternary import TernaryWeight
+from quantswap.methods.xnor import XnorWeight
+from quantswap.nn import QuantConv2d, QuantLinear
+
+ATOL = 1e-6
+
+
+def surrogate_sign(x, fn):
+    """sign(x) forward with fn's derivative backward, by the detach trick (independent of quantswap)."""
+    s = torch.where(x >= 0, 1.0, -1.0)
+    return s.detach() + fn(x) - fn(x).detach()
+
+
+def weight_and_grad(quantizer, w, g):
+    w = w.detach().clone().requires_grad_(True)
+    q = quantizer(w)
+    q.backward(g)
+    return q.detach(), w.grad
+
+
+@pytest.fixture
+def w():
+    return torch.randn(8, 4, 3, 3) * 0.6  # some latent weights beyond ±1
+
+
+def per_oc(t):
+    return t.flatten(1)
+
+
+def test_xnor_forward_and_corrected_gradient(w):
+    g = torch.randn_like(w)
+    q, grad = weight_and_grad(XnorWeight(), w, g)
+    n = w[0].numel()
+    alpha = per_oc(w).abs().mean(1).view(-1, 1, 1, 1)
+    sign = torch.where(w >= 0, 1.0, -1.0)
+    torch.testing.assert_close(q, alpha * sign, atol=ATOL, rtol=0)
+    # jiecaoyu notes: dC/dW_i = (1/n) sign(W_i) sum_j g_j sign(W_j) + alpha g_i 1[|W_i| <= 1]
+    cross = (per_oc(g * sign).sum(1) / n).view(-1, 1, 1, 1) * sign
+    expected = cross + alpha * g * (w.abs() <= 1)
+    torch.testing.assert_close(grad, expected, atol=ATOL, rtol=0)
+
+
+def test_bireal_forward_and_magnitude_aware_gradient(w):
+    g = torch.randn_like(w)
+    q, grad = weight_and_grad(BiRealWeight(), w, g)
+    alpha = per_oc(w).abs().mean(1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(q, alpha * torch.where(w >= 0, 1.0, -1.0), atol=ATOL, rtol=0)
+    torch.testing.assert_close(grad, alpha * (w.abs() <= 1) * g, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.3, 1.0])
+def test_irnet_libra_pb_forward_and_ede_gradient(w, progress):
+    quantizer = IRNetWeight()
+    quantizer.set_progress(progress)
+    k, t = QF.ede_schedule(progress)
+    g = torch.randn_like(w)
+    q, grad = weight_and_grad(quantizer, w, g)
+
+    ref_w = w.detach().clone().requires_grad_(True)
+    flat = ref_w.flatten(1)
+    balanced = flat - flat.mean(1, keepdim=True)
+    w_std = (balanced / balanced.std(1, keepdim=True)).view_as(w)  # unbiased std, as the code
+    s = 2.0 ** torch.round(torch.log2(per_oc(w_std.detach()).abs().mean(1))).view(-1, 1, 1, 1)
+    ref = s * surrogate_sign(w_std, lambda x: k * torch.tanh(t * x))
+    ref.backward(g)
+    torch.testing.assert_close(q, ref.detach(), atol=ATOL, rtol=0)
+    torch.testing.assert_close(grad, ref_w.grad, atol=1e-5, rtol=1e-4)  # through mean and std: longer sums
+
+
+def test_irnet_scale_is_a_power_of_two_and_filters_are_balanced():
+    w = torch.randn(32, 16, 3, 3) + 0.5  # off-centre on purpose
+    signs, scale = IRNetWeight().binarize(w)
+    exps = torch.log2(scale.flatten())
+    assert torch.equal(exps, exps.round())
+    assert (signs.flatten(1).float().mean(1) - 0.5).abs().max() < 0.1  # ~half +1, half -1 after balancing
+
+
+def test_irnet_constant_filter_gives_zero_weight_not_nan():
+    w = torch.ones(2, 3, 3, 3)
+    assert torch.equal(IRNetWeight()(w), torch.zeros_like(w))
+
+
+@pytest.mark.parametrize("shape, fan_in", [((8, 4, 3, 3), 36), ((8, 2, 3, 3), 18), ((10, 7), 7)])
+def test_mcdonnell_constant_scale_and_identity_gradient(shape, fan_in):
+    w = torch.randn(shape)
+    g = torch.randn(shape)
+    q, grad = weight_and_grad(McDonnellWeight(), w, g)
+    torch.testing.assert_close(q, math.sqrt(2 / fan_in) * torch.where(w >= 0, 1.0, -1.0), atol=ATOL, rtol=0)
+    assert torch.equal(grad, g)
+
+
+def test_ternary_weight_levels(w):
+    q, grad = weight_and_grad(TernaryWeight((0.05, 0.10)), w, torch.ones_like(w))
+    levels = torch.unique(q)
+    assert len(levels) <= 5  # 2·t_ex + 1 levels, symmetric
+    torch.testing.assert_close(levels, -levels.flip(0))
+    assert torch.equal(grad, 2.0 * (w.abs() < 1).float())
+
+
+@pytest.mark.parametrize("quantizer", [XnorWeight(), IRNetWeight(), BiRealWeight(), McDonnellWeight()],
+                         ids=lambda q: type(q).__name__)
+def test_binarize_gives_exactly_what_the_forward_uses(quantizer, w):
+    signs, scale = quantizer.binarize(w)
+    assert signs.dtype == torch.bool and signs.shape == w.shape
+    assert torch.equal(quantizer(w), scale * (signs.float() * 2 - 1))
+
+
+@pytest.mark.parametrize(
+    "method, derivative",
+    [
+        ("xnor", lambda x: (x.abs() <= 1).float()),
+        ("bireal", lambda x: (2 - 2 * x.abs()).clamp_min(0)),
+        ("irnet", lambda x: 10 * 0.1 * (1 - torch.tanh(0.1 * x) ** 2)),  # EDE at progress 0: k=10, t=0.1
+    ],
+)
+def test_binary_activations_in_a_swapped_conv(method, derivative):
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=True)
+    config = quantswap.config_from_dict({"method": method})
+    layer = QuantConv2d.from_float(conv, config.weight_quantizer(conv), config.input_quantizer())
+    x = torch.randn(2, 4, 5, 5) * 1.5
+    g = torch.randn(2, 6, 5, 5)
+    x1 = x.clone().requires_grad_(True)
+    layer(x1).backward(g)
+
+    w_q = layer.quantized_weight().detach()
+    out = F.conv2d(torch.where(x >= 0, 1.0, -1.0), w_q, conv.bias.detach(), padding=1)
+    torch.testing.assert_close(layer(x), out, atol=1e-5, rtol=0)
+    # input gradient: conv-transpose of g, times the estimator's derivative
+    upstream = torch.nn.grad.conv2d_input(x.shape, w_q, g, padding=1)
+    torch.testing.assert_close(x1.grad, upstream * derivative(x), atol=1e-5, rtol=0)
+
+
+def test_linear_layer_keeps_bias_and_quantizes_weight():
+    lin = torch.nn.Linear(5, 3)
+    layer = QuantLinear.from_float(lin, XnorWeight())
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(layer(x), F.linear(x, XnorWeight()(lin.weight), lin.bias))
+    assert layer.weight is lin.weight and layer.bias is lin.bias
