@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench clean
+.PHONY: install test test-giants lint bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-giants: $(STAMP)
+	$(BIN)/python -m pytest -q -m giant tests/test_zoo.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check quantswap tests benchmarks

@@ -121,7 +121,7 @@ def swap(
         >>> bnn = quantswap.swap(resnet18(), XnorConfig(exclude=["layer4.*"]))
         >>> report = bnn.meta["quantswap"]
         >>> len(report.quantized), report.kept_real["conv1"]
-        (12, 'first layer (skip_first=True)')
+        (14, 'first layer (skip_first=True)')
     """
     if not isinstance(config, QuantConfig):
         raise TypeError(f"config must be a QuantConfig such as quantswap.methods.IRNetConfig(), got {config!r}")
@@ -137,7 +137,7 @@ def swap(
     last: set[str] = set()
     for graph in graphs:
         sites = weight_layer_sites(graph, modules)
-        site_names.update(sites.values())
+        site_names.update(name for names in sites.values() for name in names)
         f, l_ = first_and_last(graph, sites)
         first |= f
         last |= l_
@@ -173,6 +173,12 @@ def swap(
     for graph in graphs:
         graph.lint()
     swapped = DualGraphModule(model, graphs[0], graphs[1], class_name=type(model).__name__)
+    # GraphModule copies only what the graphs use, as bare nn.Module shells; put the model's own
+    # children and direct tensors back so ``swapped.layer1[0].conv1`` and the state dict look as before.
+    for name, child in model.named_children():
+        setattr(swapped, name, child)
+    for name, tensor in [*model.named_parameters(recurse=False), *model.named_buffers(recurse=False)]:
+        setattr(swapped, name, tensor)
     swapped.train(was_training)
     swapped.meta = {**getattr(swapped, "meta", {}), "quantswap": report}
     return swapped

@@ -173,11 +173,14 @@ class _TernaryExpand(torch.autograd.Function):
     def forward(ctx, w: torch.Tensor, thresholds: tuple[float, ...]) -> torch.Tensor:
         ctx.save_for_backward(w)
         ctx.branches = len(thresholds)
-        out = torch.zeros_like(w)
+        mag = w.abs()
+        peak = mag.max()
+        levels = torch.zeros_like(w)  # Σ_b α_b·1[|W| >= δ_b]; the sign is applied once at the end
         for tau in thresholds:
-            codes, alpha = ternary_levels(w, tau)
-            out.add_(codes, alpha=float(alpha))
-        return out
+            mask = mag >= tau * peak
+            alpha = (mag * mask).sum() / mask.sum().clamp_min(1)  # stays a tensor: no device sync
+            levels.addcmul_(mask.to(w.dtype), alpha)
+        return torch.where(w >= 0, levels, -levels)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

@@ -17,25 +17,26 @@ def _owner_of_param(target: str) -> str:
     return target.rsplit(".", 1)[0] if "." in target else ""
 
 
-def weight_layer_sites(graph: fx.Graph, modules: dict[str, nn.Module]) -> dict[fx.Node, str]:
-    """Each node where a Conv/Linear computes, mapped to the layer's qualified name.
+def weight_layer_sites(graph: fx.Graph, modules: dict[str, nn.Module]) -> dict[fx.Node, list[str]]:
+    """Each node where Conv/Linear layers compute, mapped to the layers' qualified names.
 
     A layer called as a module is its ``call_module`` node. A layer whose weight is read directly
-    (``get_attr layer.weight``, as torchvision's Swin does) computes at each user of that read.
+    (``get_attr layer.weight``, as torchvision's Swin does) computes at each user of that read; one
+    such function call can hold several layers (Swin's attention takes both qkv and proj weights).
     """
-    sites: dict[fx.Node, str] = {}
+    sites: dict[fx.Node, list[str]] = {}
     for node in graph.nodes:
         if node.op == "call_module" and isinstance(modules.get(node.target), WEIGHT_LAYER_TYPES):
-            sites[node] = node.target
+            sites.setdefault(node, []).append(node.target)
         elif node.op == "get_attr" and node.target.endswith(".weight"):
             owner = _owner_of_param(node.target)
             if isinstance(modules.get(owner), WEIGHT_LAYER_TYPES):
                 for user in node.users:
-                    sites[user] = owner
+                    sites.setdefault(user, []).append(owner)
     return sites
 
 
-def first_and_last(graph: fx.Graph, sites: dict[fx.Node, str]) -> tuple[set[str], set[str]]:
+def first_and_last(graph: fx.Graph, sites: dict[fx.Node, list[str]]) -> tuple[set[str], set[str]]:
     """Layers with no weight layer upstream ("first") and with none downstream ("last").
 
     Decided by dataflow, so a model with several heads (GoogLeNet's auxiliary classifiers) has
@@ -48,8 +49,8 @@ def first_and_last(graph: fx.Graph, sites: dict[fx.Node, str]) -> tuple[set[str]
     downstream: dict[fx.Node, bool] = {}  # a weight layer computes strictly after this node
     for node in reversed(nodes):
         downstream[node] = any(downstream[u] or u in sites for u in node.users)
-    first = {name for node, name in sites.items() if not upstream[node]}
-    last = {name for node, name in sites.items() if not downstream[node]}
+    first = {name for node, names in sites.items() if not upstream[node] for name in names}
+    last = {name for node, names in sites.items() if not downstream[node] for name in names}
     return first, last
 
 

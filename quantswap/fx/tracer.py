@@ -38,7 +38,7 @@ def register_leaf_module(cls: type[nn.Module]) -> type[nn.Module]:
         ...         return x if x.sum() > 0 else -x   # data-dependent: FX cannot trace it
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), Gate(), torch.nn.Conv2d(8, 8, 3),
         ...                             torch.nn.Conv2d(8, 2, 1))
-        >>> type(quantswap.binarize(model, method="mcdonnell")[2]).__name__
+        >>> type(quantswap.binarize(model, method="mcdonnell").get_submodule("2")).__name__
         'QuantConv2d'
     """
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):

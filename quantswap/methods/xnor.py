@@ -16,7 +16,7 @@ Example:
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
     ...                             torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
     >>> bnn = quantswap.binarize(model, method="xnor")
-    >>> type(bnn[2]).__name__, type(bnn[1]).__name__
+    >>> type(bnn.get_submodule("2")).__name__, type(bnn.get_submodule("1")).__name__
     ('QuantConv2d', 'Hardtanh')
 """
 

@@ -1,0 +1,111 @@
+"""Every torchvision classification model times every method, and a set of timm families.
+
+For each: it converts, the output shape is unchanged, backward gives a finite gradient to every
+latent weight, and no float Conv2d/Linear remains except those kept real on purpose.
+
+The 17 models of 100M parameters or more (VGG, ViT-L/H, RegNet-Y-128GF, ...) are marked
+``giant``: on the 2-core CI machine their five conversions cost ~2 minutes each, so they run with
+``make test-giants`` rather than in the default suite.
+"""
+
+import functools
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import get_model, get_model_weights, list_models
+
+import quantswap
+
+METHODS = quantswap.list_methods()
+TORCHVISION_MODELS = list_models(module=torchvision.models)
+GIANT = 100e6
+# builder arguments and input sizes that keep each model small enough for a CPU test
+BUILD_ARGS = {name: {"image_size": 32} for name in ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32")}
+BUILD_ARGS["vit_h_14"] = {"image_size": 28}
+INPUT_SIZE = {"alexnet": 64, "inception_v3": 299, "maxvit_t": 224, "vit_h_14": 28}
+
+
+def _params(name):
+    return get_model_weights(name).DEFAULT.meta["num_params"]
+
+
+@functools.lru_cache(maxsize=1)
+def _float_model(name):
+    return get_model(name, weights=None, num_classes=10, **BUILD_ARGS.get(name, {})).train()
+
+
+def _swap(model, method):
+    if method == "ternary":
+        return quantswap.ternarize(model, expansion=2)
+    return quantswap.binarize(model, method=method)
+
+
+def _outputs(output):
+    """All output tensors: GoogLeNet and Inception return (logits, aux logits...) in train mode."""
+    return [output] if isinstance(output, torch.Tensor) else [o for o in output if o is not None]
+
+
+def check_swap(model, method, x):
+    reference = _outputs(model(x))
+    swapped = _swap(model, method)
+    outs = _outputs(swapped(x))
+    assert [o.shape for o in outs] == [o.shape for o in reference]
+    assert all(torch.isfinite(o).all() for o in outs), "non-finite output"
+    # Backward is linear in the upstream gradient. Deep, randomly initialized binary nets explode:
+    # EfficientNet-V2-M with Bi-Real reaches weight gradients of 1e53 (measured in float64), past
+    # float32's 3e38, and inf·0 in a clipped estimator then gives NaN. An upstream gradient of
+    # 2^-90 (exact) keeps every model of the sweep inside float32's range.
+    (sum(o.float().sum() for o in outs) * 2.0**-90).backward()
+    report = quantswap.get_swap_report(swapped)
+    assert report.quantized
+    for name in report.quantized:
+        layer = swapped.get_submodule(name)
+        assert layer.weight.grad is not None, f"{name}: no gradient"
+        assert torch.isfinite(layer.weight.grad).all(), f"{name}: non-finite gradient"
+    leftover = [n for n, m in swapped.named_modules() if type(m) in (nn.Conv2d, nn.Linear)
+                and n not in report.kept_real and "_shortcut." not in n]  # Bi-Real shortcuts are real by design
+    assert not leftover, f"float layers left that nobody chose to keep: {leftover}"
+    return swapped
+
+
+CASES = [
+    pytest.param(name, method, marks=[pytest.mark.zoo] + ([pytest.mark.giant] if _params(name) >= GIANT else []),
+                 id=f"{name}-{method}")
+    for name in TORCHVISION_MODELS for method in METHODS
+]
+
+
+@pytest.mark.parametrize("name, method", CASES)
+def test_torchvision_model_converts(name, method):
+    model = _float_model(name)
+    size = INPUT_SIZE.get(name, 32)
+    check_swap(model, method, torch.randn(2, 3, size, size))
+
+
+def test_the_sweep_covers_every_torchvision_classification_model():
+    assert len(TORCHVISION_MODELS) >= 80
+    assert {c.values[0] for c in CASES} == set(TORCHVISION_MODELS)
+    assert len(CASES) == len(TORCHVISION_MODELS) * len(METHODS)
+
+
+TIMM_MODELS = {
+    "resnet18d": 32,
+    "efficientnet_b0": 32,
+    "mobilenetv3_small_100": 32,
+    "regnetx_002": 32,
+    "convnext_atto": 32,
+    "vit_tiny_patch16_224": 224,
+}
+
+
+@pytest.mark.parametrize("name", list(TIMM_MODELS))
+@pytest.mark.parametrize("method", METHODS)
+def test_timm_family_converts(name, method):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(name, pretrained=False, num_classes=10)
+    size = TIMM_MODELS[name]
+    swapped = check_swap(model, method, torch.randn(2, 3, size, size))
+    swapped.eval()
+    assert swapped(torch.randn(1, 3, size, size)).shape == (1, 10)
