@@ -26,6 +26,18 @@ __all__ = ["SwapReport", "swap", "binarize", "ternarize", "set_progress", "get_s
 _SWAPPABLE = (nn.Conv2d, nn.Linear)  # exact types: a subclass (e.g. timm's Conv2dSame) has its own forward
 
 
+class QuantGraphModule(DualGraphModule):
+    """torchvision's ``DualGraphModule`` (a train graph and an eval graph over one module tree) that
+    keeps the model's own module structure and its train/eval mode through ``copy.deepcopy``."""
+
+    def __deepcopy__(self, memo):
+        res = super().__deepcopy__(memo)
+        for store in ("_modules", "_parameters", "_buffers"):
+            for name, value in getattr(self, store).items():
+                getattr(res, store)[name] = copy.deepcopy(value, memo)
+        return res.train(self.training)
+
+
 @dataclasses.dataclass
 class SwapReport:
     """What a swap did; stored as ``model.meta["quantswap"]`` on the swapped model."""
@@ -172,7 +184,7 @@ def swap(
 
     for graph in graphs:
         graph.lint()
-    swapped = DualGraphModule(model, graphs[0], graphs[1], class_name=type(model).__name__)
+    swapped = QuantGraphModule(model, graphs[0], graphs[1], class_name=type(model).__name__)
     # GraphModule copies only what the graphs use, as bare nn.Module shells; put the model's own
     # children and direct tensors back so ``swapped.layer1[0].conv1`` and the state dict look as before.
     for name, child in model.named_children():
