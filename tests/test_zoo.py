@@ -59,6 +59,13 @@ def check_swap(model, method, x):
     # 2^-90 (exact) keeps every model of the sweep inside float32's range.
     (sum(o.float().sum() for o in outs) * 2.0**-90).backward()
     report = quantswap.get_swap_report(swapped)
+    if not all(torch.isfinite(swapped.get_submodule(n).weight.grad).all() for n in report.quantized):
+        # EfficientNet-V2-M with IR-Net's early EDE (gradient ~1 everywhere) overflows even then:
+        # check the same backward in float64, whose range holds it.
+        swapped.zero_grad(set_to_none=True)
+        swapped.double()
+        outs = _outputs(swapped(x.double()))
+        (sum(o.sum() for o in outs) * 2.0**-90).backward()
     assert report.quantized
     for name in report.quantized:
         layer = swapped.get_submodule(name)

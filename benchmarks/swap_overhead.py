@@ -1,0 +1,106 @@
+"""Swap time and training-step overhead of every method, measured in one run.
+
+* swap time: ``quantswap.binarize`` (irnet) on resnet18, resnet50 and mobilenet_v3_large, best of 3.
+* step ratio: one SGD training step (forward, backward, update) of each swapped ResNet-18 divided by
+  the float ResNet-18's, batch 32 at 64 px on the CPU, median of the timed steps after warm-up.
+
+Usage: python benchmarks/swap_overhead.py [--steps 10] [--output BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+from torchvision.models import mobilenet_v3_large, resnet18, resnet50
+
+import quantswap
+
+VARIANTS = {
+    "xnor W1/A1": dict(method="xnor"),
+    "irnet W1/A1": dict(method="irnet"),
+    "irnet W1/A32": dict(method="irnet", activations=False),
+    "bireal W1/A1": dict(method="bireal"),
+    "mcdonnell W1/A32": dict(method="mcdonnell"),
+    "ternary t=1": dict(expansion=1),
+    "ternary t=2": dict(expansion=2),
+    "ternary t=4": dict(expansion=4),
+}
+
+
+def convert(model, options):
+    if "expansion" in options:
+        return quantswap.ternarize(model, **options)
+    return quantswap.binarize(model, **options)
+
+
+def swap_seconds(build):
+    model = build()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        quantswap.binarize(model, method="irnet")
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def step_seconds(model, steps, warmup=3):
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(32, 3, 64, 64)
+    y = torch.randint(0, 1000, (32,))
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--output", default=None, help="write the markdown section to this file")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+    swaps = {name: swap_seconds(build) for name, build in
+             [("resnet18", resnet18), ("resnet50", resnet50), ("mobilenet_v3_large", mobilenet_v3_large)]}
+    base = resnet18()
+    fp = step_seconds(base, args.steps)
+    ratios = {name: step_seconds(convert(base, opts), args.steps) / fp for name, opts in VARIANTS.items()}
+
+    lines = [
+        "## Swap time and training-step overhead",
+        "",
+        f"Measured by `python benchmarks/swap_overhead.py --steps {args.steps}` on {machine} "
+        f"({platform.system()}, CPU only).",
+        "",
+        "| model | swap time (irnet) |",
+        "|---|---|",
+        *[f"| {name} | {sec:.3f} s |" for name, sec in swaps.items()],
+        "",
+        f"ResNet-18, batch 32, 64 px, SGD step; float step: {fp * 1000:.0f} ms.",
+        "",
+        "| method | step time / float step |",
+        "|---|---|",
+        *[f"| {name} | {ratio:.2f} |" for name, ratio in ratios.items()],
+        "",
+        "Goals: step ratio <= 1.2 for every method, resnet50 swap <= 1 s.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write("# Benchmarks\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
