@@ -15,10 +15,18 @@ from quantswap.api import get_swap_report as get_swap_report
 from quantswap.api import set_progress as set_progress
 from quantswap.api import swap as swap
 from quantswap.api import ternarize as ternarize
+from quantswap.checkpoint import CheckpointError as CheckpointError
+from quantswap.checkpoint import CheckpointNotFoundError as CheckpointNotFoundError
+from quantswap.checkpoint import CheckpointSize as CheckpointSize
+from quantswap.checkpoint import save_pretrained as save_pretrained
 from quantswap.config import QuantConfig as QuantConfig
 from quantswap.config import config_from_dict as config_from_dict
+from quantswap.frozen import freeze as freeze
 from quantswap.fx.tracer import UntraceableModelError as UntraceableModelError
 from quantswap.fx.tracer import register_leaf_module as register_leaf_module
+from quantswap.hub import download as download
+from quantswap.hub import from_pretrained as from_pretrained
+from quantswap.hub import push_to_hub as push_to_hub
 from quantswap.methods import BiRealConfig as BiRealConfig
 from quantswap.methods import IRNetConfig as IRNetConfig
 from quantswap.methods import McDonnellConfig as McDonnellConfig
@@ -30,6 +38,9 @@ from quantswap.version import __version__ as __version__
 
 __all__ = [
     "BiRealConfig",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "CheckpointSize",
     "IRNetConfig",
     "McDonnellConfig",
     "ModelSummary",
@@ -41,9 +52,14 @@ __all__ = [
     "__version__",
     "binarize",
     "config_from_dict",
+    "download",
+    "freeze",
+    "from_pretrained",
     "get_swap_report",
     "list_methods",
+    "push_to_hub",
     "register_leaf_module",
+    "save_pretrained",
     "set_progress",
     "summary",
     "swap",

@@ -18,6 +18,7 @@ from quantswap.config import QuantConfig
 from quantswap.fx import passes
 from quantswap.fx.analysis import first_and_last, weight_layer_sites
 from quantswap.fx.tracer import trace_train_eval
+from quantswap.models import ModelFingerprint, fingerprint
 from quantswap.nn.layers import QuantLayer
 from quantswap.nn.quantizers import ScheduledQuantizer
 
@@ -49,6 +50,10 @@ class SwapReport:
     shortcuts: list[str] = dataclasses.field(default_factory=list)  # binary convs given a Bi-Real shortcut
     shortcuts_skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # conv -> why no shortcut fits
     bn_frozen: list[str] = dataclasses.field(default_factory=list)
+    #: qualified names of the modules kept opaque by the caller's ``leaf_modules`` (redone on load)
+    leaf_modules: list[str] = dataclasses.field(default_factory=list)
+    #: the float model's class and state-dict shapes: how a checkpoint finds its base builder
+    base: ModelFingerprint | None = dataclasses.field(default=None, repr=False)
 
 
 def get_swap_report(model: nn.Module) -> SwapReport:
@@ -138,6 +143,8 @@ def swap(
     if not isinstance(config, QuantConfig):
         raise TypeError(f"config must be a QuantConfig such as quantswap.methods.IRNetConfig(), got {config!r}")
     _check_model(model)
+    leaf_modules = list(leaf_modules)
+    base = fingerprint(model)
     if not inplace:
         model = copy.deepcopy(model)
     was_training = model.training
@@ -173,7 +180,9 @@ def swap(
     passes.swap_layers(model, chosen, config)
     for graph in graphs:
         passes.quantize_weight_reads(graph, set(chosen))
-    report = SwapReport(config=config, quantized=chosen, kept_real=kept_real)
+    leaf_classes = tuple(m for m in leaf_modules if isinstance(m, type))
+    leaf_names = [name for name, m in modules.items() if name in leaf_modules or isinstance(m, leaf_classes)]
+    report = SwapReport(config=config, quantized=chosen, kept_real=kept_real, leaf_modules=leaf_names, base=base)
     factory = config.activation_replacement()
     if factory is not None:
         report.activations_replaced = passes.replace_activations(model, graphs, factory)

@@ -44,7 +44,9 @@ __all__ = [
     "scaled_sign_identity",
     "per_channel_mean_abs",
     "ede_schedule",
+    "ternary_branches",
     "ternary_levels",
+    "ternary_combine",
     "ternary_expand",
 ]
 
@@ -152,6 +154,21 @@ def per_channel_mean_abs(w: torch.Tensor) -> torch.Tensor:
     return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
 
 
+def ternary_branches(w: torch.Tensor, thresholds: Sequence[float]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per threshold ``τ``, the mask ``|W| >= τ·max|W|`` and the scale ``α = mean(|W| : mask)``.
+
+    The single definition the forward (:func:`ternary_expand`), :func:`ternary_levels` and the
+    ternary codec share, so codes decode to the forward's weight bit for bit.
+    """
+    mag = w.detach().abs()
+    peak = mag.max()
+    branches = []
+    for tau in thresholds:
+        mask = mag >= tau * peak
+        branches.append((mask, (mag * mask).sum() / mask.sum().clamp_min(1)))  # α stays a tensor: no sync
+    return branches
+
+
 @torch.no_grad()
 def ternary_levels(w: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One ternarization branch: codes in {-1, 0, +1} and the per-layer scale ``α``.
@@ -160,12 +177,18 @@ def ternary_levels(w: torch.Tensor, threshold: float) -> tuple[torch.Tensor, tor
     ``α = mean(|W| : |W| >= δ)`` (METHODS.md §5.1). The authors' code maps ``W = −δ`` exactly to 0,
     an asymmetry of measure zero that quantswap does not copy: here ``±δ`` both map to ``±1``.
     """
-    mag = w.abs()
-    delta = threshold * mag.max()
-    mask = mag >= delta
+    ((mask, alpha),) = ternary_branches(w, (threshold,))
     codes = torch.where(mask, sign(w), torch.zeros((), dtype=w.dtype, device=w.device))
-    alpha = (mag * mask).sum() / mask.sum().clamp_min(1)
     return codes, alpha
+
+
+def ternary_combine(masks: Sequence[torch.Tensor], alphas: Sequence[torch.Tensor], negative: torch.Tensor,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """``Σ_b α_b·mask_b`` with the sign applied once: ``-levels`` where ``negative``."""
+    levels = torch.zeros(negative.shape, dtype=dtype, device=negative.device)
+    for mask, alpha in zip(masks, alphas):
+        levels.addcmul_(mask.to(dtype), alpha.to(dtype))
+    return torch.where(negative, -levels, levels)
 
 
 class _TernaryExpand(torch.autograd.Function):
@@ -173,14 +196,8 @@ class _TernaryExpand(torch.autograd.Function):
     def forward(ctx, w: torch.Tensor, thresholds: tuple[float, ...]) -> torch.Tensor:
         ctx.save_for_backward(w)
         ctx.branches = len(thresholds)
-        mag = w.abs()
-        peak = mag.max()
-        levels = torch.zeros_like(w)  # Σ_b α_b·1[|W| >= δ_b]; the sign is applied once at the end
-        for tau in thresholds:
-            mask = mag >= tau * peak
-            alpha = (mag * mask).sum() / mask.sum().clamp_min(1)  # stays a tensor: no device sync
-            levels.addcmul_(mask.to(w.dtype), alpha)
-        return torch.where(w >= 0, levels, -levels)
+        masks, alphas = zip(*ternary_branches(w, thresholds))
+        return ternary_combine(masks, alphas, w < 0, w.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

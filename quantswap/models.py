@@ -1,7 +1,9 @@
 """Base models by allow-listed builder name: ``torchvision:NAME`` or ``timm:NAME``.
 
-Only these two builders are ever called; a name never becomes an import path, so a config file
-naming a model cannot run arbitrary code.
+Only these two builders are ever called; a name never becomes an import path, and a checkpoint's
+builder arguments are limited to :data:`SAFE_BUILDER_ARGS` with plain values, so a config file
+naming a model cannot run arbitrary code. :func:`identify_base_model` finds the builder name and
+arguments of a model built by torchvision or timm, which is what a checkpoint records.
 
 Example:
     >>> from quantswap.models import build_model, parse_model_name
@@ -13,13 +15,41 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import warnings
 from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["MODEL_SOURCES", "parse_model_name", "build_model"]
+__all__ = [
+    "MODEL_SOURCES",
+    "SAFE_BUILDER_ARGS",
+    "BaseModelSpec",
+    "ModelFingerprint",
+    "parse_model_name",
+    "build_model",
+    "fingerprint",
+    "identify_base_model",
+]
 
 MODEL_SOURCES = ("torchvision", "timm")
+#: Builder arguments a checkpoint may pass, and their types. Anything else (``weights``,
+#: ``pretrained``, timm's ``checkpoint_path``, callables) is refused when a config is read.
+SAFE_BUILDER_ARGS: dict[str, tuple[type, ...]] = {
+    "num_classes": (int,),
+    "in_chans": (int,),
+    "image_size": (int,),
+    "aux_logits": (bool,),
+    "transform_input": (bool,),
+    "global_pool": (str,),
+    "drop_rate": (int, float),
+    "drop_path_rate": (int, float),
+    "dropout": (int, float),
+}
+#: Attributes torchvision models keep of the builder arguments that the state dict does not show.
+_RECORDED_ATTRIBUTES = ("aux_logits", "transform_input", "image_size")
 
 
 def parse_model_name(name: str) -> tuple[str, str]:
@@ -51,3 +81,133 @@ def build_model(name: str, weights: str | None = None, **kwargs: Any) -> nn.Modu
     if not timm.is_model(arch):
         raise ValueError(f"unknown timm model {arch!r}; see timm.list_models()")
     return timm.create_model(arch, pretrained=weights is not None, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseModelSpec:
+    """An allow-listed builder name and its (safe) arguments: everything needed to rebuild a base model.
+
+    Example:
+        >>> spec = BaseModelSpec.from_dict({"name": "torchvision:resnet18", "args": {"num_classes": 10}})
+        >>> spec.build().fc.out_features
+        10
+        >>> BaseModelSpec("timm:resnet18", {"checkpoint_path": "/tmp/x.pth"})
+        Traceback (most recent call last):
+        ...
+        ValueError: builder argument 'checkpoint_path' is not allowed in a checkpoint; allowed: aux_logits, drop_path_rate, drop_rate, dropout, global_pool, image_size, in_chans, num_classes, transform_input
+    """
+
+    name: str
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parse_model_name(self.name)
+        if not isinstance(self.args, dict):
+            raise ValueError(f"builder arguments must be a mapping, got {self.args!r}")
+        for key, value in self.args.items():
+            if key not in SAFE_BUILDER_ARGS:
+                raise ValueError(f"builder argument {key!r} is not allowed in a checkpoint; allowed: "
+                                 f"{', '.join(sorted(SAFE_BUILDER_ARGS))}")
+            types = SAFE_BUILDER_ARGS[key]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise ValueError(f"builder argument {key}={value!r} must be of type "
+                                 f"{' or '.join(t.__name__ for t in types)}")
+
+    def build(self) -> nn.Module:
+        """The base model, randomly initialized (no pretrained weights are fetched)."""
+        return build_model(self.name, **self.args)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "args": dict(self.args)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BaseModelSpec:
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise ValueError(f"base_model must be {{'name': 'torchvision:NAME', 'args': {{...}}}}, got {data!r}")
+        return cls(data["name"], dict(data.get("args") or {}))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFingerprint:
+    """What :func:`identify_base_model` needs of a float model, taken cheaply before it is swapped."""
+
+    module: str
+    qualname: str
+    shapes: dict[str, tuple[int, ...]]
+    attributes: dict[str, Any]
+    timm_architecture: str | None
+    num_classes: int | None
+
+
+def fingerprint(model: nn.Module) -> ModelFingerprint:
+    cls = type(model)
+    cfg = getattr(model, "pretrained_cfg", None)
+    arch = cfg.get("architecture") if isinstance(cfg, dict) and cls.__module__.startswith("timm.") else None
+    outs = [m.out_features if isinstance(m, nn.Linear) else m.out_channels
+            for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return ModelFingerprint(
+        module=cls.__module__,
+        qualname=cls.__qualname__,
+        shapes={k: tuple(v.shape) for k, v in model.state_dict().items()},
+        attributes={a: getattr(model, a) for a in _RECORDED_ATTRIBUTES
+                    if isinstance(getattr(model, a, None), SAFE_BUILDER_ARGS[a])},
+        timm_architecture=arch,
+        num_classes=getattr(model, "num_classes", None) if arch else (outs[-1] if outs else None),
+    )
+
+
+def _build_structure(arch: str, args: dict[str, Any], size: int) -> nn.Module | None:
+    """A torchvision model's structure, on the meta device where the builder allows it (RegNet's
+    does not: it computes widths with tensors), else on the CPU if its size is near ``size``."""
+    import torchvision
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.device("meta"):
+                return torchvision.models.get_model(arch, weights=None, **args)
+        except NotImplementedError:
+            pass
+        except Exception:  # a builder that does not take one of the arguments
+            return None
+        if torchvision.models.get_model_weights(arch).DEFAULT.meta["num_params"] > 2 * size + 2_000_000:
+            return None
+        try:
+            return torchvision.models.get_model(arch, weights=None, **args)
+        except Exception:
+            return None
+
+
+def identify_base_model(fp: ModelFingerprint) -> BaseModelSpec:
+    """The builder name and arguments that rebuild a model with ``fp``'s structure.
+
+    timm models name their architecture; for torchvision models the builders of the model's own
+    module are built on the meta device and the one with the same state-dict shapes is taken.
+    ``ValueError`` when no builder matches (a custom model).
+
+    Example:
+        >>> from torchvision.models import resnet34
+        >>> identify_base_model(fingerprint(resnet34(num_classes=7)))
+        BaseModelSpec(name='torchvision:resnet34', args={'num_classes': 7})
+    """
+    if fp.timm_architecture:
+        return BaseModelSpec(f"timm:{fp.timm_architecture}", {"num_classes": fp.num_classes})
+    if fp.module.startswith("torchvision.models"):
+        import torchvision
+
+        size = sum(math.prod(shape) for shape in fp.shapes.values())
+        for arch in torchvision.models.list_models(module=torchvision.models):
+            if torchvision.models.get_model_builder(arch).__module__ != fp.module:
+                continue
+            for extra in ({}, {"num_classes": fp.num_classes}):
+                args = {**fp.attributes, **extra}
+                candidate = _build_structure(arch, args, size)
+                if candidate is not None and type(candidate).__qualname__ == fp.qualname and {
+                    k: tuple(v.shape) for k, v in candidate.state_dict().items()
+                } == fp.shapes:
+                    return BaseModelSpec(f"torchvision:{arch}", args)
+    raise ValueError(
+        f"cannot tell which torchvision or timm builder made this {fp.qualname} model; a quantswap checkpoint "
+        "rebuilds the base model by builder name. Pass base_model='torchvision:NAME' (or 'timm:NAME') and "
+        "base_model_args={...} to save_pretrained"
+    )

@@ -10,10 +10,9 @@ import torch
 from torch import nn
 
 from quantswap.fx.analysis import WEIGHT_LAYER_TYPES
-from quantswap.methods.ternary import TernaryWeight
 from quantswap.nn.layers import QuantLayer
 
-__all__ = ["LayerSummary", "ModelSummary", "summary", "layer_bits"]
+__all__ = ["LayerSummary", "ModelSummary", "summary", "layer_bits", "theoretical_size"]
 
 
 @dataclasses.dataclass
@@ -83,13 +82,41 @@ def layer_bits(module: nn.Module) -> tuple[int, int, int]:
     """``(weight bits, activation bits, number of 32-bit scale values)`` of a layer."""
     if not isinstance(module, QuantLayer):
         return 32, 32, 0
-    quantizer = module.weight_quantizer
+    codec = module.codec
     act_bits = 1 if module.input_quantizer is not None else 32
-    if isinstance(quantizer, TernaryWeight):
-        return 2 * len(quantizer.thresholds), act_bits, len(quantizer.thresholds)
-    granularity = getattr(quantizer, "scale_granularity", "channel")
+    if codec.code_levels == 3:
+        return 2 * codec.branches, act_bits, codec.branches
+    granularity = getattr(codec, "scale_granularity", "channel")
     scales = {"channel": module.weight.shape[0], "tensor": 1, "constant": 0}[granularity]
     return 1, act_bits, scales
+
+
+def theoretical_size(model: nn.Module, fp_bits: int = 32, ternary_bits: float = 2.0) -> tuple[float, float]:
+    """``(bytes, fp32 bytes)`` a checkpoint of ``model`` needs at the least, counted over its state dict.
+
+    Quantized weights count at their bit width (a ternary code at ``ternary_bits``: 2, or 1.6 packed
+    in base 3) plus one 32-bit value per scale; every other floating tensor at ``fp_bits``; integer
+    buffers (BatchNorm's step counters) not at all. Works on swapped and frozen models alike.
+    """
+    quantized = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayer)}
+    bits = fp32_bits = 0.0
+    for key, tensor in model.state_dict().items():
+        if not tensor.is_floating_point() and not key.endswith(".weight_quantizer.codes"):
+            continue
+        owner, _, leaf = key.rpartition(".")
+        layer = quantized.get(owner) if leaf == "weight" else quantized.get(owner.removesuffix(".weight_quantizer"))
+        if layer is None:
+            bits += fp_bits * tensor.numel()
+            fp32_bits += 32 * tensor.numel()
+            continue
+        if leaf == "scale":
+            continue  # counted with the layer below
+        w_bits, _, n_scales = layer_bits(layer)
+        numel = layer.weight.numel()
+        per_weight = w_bits if layer.codec.code_levels == 2 else ternary_bits * layer.codec.branches
+        bits += per_weight * numel + 32 * n_scales
+        fp32_bits += 32 * numel
+    return bits / 8, fp32_bits / 8
 
 
 def _macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -133,8 +160,7 @@ def summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224), fp_b
             h.remove()
 
     layers, params_by_bits = [], {}
-    quant_bits = scales = bops = flops = fp_flops = 0
-    quantized_weights = set()
+    scales = bops = flops = fp_flops = 0
     for name, module in model.named_modules():
         if not isinstance(module, WEIGHT_LAYER_TYPES):
             continue
@@ -144,18 +170,20 @@ def summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224), fp_b
         binary_macs = n_macs if (w_bits == 1 and a_bits == 1) else 0
         bops += binary_macs
         flops += n_macs - binary_macs
-        layers.append(LayerSummary(name, type(module).__name__, w_bits, a_bits,
-                                   sum(p.numel() for p in module.parameters(recurse=False)), binary_macs,
+        n_params = module.weight.numel() + (module.bias.numel() if getattr(module, "bias", None) is not None else 0)
+        layers.append(LayerSummary(name, type(module).__name__, w_bits, a_bits, n_params, binary_macs,
                                    n_macs - binary_macs))
         if isinstance(module, QuantLayer):
-            quantized_weights.add(id(module.weight))
             params_by_bits[w_bits] = params_by_bits.get(w_bits, 0) + module.weight.numel()
-            quant_bits += w_bits * module.weight.numel()
             scales += n_scales
-    real_params = sum(p.numel() for p in model.parameters() if id(p) not in quantized_weights)
+    quantized = [m for m in model.modules() if isinstance(m, QuantLayer)]
+    quantized_ids = {id(m.weight) for m in quantized}
+    real_params = sum(p.numel() for p in model.parameters() if id(p) not in quantized_ids)
     if real_params:
         params_by_bits[fp_bits] = params_by_bits.get(fp_bits, 0) + real_params
-    buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
-    size_bits = quant_bits + 32 * scales + fp_bits * (real_params + buffers)
-    fp32_bits = 32 * (sum(p.numel() for p in model.parameters()) + buffers)
-    return ModelSummary(layers, params_by_bits, buffers, scales, size_bits / 8, fp32_bits / 8, bops, flops, fp_flops)
+    persistent = model.state_dict()
+    buffers = sum(b.numel() for name, b in model.named_buffers()
+                  if b.is_floating_point() and name in persistent and id(b) not in quantized_ids
+                  and not name.endswith(".weight_quantizer.scale"))
+    size_bytes, fp32_bytes = theoretical_size(model, fp_bits)
+    return ModelSummary(layers, params_by_bits, buffers, scales, size_bytes, fp32_bytes, bops, flops, fp_flops)

@@ -6,19 +6,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from quantswap.cli import hub as _hub
 from quantswap.cli import summary as _summary
 from quantswap.version import __version__
 
 __all__ = ["main"]
 
-_COMMANDS = {"summary": _summary}
+_COMMANDS = (_summary, _hub)  # each adds its subcommand(s) with add_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantswap", description=__doc__)
     parser.add_argument("--version", action="version", version=f"quantswap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in _COMMANDS.items():
+    for module in _COMMANDS:
         module.add_parser(sub)
     return parser
 
@@ -27,6 +28,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, OSError) as err:
         print(f"quantswap {args.command}: error: {err}", file=sys.stderr)
         return 2

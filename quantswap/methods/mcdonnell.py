@@ -51,7 +51,10 @@ class McDonnellWeight(BinaryWeightQuantizer):
 
     @torch.no_grad()
     def binarize(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return w >= 0, torch.tensor(self.constant(w), dtype=w.dtype, device=w.device)
+        return w >= 0, self.constant_scale(w, w.dtype)
+
+    def constant_scale(self, codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(self.constant(codes), dtype=dtype, device=codes.device)
 
 
 @register_method

@@ -28,20 +28,29 @@ from torch import nn
 from quantswap import functional as QF
 from quantswap._registry import register_method
 from quantswap.config import QuantConfig
+from quantswap.nn.quantizers import WeightQuantizer
 
 __all__ = ["TernaryConfig", "TernaryWeight", "DEFAULT_THRESHOLDS"]
 
 DEFAULT_THRESHOLDS = (0.05, 0.10, 0.15, 0.20)
 
 
-class TernaryWeight(nn.Module):
-    """``Σ_b α_b · T_b(W)`` over the thresholds, straight-through backward."""
+class TernaryWeight(WeightQuantizer):
+    """``Σ_b α_b · T_b(W)`` over the thresholds, straight-through backward.
+
+    As a codec: codes ``[t, *W.shape]`` in {-1, 0, +1} and scales ``[t]`` (one ``α`` per branch).
+    """
 
     scale_granularity = "tensor"
+    code_levels = 3
 
     def __init__(self, thresholds: tuple[float, ...] = (0.05,)):
         super().__init__()
         self.thresholds = tuple(thresholds)
+
+    @property
+    def branches(self) -> int:
+        return len(self.thresholds)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return QF.ternary_expand(w, self.thresholds)
@@ -50,6 +59,15 @@ class TernaryWeight(nn.Module):
     def ternarize(self, w: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per branch, ``(codes, alpha)`` with codes in {-1, 0, +1}; the forward is ``Σ α·codes``."""
         return [QF.ternary_levels(w, tau) for tau in self.thresholds]
+
+    @torch.no_grad()
+    def encode(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        masks, alphas = zip(*QF.ternary_branches(w, self.thresholds))
+        sign = torch.where(w < 0, -1, 1).to(torch.int8)
+        return torch.stack([sign * mask for mask in masks]), torch.stack(alphas)
+
+    def decode(self, codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return QF.ternary_combine(codes != 0, scale.unbind(), (codes < 0).any(0), dtype or scale.dtype)
 
     def extra_repr(self) -> str:
         return f"thresholds={self.thresholds}"

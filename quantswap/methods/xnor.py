@@ -41,10 +41,6 @@ class XnorWeight(BinaryWeightQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return QF.per_channel_mean_abs(w) * QF.sign_ste(w, "clipped")
 
-    @torch.no_grad()
-    def binarize(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return w >= 0, QF.per_channel_mean_abs(w)
-
 
 @register_method
 @dataclasses.dataclass

@@ -4,6 +4,10 @@ They subclass ``nn.Conv2d`` / ``nn.Linear``, so they keep the latent ``weight`` 
 parameters (same state-dict keys as the float layer, same optimizer groups) and every convolution
 option (stride, padding, dilation, groups, padding_mode). The forward quantizes the weight, and the
 input too when the method binarizes activations.
+
+:meth:`freeze` turns a layer into its inference form: the weight quantizer's codes and scales become
+the layer's state and ``weight`` becomes a (non-persistent) buffer holding the quantized weight,
+decoded once; the latent float weight is dropped.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from quantswap.nn.quantizers import FrozenWeight, WeightQuantizer
 
 __all__ = ["QuantConv2d", "QuantLinear", "QuantLayer", "is_quantized_layer"]
 
@@ -33,6 +39,35 @@ class _QuantMixin:
     @property
     def binary_activations(self) -> bool:
         return self.input_quantizer is not None
+
+    @property
+    def is_frozen(self) -> bool:
+        return isinstance(self.weight_quantizer, FrozenWeight)
+
+    @property
+    def codec(self) -> WeightQuantizer:
+        """The weight quantizer (also after :meth:`freeze`, which wraps it)."""
+        return self.weight_quantizer.codec if self.is_frozen else self.weight_quantizer
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Replace the latent weight by the quantized weight, computed once (see the module docstring)."""
+        if self.is_frozen:
+            return
+        if not isinstance(self.weight_quantizer, WeightQuantizer):
+            raise TypeError(f"cannot freeze: {type(self.weight_quantizer).__name__} is not a WeightQuantizer codec")
+        dtype = self.weight.dtype
+        frozen = FrozenWeight(self.weight_quantizer, *self.weight_quantizer.encode(self.weight))
+        del self.weight
+        self.weight_quantizer = frozen
+        self.register_buffer("weight", frozen.decode(dtype), persistent=False)
+        self.register_load_state_dict_post_hook(_redecode_frozen_weight)
+
+
+def _redecode_frozen_weight(layer: _QuantMixin, incompatible_keys) -> None:
+    """After ``load_state_dict`` replaced a frozen layer's codes and scales, decode its weight again."""
+    if layer.is_frozen:
+        layer.weight = layer.weight_quantizer.decode(layer.weight.dtype).to(layer.weight.device)
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):

@@ -1,8 +1,17 @@
 """Quantizer modules: what a quantized layer applies to its weight and to its input.
 
 Weight quantizers map the latent float weight to the quantized weight used in the forward pass.
-Binary ones also expose :meth:`BinaryWeightQuantizer.binarize`, the exact ``(signs, scale)`` pair
-the forward uses, which is what a packed checkpoint stores.
+Every one is also a codec: :meth:`WeightQuantizer.encode` gives the exact integer codes and scales
+the forward uses, :meth:`WeightQuantizer.decode` rebuilds the quantized weight from them bit for
+bit. Codes are what :func:`quantswap.freeze` keeps and what a packed checkpoint stores.
+
+Example:
+    >>> import torch
+    >>> from quantswap.methods.xnor import XnorWeight
+    >>> q, w = XnorWeight().eval(), torch.randn(4, 3, 3, 3)
+    >>> codes, scale = q.encode(w)
+    >>> codes.dtype, tuple(scale.shape), torch.equal(q.decode(codes, scale), q(w))
+    (torch.int8, (4,), True)
 """
 
 from __future__ import annotations
@@ -16,7 +25,9 @@ from quantswap import functional as QF
 
 __all__ = [
     "ScheduledQuantizer",
+    "WeightQuantizer",
     "BinaryWeightQuantizer",
+    "FrozenWeight",
     "SignActivation",
     "EDESignActivation",
 ]
@@ -30,17 +41,84 @@ class ScheduledQuantizer(nn.Module):
         """Update the schedule for ``progress`` = fraction of training done, in [0, 1]."""
 
 
-class BinaryWeightQuantizer(nn.Module):
-    """Base of the binary weight quantizers: ``W_q = scale · sign(transform(W))``."""
+class WeightQuantizer(nn.Module):
+    """A weight quantizer that is also an exact codec for the weight it produces.
 
-    #: ``"channel"`` (one scale per output channel), ``"tensor"`` (one per layer) or ``"constant"``
-    #: (derived from the weight's shape, nothing to store).
-    scale_granularity: str = "channel"
+    ``decode(*encode(w))`` equals ``forward(w)`` bit for bit. Codes are ``int8``: ``±1`` for binary
+    weights (``code_levels = 2``), ``-1, 0, +1`` for ternary ones (``code_levels = 3``); quantizers
+    with several branches (residual expansion) stack them on a leading dimension of ``branches``.
+    """
+
+    code_levels: int = 2
+
+    @property
+    def branches(self) -> int:
+        return 1
 
     @abc.abstractmethod
+    def encode(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(codes, scale)`` of the quantized weight; ``scale`` is ``None`` when it follows from the shape."""
+
+    @abc.abstractmethod
+    def decode(self, codes: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The quantized weight from :meth:`encode`'s output, in ``dtype`` (default: the scale's)."""
+
+
+class BinaryWeightQuantizer(WeightQuantizer):
+    """Base of the binary weight quantizers: ``W_q = scale · sign(transform(W))``.
+
+    The default :meth:`binarize` is XNOR-Net's: ``sign(W)`` and ``mean|W|`` per output channel.
+    """
+
+    #: ``"channel"`` (one scale per output channel), ``"tensor"`` (one per layer) or ``"constant"``
+    #: (derived from the weight's shape by :meth:`constant_scale`, nothing to store).
+    scale_granularity: str = "channel"
+
+    @torch.no_grad()
     def binarize(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(signs, scale)``: a bool tensor (True for +1) shaped like ``w`` and a scale that
         broadcasts against it, such that ``forward(w) == scale * (2 * signs - 1)`` exactly."""
+        return w >= 0, QF.per_channel_mean_abs(w)
+
+    def constant_scale(self, codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has scale_granularity={self.scale_granularity!r}")
+
+    @torch.no_grad()
+    def encode(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        signs, scale = self.binarize(w)
+        codes = torch.where(signs, 1, -1).to(torch.int8)
+        if self.scale_granularity == "constant":
+            return codes, None
+        return codes, scale.reshape(-1) if self.scale_granularity == "channel" else scale.reshape(())
+
+    def decode(self, codes: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        if scale is None:
+            scale = self.constant_scale(codes, dtype or torch.get_default_dtype())
+        elif self.scale_granularity == "channel":
+            scale = scale.view(-1, *(1,) * (codes.dim() - 1))
+        scale = scale.to(dtype or scale.dtype)
+        return scale * codes.to(scale.dtype)
+
+
+class FrozenWeight(nn.Module):
+    """Takes a weight quantizer's place in a frozen layer (see :func:`quantswap.freeze`).
+
+    Holds the quantizer's ``codes`` and ``scale`` (the layer's persistent state) and the original
+    quantizer as ``codec`` (to decode them). Its forward is the identity: the frozen layer's
+    ``weight`` already is the quantized weight, decoded once.
+    """
+
+    def __init__(self, codec: WeightQuantizer, codes: torch.Tensor, scale: torch.Tensor | None):
+        super().__init__()
+        self.codec = codec
+        self.register_buffer("codes", codes)
+        self.register_buffer("scale", scale)
+
+    def decode(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self.codec.decode(self.codes, self.scale, dtype)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w
 
 
 class SignActivation(nn.Module):

@@ -1,0 +1,178 @@
+"""The Hugging Face Hub: :func:`from_pretrained`, :func:`push_to_hub` and :func:`download`.
+
+Everything goes through the real ``huggingface_hub`` client (its cache, tokens, ``HF_ENDPOINT``,
+``HF_HUB_OFFLINE``); quantswap identifies itself as the library. Only ``config.json``,
+``model.safetensors`` and ``README.md`` are ever downloaded: a repo's pickle files are not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from quantswap.checkpoint import (
+    CARD_NAME,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    CheckpointNotFoundError,
+    load_pretrained,
+    read_config,
+    save_pretrained,
+)
+from quantswap.version import __version__
+
+__all__ = ["from_pretrained", "push_to_hub", "download"]
+
+_LIBRARY = {"library_name": "quantswap", "library_version": __version__}
+
+
+def _download_file(repo_id: str, filename: str, revision: str | None, **kwargs: Any) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, **kwargs, **_LIBRARY))
+    except GatedRepoError:
+        raise CheckpointNotFoundError(f"the Hub repo {repo_id!r} is gated: accept its terms on the Hub and pass "
+                                      "token=... (or log in with `hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise CheckpointNotFoundError(f"no model repo {repo_id!r} on the Hub (or it is private: pass token=...); "
+                                      "check the name, or pass a local folder") from None
+    except RevisionNotFoundError:
+        raise CheckpointNotFoundError(f"the Hub repo {repo_id!r} has no revision {revision!r}; "
+                                      "use a branch, tag or commit sha it has") from None
+    except LocalEntryNotFoundError:
+        raise CheckpointNotFoundError(
+            f"{filename} of {where} is not in the local cache and the Hub cannot be reached (offline or "
+            "local_files_only=True); download it once while online, or pass a local checkpoint folder"
+        ) from None
+    except EntryNotFoundError:
+        raise CheckpointNotFoundError(f"{where} has no file {filename}: it is not a quantswap checkpoint "
+                                      "(push one with quantswap.push_to_hub)") from None
+
+
+def download(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Path:
+    """Download a checkpoint's files into the Hub cache; returns the snapshot folder.
+
+    All files come from one commit: the one ``revision`` pointed to when ``config.json`` was fetched.
+    """
+    kwargs = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+    config = _download_file(repo_id, CONFIG_NAME, revision, **kwargs)
+    commit = config.parent.name  # <cache>/models--org--name/snapshots/<commit sha>/config.json
+    _download_file(repo_id, WEIGHTS_NAME, commit, **kwargs)
+    try:
+        _download_file(repo_id, CARD_NAME, commit, **kwargs)
+    except CheckpointNotFoundError:
+        pass  # the card is documentation; a checkpoint without one still loads
+    return config.parent
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and "\\" not in name
+
+
+def from_pretrained(
+    id_or_dir: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> nn.Module:
+    """Load a quantswap checkpoint from a local folder or a Hub repo id, in eval mode.
+
+    The base model is rebuilt only through torchvision's or timm's builders (named in
+    ``config.json``), the swap is redone from the stored method config, and the bit-packed weights
+    are unpacked and loaded strictly. The result is the frozen inference form, or the trainable
+    swapped model when the checkpoint was saved with ``keep_latent=True``.
+
+    Args:
+        id_or_dir: a folder written by :func:`quantswap.save_pretrained`, or ``"org/name"`` on the Hub.
+        revision: a branch, tag or commit sha (Hub only).
+        cache_dir, local_files_only, token: as in ``huggingface_hub.hf_hub_download``.
+    """
+    path = Path(id_or_dir)
+    if path.is_dir():
+        return load_pretrained(path)
+    name = str(id_or_dir)
+    if not _looks_like_repo_id(name):
+        raise CheckpointNotFoundError(f"{name!r} is neither a checkpoint folder nor a Hub repo id like 'org/name'")
+    folder = download(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+    return load_pretrained(folder)
+
+
+def push_to_hub(
+    model_or_dir: nn.Module | str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    **save_kwargs: Any,
+):
+    """Upload a checkpoint to the Hub in one commit, creating the repo (and branch) when missing.
+
+    Args:
+        model_or_dir: a swapped model (saved first with ``save_kwargs``, e.g. ``fp_dtype="float16"``)
+            or a folder written by :func:`quantswap.save_pretrained`.
+        repo_id: ``"org/name"``.
+        revision: the branch to commit to (default: the repo's main branch).
+
+    Returns:
+        huggingface_hub's ``CommitInfo`` (``.commit_url``, ``.oid``).
+    """
+    from huggingface_hub import HfApi
+
+    from quantswap.card import model_card
+
+    if not _looks_like_repo_id(repo_id):
+        raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}")
+    api = HfApi(token=token, **_LIBRARY)
+    with tempfile.TemporaryDirectory(prefix="quantswap-push-") as tmp:
+        folder = Path(tmp) / repo_id.split("/")[-1]
+        if isinstance(model_or_dir, nn.Module):
+            save_pretrained(model_or_dir, folder, **save_kwargs)
+        else:
+            if save_kwargs:
+                raise TypeError(f"save options {sorted(save_kwargs)} apply when pushing a model, not a folder")
+            source = Path(model_or_dir)
+            if not source.is_dir():
+                raise CheckpointNotFoundError(f"no checkpoint folder at {source}")
+            read_config(source)
+            if not (source / WEIGHTS_NAME).is_file():
+                raise CheckpointError(f"{source} has no {WEIGHTS_NAME}; save the model with quantswap.save_pretrained")
+            folder.mkdir()
+            for name in (CONFIG_NAME, WEIGHTS_NAME):
+                shutil.copy2(source / name, folder / name)
+        model_card(read_config(folder), repo_id=repo_id).save(folder / CARD_NAME)  # the card names the repo
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            revision=revision,
+            commit_message=commit_message or f"Upload {folder.name} with quantswap {__version__}",
+        )
