@@ -3,7 +3,8 @@
 * Weights (Libra-PB), per output channel: balance ``Ŵ = W − mean(W)``, standardize
   ``Ŵ_std = Ŵ / std(Ŵ)`` (unbiased std, as in the code; mean and std are differentiated), scale
   ``s = 2^round(log2(mean|Ŵ_std|))`` (detached), ``Q_w = s · sign(Ŵ_std)``. quantswap clamps the std
-  at 1e-12 so an all-constant filter gives a zero weight instead of NaN (the code has no ε).
+  at 1e-12 so an all-constant filter gives a zero weight instead of NaN (the code has no ε), and a
+  filter of one weight uses the biased std (0) instead of NaN.
 * Backward through ``sign`` (weights and activations): the Error Decay Estimator
   ``k·t·(1 − tanh²(t·x))``, with ``t = T_min·10^(p·log10(T_max/T_min))`` and ``k = max(1/t, 1)`` at
   training progress ``p`` (``quantswap.set_progress``); defaults ``T_min = 0.1``, ``T_max = 10``.
@@ -57,7 +58,8 @@ class IRNetWeight(BinaryWeightQuantizer, ScheduledQuantizer):
     def standardize(w: torch.Tensor) -> torch.Tensor:
         flat = w.flatten(1)
         balanced = flat - flat.mean(dim=1, keepdim=True)
-        return (balanced / balanced.std(dim=1, keepdim=True).clamp_min(1e-12)).view_as(w)
+        correction = 1 if flat.shape[1] > 1 else 0  # a one-weight filter: std 0, not NaN
+        return (balanced / balanced.std(dim=1, correction=correction, keepdim=True).clamp_min(1e-12)).view_as(w)
 
     @staticmethod
     def power_of_two_scale(w_std: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,264 @@
+"""save_pretrained -> from_pretrained on local folders: equal outputs, sizes, and every bad input."""
+
+import json
+import os
+
+import pytest
+import timm
+import torch
+from safetensors import safe_open
+from torchvision.models import googlenet, mobilenet_v2, resnet18
+
+import quantswap
+from quantswap.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, CheckpointNotFoundError
+
+SWAPS = {
+    "xnor": lambda m: quantswap.binarize(m, method="xnor"),
+    "irnet": lambda m: quantswap.binarize(m, method="irnet"),
+    "irnet-w1a32": lambda m: quantswap.binarize(m, method="irnet", activations=False),
+    "bireal": lambda m: quantswap.binarize(m, method="bireal"),
+    "mcdonnell": lambda m: quantswap.binarize(m, method="mcdonnell", bn_affine=False, shifted_relu=True),
+    "ternary-t2": lambda m: quantswap.ternarize(m, expansion=2),
+}
+MODELS = {
+    "resnet18": lambda: resnet18(num_classes=10),
+    "mobilenet_v2": lambda: mobilenet_v2(num_classes=10),
+    "timm:resnet18d": lambda: timm.create_model("resnet18d", num_classes=10),
+    "timm:efficientnet_b0": lambda: timm.create_model("efficientnet_b0", num_classes=10),
+}
+X = torch.randn(2, 3, 32, 32)
+
+
+def _trained(model):
+    """A swapped model whose BatchNorm statistics have moved, in eval mode."""
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 32, 32))
+    return model.eval()
+
+
+def _rounded(model, dtype):
+    """The frozen model with every real-valued tensor rounded to ``dtype``: what a load must equal."""
+    ref = quantswap.freeze(model)
+    state = {k: v.to(dtype).to(v.dtype) if v.is_floating_point() and not k.endswith(".weight_quantizer.scale") else v
+             for k, v in ref.state_dict().items()}
+    ref.load_state_dict(state)
+    return ref
+
+
+@pytest.mark.parametrize("arch", MODELS)
+@pytest.mark.parametrize("method", SWAPS)
+def test_save_load_gives_identical_outputs(tmp_path, arch, method):
+    model = _trained(SWAPS[method](MODELS[arch]()))
+    size = quantswap.save_pretrained(model, tmp_path / "ckpt")
+    loaded = quantswap.from_pretrained(tmp_path / "ckpt")
+    assert not loaded.training and quantswap.frozen.is_frozen(loaded)
+    assert torch.equal(loaded(X), model(X))
+    header = 8 + int.from_bytes((tmp_path / "ckpt" / WEIGHTS_NAME).read_bytes()[:8], "little")
+    payload = size.file_bytes - header  # the tensors, without the JSON header (large for small models)
+    assert payload <= 1.01 * size.theoretical_bytes, f"{payload} bytes of tensors for {size.theoretical_bytes:.0f}"
+    config = json.loads((tmp_path / "ckpt" / CONFIG_NAME).read_text())
+    assert config["base_model"] == {"name": arch if ":" in arch else f"torchvision:{arch}", "args": {"num_classes": 10}}
+
+
+@pytest.mark.parametrize("method", SWAPS)
+def test_keep_latent_round_trip_can_keep_training(tmp_path, method):
+    model = _trained(SWAPS[method](resnet18(num_classes=10)))
+    quantswap.save_pretrained(model, tmp_path / "ckpt", keep_latent=True)
+    loaded = quantswap.from_pretrained(tmp_path / "ckpt")
+    assert not loaded.training and not quantswap.frozen.is_frozen(loaded)
+    assert torch.equal(loaded(X), model(X))
+    for name in model.meta["quantswap"].quantized:
+        assert torch.equal(loaded.get_submodule(name).weight, model.get_submodule(name).weight)
+    loaded.train()(X).sum().backward()
+    assert loaded.layer2[0].conv1.weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("method", SWAPS)
+def test_half_precision_real_layers_load_as_the_rounded_model(tmp_path, method, dtype):
+    model = _trained(SWAPS[method](resnet18(num_classes=10)))
+    quantswap.save_pretrained(model, tmp_path / "ckpt", fp_dtype=dtype)
+    with safe_open(str(tmp_path / "ckpt" / WEIGHTS_NAME), "pt") as f:
+        assert f.get_slice("fc.weight").get_dtype() == {"float16": "F16", "bfloat16": "BF16"}[dtype]
+        assert f.get_slice("layer1.0.conv1.weight_quantizer.codes").get_dtype() == "U8"
+    loaded = quantswap.from_pretrained(tmp_path / "ckpt")
+    assert torch.equal(loaded(X), _rounded(model, getattr(torch, dtype))(X))
+
+
+@pytest.mark.parametrize("packing", ["bits2", "base3"])
+def test_ternary_packings_round_trip(tmp_path, packing):
+    model = _trained(quantswap.ternarize(resnet18(num_classes=10), expansion=4))
+    size = quantswap.save_pretrained(model, tmp_path / "ckpt", ternary_packing=packing)
+    assert torch.equal(quantswap.from_pretrained(tmp_path / "ckpt")(X), model(X))
+    assert size.ratio <= 1.02
+    n = sum(model.get_submodule(name).weight.numel() for name in model.meta["quantswap"].quantized)
+    codes_bytes = 4 * n * (2 if packing == "bits2" else 1.6) / 8
+    assert size.theoretical_bytes < size.fp32_bytes and codes_bytes < size.file_bytes
+
+
+def test_frozen_model_saves_like_the_swapped_one(tmp_path):
+    model = _trained(SWAPS["irnet"](resnet18(num_classes=10)))
+    quantswap.save_pretrained(model, tmp_path / "a")
+    quantswap.save_pretrained(quantswap.freeze(model), tmp_path / "b")
+    assert (tmp_path / "a" / WEIGHTS_NAME).read_bytes() == (tmp_path / "b" / WEIGHTS_NAME).read_bytes()
+
+
+def test_googlenet_records_the_builder_arguments_the_state_dict_does_not_show(tmp_path):
+    model = _trained(quantswap.binarize(googlenet(num_classes=10, aux_logits=False, transform_input=True,
+                                                  init_weights=False), method="xnor"))
+    quantswap.save_pretrained(model, tmp_path / "ckpt")
+    args = json.loads((tmp_path / "ckpt" / CONFIG_NAME).read_text())["base_model"]["args"]
+    assert args == {"aux_logits": False, "transform_input": True, "num_classes": 10}
+    assert torch.equal(quantswap.from_pretrained(tmp_path / "ckpt")(X), model(X))
+
+
+def test_resnet18_size_goals(tmp_path):
+    """Binary ResNet-18 (ImageNet head): <= 1.02x the theoretical minimum, <= 2.6 MB with float16 real layers."""
+    model = quantswap.binarize(resnet18(), method="xnor")
+    fp32 = quantswap.save_pretrained(model, tmp_path / "fp32")
+    fp16 = quantswap.save_pretrained(model, tmp_path / "fp16", fp_dtype="float16")
+    assert fp32.ratio <= 1.02 and fp16.ratio <= 1.02
+    assert fp16.file_bytes <= 2.6e6 and fp32.fp32_bytes == pytest.approx(46.8e6, rel=0.01)
+    assert fp32.theoretical_bytes == quantswap.summary(model).size_bytes
+
+
+def test_model_card(tmp_path):
+    model = quantswap.binarize(resnet18(num_classes=10), method="irnet")
+    size = quantswap.save_pretrained(model, tmp_path / "r18", metrics={"dataset": "fashion-mnist", "top1": 90.25})
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "r18" / "README.md")
+    assert card.data.library_name == "quantswap" and {"irnet", "binary", "W1/A1", "resnet18"} <= set(card.data.tags)
+    assert card.data.eval_results[0].metric_value == 90.25
+    assert f"{size.file_bytes / 1e6:.2f} MB" in card.text and "not\nfaster than the FP model" in card.text
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved") / "ckpt"
+    quantswap.save_pretrained(quantswap.binarize(resnet18(num_classes=10), method="irnet"), folder)
+    return folder
+
+
+def _copy(saved, tmp_path, edit_config=None):
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for name in os.listdir(saved):
+        (folder / name).write_bytes((saved / name).read_bytes())
+    if edit_config:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+        edit_config(config)
+        (folder / CONFIG_NAME).write_text(json.dumps(config))
+    return folder
+
+
+def test_missing_folder_and_files(saved, tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match="neither a checkpoint folder nor a Hub repo id"):
+        quantswap.from_pretrained(tmp_path / "nowhere")
+    folder = _copy(saved, tmp_path)
+    (folder / WEIGHTS_NAME).unlink()
+    with pytest.raises(CheckpointNotFoundError, match="model.safetensors is missing"):
+        quantswap.from_pretrained(folder)
+    (folder / CONFIG_NAME).unlink()
+    with pytest.raises(CheckpointNotFoundError, match="config.json is missing"):
+        quantswap.from_pretrained(folder)
+
+
+def test_pickled_weights_are_refused_without_unpickling(saved, tmp_path, monkeypatch):
+    folder = _copy(saved, tmp_path)
+    (folder / WEIGHTS_NAME).unlink()
+    torch.save({"fc.weight": torch.zeros(1)}, folder / "pytorch_model.bin")
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("quantswap must never call torch.load on a checkpoint")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        quantswap.from_pretrained(folder)
+    os.replace(folder / "pytorch_model.bin", folder / WEIGHTS_NAME)  # a pickle under the safetensors name
+    with pytest.raises(CheckpointError, match="pickle/zip file, not safetensors"):
+        quantswap.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header", "garbage"])
+def test_corrupt_safetensors(saved, tmp_path, damage):
+    folder = _copy(saved, tmp_path)
+    data = (folder / WEIGHTS_NAME).read_bytes()
+    data = {"truncate": data[: len(data) // 2], "header": data[:8] + b"{" * 64 + data[72:],
+            "garbage": b"\x07" * 1000}[damage]
+    (folder / WEIGHTS_NAME).write_bytes(data)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        quantswap.from_pretrained(folder)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["base_model"].update(name="torchvision:resnet999"), "unknown torchvision classification model"),
+        (lambda c: c["base_model"].update(name="os:system"), "unknown model source 'os'"),
+        (lambda c: c["base_model"]["args"].update(checkpoint_path="/etc/passwd"), "'checkpoint_path' is not allowed"),
+        (lambda c: c["quantization"].update(method="dorefa"), "dorefa"),
+        (lambda c: c.update(format_version=99), "format 99.*pip install -U quantswap"),
+        (lambda c: c.pop("quantization"), "lacks the 'quantization' entry"),
+        (lambda c: c.update(library_name="transformers"), "not a quantswap config"),
+        (lambda c: c["base_model"]["args"].update(num_classes=5), r"'fc.(weight|bias)' has shape \[10.*expects \[5"),
+        (lambda c: c["quantization"].update(method="xnor", t_min=0.1), "unknown option"),
+        (lambda c: c["quantization"].update(keep_downsample=False),
+         r"'layer2.0.downsample.0.weight_quantizer.codes'|does not match"),
+    ],
+)
+def test_bad_config(saved, tmp_path, edit, message):
+    folder = _copy(saved, tmp_path, edit)
+    with pytest.raises(CheckpointError, match=message):
+        quantswap.from_pretrained(folder)
+
+
+def test_invalid_json(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    (folder / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        quantswap.from_pretrained(folder)
+
+
+def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
+    model = quantswap.binarize(resnet18(num_classes=10), method="irnet")
+
+    def disk_full(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("quantswap.checkpoint.save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        quantswap.save_pretrained(model, tmp_path / "ckpt")
+    assert os.listdir(tmp_path) == []
+
+
+def test_saving_over_a_folder_replaces_only_the_checkpoint_files(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    (folder / "notes.txt").write_text("mine")
+    model = _trained(quantswap.binarize(resnet18(num_classes=10), method="xnor"))
+    quantswap.save_pretrained(model, folder)
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["copy"]
+    assert torch.equal(quantswap.from_pretrained(folder)(X), model(X))
+
+
+def test_bad_save_arguments(tmp_path):
+    model = quantswap.binarize(resnet18(num_classes=10), method="irnet")
+    with pytest.raises(ValueError, match="not made by quantswap"):
+        quantswap.save_pretrained(resnet18(), tmp_path / "a")
+    with pytest.raises(ValueError, match="fp_dtype.*float32, float16, bfloat16"):
+        quantswap.save_pretrained(model, tmp_path / "a", fp_dtype="int8")
+    with pytest.raises(ValueError, match="ternary_packing"):
+        quantswap.save_pretrained(model, tmp_path / "a", ternary_packing="base4")
+    with pytest.raises(ValueError, match="keep_latent=True needs the latent weights"):
+        quantswap.save_pretrained(quantswap.freeze(model), tmp_path / "a", keep_latent=True)
+    custom = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3), torch.nn.Conv2d(8, 2, 3))
+    with pytest.raises(ValueError, match="Pass base_model='torchvision:NAME'"):
+        quantswap.save_pretrained(quantswap.binarize(custom, method="xnor"), tmp_path / "a")
+    assert not (tmp_path / "a").exists()

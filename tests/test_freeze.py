@@ -1,0 +1,112 @@
+"""freeze: the quantizers as exact codecs, and the frozen model against the eval-mode swapped model."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.models import mobilenet_v2, resnet18
+
+import quantswap
+from quantswap.methods.bireal import BiRealWeight
+from quantswap.methods.irnet import IRNetWeight
+from quantswap.methods.mcdonnell import McDonnellWeight
+from quantswap.methods.ternary import TernaryWeight
+from quantswap.methods.xnor import XnorWeight
+
+CODECS = [XnorWeight(), IRNetWeight(), BiRealWeight(), McDonnellWeight(),
+          TernaryWeight((0.05,)), TernaryWeight((0.05, 0.1)), TernaryWeight((0.05, 0.1, 0.15, 0.2))]
+SWAPS = {
+    "xnor": lambda m: quantswap.binarize(m, method="xnor"),
+    "irnet": lambda m: quantswap.binarize(m, method="irnet"),
+    "irnet-w1a32": lambda m: quantswap.binarize(m, method="irnet", activations=False),
+    "bireal": lambda m: quantswap.binarize(m, method="bireal"),
+    "mcdonnell": lambda m: quantswap.binarize(m, method="mcdonnell", bn_affine=False),
+    "ternary-t1": lambda m: quantswap.ternarize(m, expansion=1),
+    "ternary-t3": lambda m: quantswap.ternarize(m, expansion=3),
+}
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=lambda c: f"{type(c).__name__}{getattr(c, 'thresholds', '')}")
+@pytest.mark.parametrize("shape", [(8, 3, 3, 3), (5, 7), (4, 1, 1, 1)])
+def test_decode_of_encode_is_the_forward_bit_for_bit(codec, shape):
+    w = torch.randn(shape)
+    w.view(-1)[::5] = 0.0  # exact zeros: sign(0) = +1
+    codes, scale = codec.encode(w)
+    assert codes.dtype == torch.int8
+    assert set(codes.unique().tolist()) <= ({-1, 1} if codec.code_levels == 2 else {-1, 0, 1})
+    assert torch.equal(codec.decode(codes, scale), codec.eval()(w))
+
+
+def test_ternary_codes_are_the_branch_codes_of_ternarize():
+    codec, w = TernaryWeight((0.05, 0.1, 0.15)), torch.randn(16, 8, 3, 3)
+    codes, scale = codec.encode(w)
+    for b, (branch_codes, alpha) in enumerate(codec.ternarize(w)):
+        assert torch.equal(codes[b].float(), branch_codes) and torch.equal(scale[b], alpha)
+
+
+@pytest.mark.parametrize("method", SWAPS)
+def test_frozen_model_equals_eval_model_and_drops_latent_weights(method):
+    bnn = SWAPS[method](resnet18(num_classes=10)).train()
+    bnn(torch.randn(4, 3, 32, 32))  # move BatchNorm statistics off their initial values
+    bnn.eval()
+    fast = quantswap.freeze(bnn)
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(fast(x), bnn(x))
+    assert not fast.training and bnn.layer1[0].conv1.weight.requires_grad  # the input model is untouched
+    layer = fast.layer1[0].conv1
+    assert isinstance(layer.weight, torch.Tensor) and not isinstance(layer.weight, nn.Parameter)
+    assert not any(n.endswith("conv1.weight") and "layer" in n for n, _ in fast.named_parameters())
+    assert "layer1.0.conv1.weight" not in fast.state_dict()
+
+
+@pytest.mark.parametrize("method", ["irnet", "ternary-t3"])
+def test_load_state_dict_decodes_the_weight_again(method):
+    source = quantswap.freeze(SWAPS[method](mobilenet_v2(num_classes=10)))
+    target = quantswap.freeze(SWAPS[method](mobilenet_v2(num_classes=10)))
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.equal(source(x), target(x))
+    target.load_state_dict(source.state_dict())
+    assert torch.equal(source(x), target(x))
+
+
+class FunctionalWeightRead(nn.Module):
+    """A Linear whose weight is read directly, as Swin's attention does: the graph quantizes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(6, 16)
+        self.proj = nn.Linear(16, 16)
+        self.mid = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = F.linear(x, self.proj.weight, self.proj.bias)
+        return self.head(self.mid(x))
+
+
+def test_freeze_does_not_quantize_a_directly_read_weight_twice():
+    bnn = quantswap.binarize(FunctionalWeightRead(), method="irnet", activations=False).eval()
+    assert "proj" in bnn.meta["quantswap"].quantized
+    fast = quantswap.freeze(bnn)
+    x = torch.randn(5, 6)
+    assert torch.equal(fast(x), bnn(x))
+
+
+def test_freeze_is_idempotent_and_inplace_works():
+    bnn = quantswap.binarize(resnet18(num_classes=10), method="xnor").eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = bnn(x)
+    fast = quantswap.freeze(bnn, inplace=True)
+    assert fast is bnn and torch.equal(quantswap.freeze(fast)(x), expected)
+
+
+def test_freeze_refuses_a_float_model():
+    with pytest.raises(ValueError, match="swapped by quantswap.binarize/ternarize"):
+        quantswap.freeze(resnet18())
+
+
+def test_summary_counts_a_frozen_model_like_the_swapped_one():
+    bnn = quantswap.ternarize(resnet18(), expansion=2)
+    a, b = quantswap.summary(bnn), quantswap.summary(quantswap.freeze(bnn))
+    assert (a.size_bytes, a.params_by_bits, a.buffers, a.scales) == (b.size_bytes, b.params_by_bits, b.buffers, b.scales)
