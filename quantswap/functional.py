@@ -186,7 +186,7 @@ def ternary_combine(masks: Sequence[torch.Tensor], alphas: Sequence[torch.Tensor
                     dtype: torch.dtype) -> torch.Tensor:
     """``Σ_b α_b·mask_b`` with the sign applied once: ``-levels`` where ``negative``."""
     levels = torch.zeros(negative.shape, dtype=dtype, device=negative.device)
-    for mask, alpha in zip(masks, alphas):
+    for mask, alpha in zip(masks, alphas, strict=True):
         levels.addcmul_(mask.to(dtype), alpha.to(dtype))
     return torch.where(negative, -levels, levels)
 
@@ -196,7 +196,7 @@ class _TernaryExpand(torch.autograd.Function):
     def forward(ctx, w: torch.Tensor, thresholds: tuple[float, ...]) -> torch.Tensor:
         ctx.save_for_backward(w)
         ctx.branches = len(thresholds)
-        masks, alphas = zip(*ternary_branches(w, thresholds))
+        masks, alphas = zip(*ternary_branches(w, thresholds), strict=True)
         return ternary_combine(masks, alphas, w < 0, w.dtype)
 
     @staticmethod

@@ -4,10 +4,10 @@ saved, loaded, on real ImageNet photos."""
 import pytest
 import torch
 from PIL import Image
+from real_data import imagenet_photos, mobilenet_v2_imagenet_state_dict
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 import quantswap
-from real_data import imagenet_photos, mobilenet_v2_imagenet_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ class TernaryWeight(WeightQuantizer):
 
     @torch.no_grad()
     def encode(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        masks, alphas = zip(*QF.ternary_branches(w, self.thresholds))
+        masks, alphas = zip(*QF.ternary_branches(w, self.thresholds), strict=True)
         sign = torch.where(w < 0, -1, 1).to(torch.int8)
         return torch.stack([sign * mask for mask in masks]), torch.stack(alphas)
 
@@ -109,7 +109,7 @@ class TernaryConfig(QuantConfig):
                 f"thresholds has {len(self.thresholds)} values but expansion={self.expansion}; give one per branch"
             )
         if not all(0 < t < 1 for t in self.thresholds) or any(
-            a >= b for a, b in zip(self.thresholds, self.thresholds[1:])
+            a >= b for a, b in zip(self.thresholds, self.thresholds[1:], strict=False)
         ):
             raise ValueError(f"thresholds must be strictly increasing values in (0, 1), got {self.thresholds}")
 
