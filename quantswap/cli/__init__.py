@@ -6,13 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from quantswap.cli import evaluate as _evaluate
+from quantswap.cli import finetune as _finetune
 from quantswap.cli import hub as _hub
 from quantswap.cli import summary as _summary
 from quantswap.version import __version__
 
 __all__ = ["main"]
 
-_COMMANDS = (_summary, _hub)  # each adds its subcommand(s) with add_parser
+_COMMANDS = (_finetune, _evaluate, _summary, _hub)  # each adds its subcommand(s) with add_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,49 @@
+"""``quantswap eval``: top-1/top-5 of a checkpoint folder, a run folder or a Hub id on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_parser"]
+
+EXAMPLES = """examples:
+  quantswap eval --model runs/r18-irnet --data fashion-mnist
+  quantswap eval --model my-org/resnet18-irnet --revision v1 --data imagefolder:/data/imagenet
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help=__doc__.split(":", 1)[1].strip(), epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a run folder, a checkpoint folder or a Hub id ORG/NAME")
+    p.add_argument("--revision", default=None, help="Hub branch, tag or commit")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, cifar10, cifar100 or imagefolder:PATH")
+    p.add_argument("--data-root", default=None, help="where datasets are cached")
+    p.add_argument("--image-size", type=int, default=None, help="input size (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--subset", type=int, default=None, help="evaluate on the first N test images of a fixed order")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    import quantswap
+    from quantswap.data import build_datasets
+    from quantswap.train.engine import _device, evaluate
+
+    source = Path(args.model)
+    if (source / "model" / "config.json").is_file():  # a run folder written by quantswap finetune
+        source = source / "model"
+    model = quantswap.from_pretrained(source if source.is_dir() else args.model, revision=args.revision)
+    trained_size = model.meta["quantswap_checkpoint"].get("metrics", {}).get("image_size")
+    _, val, _ = build_datasets(args.data, image_size=args.image_size or trained_size, root=args.data_root,
+                               val_subset=args.subset)
+    device = _device(args.device)
+    loader = DataLoader(val, batch_size=args.batch_size, generator=torch.Generator())
+    metrics = evaluate(model.to(device), loader, device)
+    print(f"{args.model} on {args.data} ({len(val)} images): top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}%")
+    return 0

@@ -1,0 +1,90 @@
+"""``quantswap finetune``: fine-tune a swapped model from its pretrained weights (flags = FinetuneConfig fields)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+
+from quantswap.train.config import FinetuneConfig
+
+__all__ = ["add_parser"]
+
+EXAMPLES = """examples:
+  quantswap finetune --model resnet18 --method irnet --weights DEFAULT --data imagefolder:/data/imagenet --epochs 20 --output runs/r18-irnet
+  quantswap finetune --recipe recipes/resnet18-bireal-imagenet.yaml --data imagefolder:/data/imagenet --push-to-hub my-org/resnet18-bireal
+  quantswap finetune --recipe recipes/fashion-mnist-irnet.yaml --weights runs/parent/model.safetensors
+  quantswap finetune ... --resume          (continue the run in --output exactly where it stopped)
+  torchrun --nproc_per_node 8 -m quantswap finetune --recipe ...
+"""
+
+HELP = {
+    "model": "torchvision:NAME or timm:NAME (a bare name means torchvision)",
+    "method": "none (train the float model), xnor, irnet, bireal, mcdonnell or ternary",
+    "activations": "binarize activations (default: the method's own)",
+    "expansion": "ternary residual-expansion branches (1-4)",
+    "weights": "DEFAULT (the builder's pretrained weights, online), none, or a local .safetensors / torch state dict",
+    "data": "fashion-mnist, cifar10, cifar100 or imagefolder:PATH (PATH/train, PATH/val)",
+    "optimizer": "any timm optimizer name: adamw, adam, sgd, lamb, ...",
+    "schedule": "any timm scheduler: cosine (default), step, multistep, ...",
+    "distill": "distill from the frozen float parent (default: on when it has pretrained weights)",
+    "teacher": "another teacher model name (default: the parent)",
+    "distill_alpha": "weight of the distribution loss; 1 - alpha goes to the label loss",
+    "output": "run folder: args.yaml, metrics.jsonl, last.pt, best.pt and the packed model/",
+    "resume": "continue the run in --output from its last checkpoint",
+    "overwrite": "replace the run in --output",
+    "max_steps": "stop after this many optimizer steps",
+    "save_every": "steps between mid-epoch checkpoints (0: epoch ends only)",
+    "push_to_hub": "ORG/NAME: push the packed model at the end",
+}
+
+
+def _scalar(annotation) -> type:
+    """``int | None`` -> int; ``list[int]`` -> int (nargs)."""
+    hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    base = next(h for h in hints if h is not type(None))
+    return typing.get_args(base)[0] if typing.get_origin(base) is list else base
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("finetune", help=__doc__.split(":", 1)[1].strip().split(" (")[0], epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+    p.add_argument("--recipe", metavar="FILE.yaml", help="a recipe: YAML whose keys are these options; flags override it")
+    hints = typing.get_type_hints(FinetuneConfig)
+    for field in dataclasses.fields(FinetuneConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        text = f"{HELP.get(field.name, '')} (default: {default})".strip()
+        kind = _scalar(hints[field.name])
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+        elif "list[" in str(hints[field.name]):
+            p.add_argument(flag, type=kind, nargs="*", help=text)
+        else:
+            p.add_argument(flag, type=kind, help=text)
+    p.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
+    from quantswap.train.config import load_recipe
+
+    options = load_recipe(args.recipe) if getattr(args, "recipe", None) else {}
+    options.update({k: v for k, v in vars(args).items() if k not in ("recipe", "run", "command")})
+    return FinetuneConfig.from_dict(options)
+
+
+def run(args: argparse.Namespace) -> int:
+    from quantswap.train.engine import TrainingDiverged, finetune
+
+    cfg = config_from_args(args)
+    try:
+        finetune(cfg)
+    except TrainingDiverged as err:
+        print(f"quantswap finetune: stopped: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the run is saved in {cfg.output}; continue it with --resume", file=sys.stderr)
+        return 130
+    return 0

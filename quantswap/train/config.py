@@ -1,0 +1,121 @@
+"""The typed options of a fine-tuning run; the CLI's flags and a recipe's keys are exactly these fields.
+
+Example:
+    >>> from quantswap.train.config import FinetuneConfig
+    >>> cfg = FinetuneConfig.from_dict({"model": "resnet18", "method": "irnet", "epochs": 2})
+    >>> cfg.epochs, cfg.optimizer
+    (2, 'adamw')
+    >>> FinetuneConfig.from_dict({"epoch": 2})
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown option(s) ['epoch'] (did you mean 'epochs'?); the options are the flags of `quantswap finetune --help`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["FinetuneConfig", "load_recipe"]
+
+METHODS_AND_FP = ("none", "xnor", "irnet", "bireal", "mcdonnell", "ternary")
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """Everything a run needs. ``method="none"`` trains the float model itself (a parent)."""
+
+    model: str = "resnet18"
+    method: str = "irnet"
+    activations: bool | None = None
+    expansion: int | None = None
+    skip_first: bool = True
+    skip_last: bool = True
+    weights: str = "DEFAULT"  # DEFAULT (the builder's pretrained weights), none, or a local file
+    num_classes: int | None = None  # default: the dataset's
+    data: str = "fashion-mnist"
+    data_root: str | None = None
+    image_size: int | None = None
+    train_subset: int | None = None
+    val_subset: int | None = None
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # any timm scheduler: cosine, step, multistep, plateau, ...
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    cycle_mul: float = 1.0  # > 1 with cycle_limit > 1: SGDR warm restarts (McDonnell)
+    cycle_limit: int = 1
+    decay_milestones: list[int] = dataclasses.field(default_factory=list)
+    decay_rate: float = 0.1
+    label_smoothing: float = 0.0
+    clip_grad: float | None = None
+    distill: bool | None = None  # default: on when the parent has pretrained weights
+    teacher: str | None = None  # default: the parent itself; or a model name / local weights via teacher_weights
+    teacher_weights: str | None = None
+    distill_alpha: float = 1.0  # weight of the distribution loss; 1 - alpha goes to the labels
+    output: str = "runs/finetune"
+    resume: bool = False
+    overwrite: bool = False
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    sync_bn: bool = False
+    workers: int = 0
+    max_steps: int | None = None
+    save_every: int = 200  # steps between mid-epoch checkpoints (0: only at epoch ends)
+    fp_dtype: str = "float32"  # real-valued layers of the final packed checkpoint
+    push_to_hub: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS_AND_FP:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS_AND_FP)}")
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha is a weight in [0, 1], got {self.distill_alpha}")
+        if self.expansion is not None and self.method != "ternary":
+            raise ValueError("expansion applies to method ternary only")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            hints = [difflib.get_close_matches(k, known, n=1) for k in unknown]
+            hint = "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
+            raise ValueError(f"unknown option(s) {unknown}{hint}; the options are the flags of "
+                             "`quantswap finetune --help`")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """A recipe's options (YAML mapping; keys use ``_`` or ``-``), checked against :class:`FinetuneConfig`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} does not exist; see recipes/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"recipe {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {path} must be a mapping of option: value")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    try:
+        FinetuneConfig.from_dict(data)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"recipe {path}: {err}") from None
+    return data

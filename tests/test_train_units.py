@@ -1,0 +1,72 @@
+"""Fine-tuning pieces that need no training run: the distillation loss, recipes, options and refusals."""
+
+import pytest
+import torch
+
+from quantswap.cli import main
+from quantswap.data import ResumableSampler
+from quantswap.train import FinetuneConfig, distribution_loss, load_recipe
+
+
+def test_distribution_loss_matches_its_formula_and_gradient():
+    """L = -mean_b Σ_c softmax(z_T)_c log softmax(z_S)_c (METHODS.md §6.1); dL/dz_S = (softmax(z_S) - softmax(z_T)) / B."""
+    torch.manual_seed(0)
+    s = torch.randn(6, 10, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(6, 10, dtype=torch.float64)
+    loss = distribution_loss(s, t)
+    p_t, log_p_s = t.softmax(1), s.log_softmax(1)
+    expected = -sum((p_t[b] * log_p_s[b]).sum() for b in range(6)) / 6
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)  # computed in float32 inside
+    loss.backward()
+    assert torch.allclose(s.grad, (s.detach().softmax(1) - p_t) / 6, atol=1e-6)
+
+
+def test_distribution_loss_is_minimal_when_the_student_copies_the_teacher():
+    t = torch.randn(4, 5)
+    entropy = -(t.softmax(1) * t.log_softmax(1)).sum(1).mean()
+    assert distribution_loss(t, t).item() == pytest.approx(entropy.item(), rel=1e-5)
+    assert distribution_loss(t + torch.randn(4, 5), t) > distribution_loss(t, t)
+
+
+def test_resumable_sampler_resumes_mid_epoch_and_shards():
+    full = list(ResumableSampler(10, shuffle=True, seed=3))
+    resumed = ResumableSampler(10, shuffle=True, seed=3)
+    resumed.set_epoch(0, start=4)
+    assert list(resumed) == full[4:] and len(resumed) == 6
+    shards = [list(ResumableSampler(10, shuffle=True, seed=3, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(sum(shards, [])[:10]) != [] and {i for s in shards for i in s} == set(range(10))
+    assert all(len(s) == 4 for s in shards)  # padded to a multiple of the ranks
+
+
+def test_recipe_with_an_unknown_key_is_refused(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: resnet18\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['learning_rate'\]"):
+        load_recipe(path)
+    path.write_text("model: resnet18\nmethod: dorefa\n")
+    with pytest.raises(ValueError, match="unknown method 'dorefa'"):
+        load_recipe(path)
+
+
+def test_every_shipped_recipe_is_valid():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 5
+    for path in recipes:
+        FinetuneConfig.from_dict(load_recipe(path))
+
+
+def test_an_output_folder_holding_another_run_is_refused(tmp_path, capsys):
+    (tmp_path / "args.yaml").write_text("model: resnet18\n")
+    assert main(["finetune", "--weights", "none", "--output", str(tmp_path)]) == 2
+    assert "holds another run; pass --resume" in capsys.readouterr().err
+    assert main(["finetune", "--weights", "none", "--output", str(tmp_path / "new"), "--resume"]) == 2
+    assert "last.pt does not exist" in capsys.readouterr().err
+
+
+def test_bad_options(capsys):
+    assert main(["finetune", "--method", "dorefa"]) == 2
+    assert "unknown method 'dorefa'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["finetune", "--epochs", "many"])
