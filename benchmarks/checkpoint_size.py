@@ -15,7 +15,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _markdown import machine, update_section
+from _common import convert, machine, publish
 from torchvision.models import mobilenet_v2, resnet18, resnet50
 
 import quantswap
@@ -42,7 +42,7 @@ OTHER_MODELS = {
 def measure(build, options: dict, fp_dtype: str, folder: Path) -> quantswap.CheckpointSize:
     options = dict(options)
     packing = options.pop("packing", "bits2")
-    model = quantswap.ternarize(build(), **options) if "expansion" in options else quantswap.binarize(build(), **options)
+    model = convert(build(), options)
     return quantswap.save_pretrained(model, folder / "ckpt", fp_dtype=fp_dtype, ternary_packing=packing)
 
 
@@ -85,10 +85,7 @@ def main() -> None:
         + (f"; not by {', '.join(f'{k} ({s.file_bytes / 1e6:.2f} MB)' for k, s in over.items())}, which keep "
            "172k downsample weights real: binarize them too with `keep_downsample=False`." if over else "."),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        update_section(args.output, "Checkpoint size", text)
+    publish(lines, "Checkpoint size", args.output)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import statistics
 import time
 
 import torch
-from _markdown import machine, update_section
+from _common import convert, machine, publish
 from torchvision.models import mobilenet_v3_large, resnet18, resnet50
 
 import quantswap
@@ -37,12 +37,6 @@ WHY_SLOW = (
     "memory-bound on a 2-core machine where the float step itself is short. Fusing the quantizer passes "
     "(one kernel per layer) is the planned fix."
 )
-
-
-def convert(model, options):
-    if "expansion" in options:
-        return quantswap.ternarize(model, **options)
-    return quantswap.binarize(model, **options)
 
 
 def swap_seconds(build):
@@ -104,10 +98,7 @@ def main():
         + (f"Step ratio missed by {', '.join(f'{n} {r:.2f}' for n, r in slow.items())}. {WHY_SLOW}" if slow
            else "Step ratio: met."),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        update_section(args.output, "Swap time and training-step overhead", text)
+    publish(lines, "Swap time and training-step overhead", args.output)
 
 
 if __name__ == "__main__":

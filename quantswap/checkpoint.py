@@ -47,7 +47,7 @@ from quantswap.api import get_swap_report, swap
 from quantswap.config import config_from_dict
 from quantswap.frozen import freeze, is_frozen
 from quantswap.models import BaseModelSpec, identify_base_model
-from quantswap.nn.layers import QuantLayer
+from quantswap.nn.layers import CODES_KEY, SCALE_KEY, quantized_weight_keys
 from quantswap.packing import PackingError, pack, unpack
 from quantswap.summary import theoretical_size
 from quantswap.version import __version__
@@ -72,7 +72,6 @@ CARD_NAME = "README.md"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 FP_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TERNARY_PACKINGS = ("bits2", "base3")
-_CODES, _SCALE = ".weight_quantizer.codes", ".weight_quantizer.scale"
 
 
 class CheckpointError(ValueError):
@@ -120,15 +119,16 @@ def _packed_state(
     frozen = model if is_frozen(model) else freeze(model)
     tensors: dict[str, torch.Tensor] = {}
     packed: dict[str, dict[str, Any]] = {}
-    layers = {name: m for name, m in frozen.named_modules() if isinstance(m, QuantLayer)}
+    roles = quantized_weight_keys(frozen)
     for key, tensor in frozen.state_dict().items():
         tensor = tensor.detach().cpu()
-        if key.endswith(_CODES) and key[: -len(_CODES)] in layers:
-            codec = layers[key[: -len(_CODES)]].codec
+        role = roles.get(key, (None, None))[1]
+        if role == "codes":
+            codec = frozen.get_submodule(roles[key][0]).codec
             scheme = "bits1" if codec.code_levels == 2 else ternary_packing
             tensors[key] = pack(tensor, scheme, rows=codec.branches)
             packed[key] = {"scheme": scheme, "shape": list(tensor.shape)}
-        elif key.endswith(_SCALE) or not tensor.is_floating_point():
+        elif role == "scale" or not tensor.is_floating_point():
             tensors[key] = tensor.clone()
         else:
             tensors[key] = tensor.to(fp_dtype, copy=True)
@@ -136,8 +136,8 @@ def _packed_state(
         if model is frozen:
             raise ValueError("keep_latent=True needs the latent weights, which a frozen model no longer has; "
                              "save the swapped model before quantswap.freeze")
-        for name in layers:
-            tensors[f"{name}.weight"] = model.get_submodule(name).weight.detach().cpu().to(torch.float32, copy=True)
+        for key, (name, _) in quantized_weight_keys(model).items():  # the latent weights
+            tensors[key] = model.get_submodule(name).weight.detach().cpu().to(torch.float32, copy=True)
     return {k: v.contiguous() for k, v in tensors.items()}, packed, frozen
 
 
@@ -322,17 +322,16 @@ def load_pretrained(folder: str | os.PathLike) -> nn.Module:
     config = read_config(folder)
     path = _weights_file(folder)
     tensors, packed = _read_tensors(path)
-    frozen_only = {key for key in packed} | {key[: -len(_CODES)] + _SCALE for key in packed}
-    latent = any(key[: -len(_CODES)] + ".weight" in tensors for key in packed)
+    layer_names = [key.removesuffix(CODES_KEY) for key in packed]  # "layer1.0.conv1." per packed layer
+    frozen_only = {name + CODES_KEY for name in layer_names} | {name + SCALE_KEY for name in layer_names}
+    latent = any(name + "weight" in tensors for name in layer_names)
     model = _build(config, latent)
     expected = model.state_dict()
 
     state = {}
     for key, tensor in tensors.items():
-        if key not in expected and latent and key in frozen_only:
-            continue  # the codes of a checkpoint that also holds latent weights
         if key not in expected:
-            continue  # reported below with the full list
+            continue  # a latent checkpoint's codes, or an unexpected key reported below
         want = expected[key]
         if key in packed:
             shape = tuple(packed[key].get("shape", ()))

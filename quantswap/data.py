@@ -72,7 +72,6 @@ class _Indexed(Dataset):
 
     def __init__(self, base, transform):
         self.base, self.transform = base, transform
-        self.targets = list(getattr(base, "targets", []))
 
     def __len__(self) -> int:
         return len(self.base)

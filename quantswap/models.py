@@ -161,21 +161,22 @@ def _build_structure(arch: str, args: dict[str, Any], size: int) -> nn.Module | 
     does not: it computes widths with tensors), else on the CPU if its size is near ``size``."""
     import torchvision
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            with torch.device("meta"):
-                return torchvision.models.get_model(arch, weights=None, **args)
-        except NotImplementedError:
-            pass
-        except Exception:  # a builder that does not take one of the arguments
-            return None
+    def build(device: str) -> nn.Module:
+        with warnings.catch_warnings(), torch.device(device):
+            warnings.simplefilter("ignore")
+            return torchvision.models.get_model(arch, weights=None, **args)
+
+    try:
+        return build("meta")
+    except NotImplementedError:  # the builder needs real tensors: build on the CPU if small enough
         if torchvision.models.get_model_weights(arch).DEFAULT.meta["num_params"] > 2 * size + 2_000_000:
             return None
-        try:
-            return torchvision.models.get_model(arch, weights=None, **args)
-        except Exception:
-            return None
+    except Exception:  # a builder that does not take one of the arguments
+        return None
+    try:
+        return build("cpu")
+    except Exception:
+        return None
 
 
 def identify_base_model(fp: ModelFingerprint) -> BaseModelSpec:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from quantswap.fx.analysis import WEIGHT_LAYER_TYPES
-from quantswap.nn.layers import QuantLayer
+from quantswap.nn.layers import QuantLayer, quantized_weight_keys
 
 __all__ = ["LayerSummary", "ModelSummary", "summary", "layer_bits", "theoretical_size"]
 
@@ -98,19 +98,19 @@ def theoretical_size(model: nn.Module, fp_bits: int = 32, ternary_bits: float = 
     in base 3) plus one 32-bit value per scale; every other floating tensor at ``fp_bits``; integer
     buffers (BatchNorm's step counters) not at all. Works on swapped and frozen models alike.
     """
-    quantized = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayer)}
+    roles = quantized_weight_keys(model)
+    modules = dict(model.named_modules())
     bits = fp32_bits = 0.0
     for key, tensor in model.state_dict().items():
-        if not tensor.is_floating_point() and not key.endswith(".weight_quantizer.codes"):
+        if key not in roles:
+            if tensor.is_floating_point():
+                bits += fp_bits * tensor.numel()
+                fp32_bits += 32 * tensor.numel()
             continue
-        owner, _, leaf = key.rpartition(".")
-        layer = quantized.get(owner) if leaf == "weight" else quantized.get(owner.removesuffix(".weight_quantizer"))
-        if layer is None:
-            bits += fp_bits * tensor.numel()
-            fp32_bits += 32 * tensor.numel()
-            continue
-        if leaf == "scale":
-            continue  # counted with the layer below
+        name, role = roles[key]
+        if role == "scale":
+            continue  # counted with the layer's codes
+        layer = modules[name]
         w_bits, _, n_scales = layer_bits(layer)
         numel = layer.weight.numel()
         per_weight = w_bits if layer.codec.code_levels == 2 else ternary_bits * layer.codec.branches
@@ -181,9 +181,8 @@ def summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224), fp_b
     real_params = sum(p.numel() for p in model.parameters() if id(p) not in quantized_ids)
     if real_params:
         params_by_bits[fp_bits] = params_by_bits.get(fp_bits, 0) + real_params
-    persistent = model.state_dict()
+    persistent, roles = model.state_dict(), quantized_weight_keys(model)
     buffers = sum(b.numel() for name, b in model.named_buffers()
-                  if b.is_floating_point() and name in persistent and id(b) not in quantized_ids
-                  and not name.endswith(".weight_quantizer.scale"))
+                  if b.is_floating_point() and name in persistent and name not in roles)
     size_bytes, fp32_bytes = theoretical_size(model, fp_bits)
     return ModelSummary(layers, params_by_bits, buffers, scales, size_bytes, fp32_bytes, bops, flops, fp_flops)

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     import quantswap
     from quantswap.data import build_datasets
-    from quantswap.train.engine import _device, evaluate
+    from quantswap.train.engine import evaluate, resolve_device
 
     source = Path(args.model)
     if (source / "model" / "config.json").is_file():  # a run folder written by quantswap finetune
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     trained_size = model.meta["quantswap_checkpoint"].get("metrics", {}).get("image_size")
     _, val, _ = build_datasets(args.data, image_size=args.image_size or trained_size, root=args.data_root,
                                val_subset=args.subset)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     loader = DataLoader(val, batch_size=args.batch_size, generator=torch.Generator())
     metrics = evaluate(model.to(device), loader, device)
     print(f"{args.model} on {args.data} ({len(val)} images): top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}%")

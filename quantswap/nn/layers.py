@@ -18,7 +18,10 @@ from torch.nn import functional as F
 
 from quantswap.nn.quantizers import FrozenWeight, WeightQuantizer
 
-__all__ = ["QuantConv2d", "QuantLinear", "QuantLayer", "is_quantized_layer"]
+__all__ = ["QuantConv2d", "QuantLinear", "QuantLayer", "is_quantized_layer", "quantized_weight_keys"]
+
+#: State-dict names, under a frozen layer, of its codes and scales.
+CODES_KEY, SCALE_KEY = "weight_quantizer.codes", "weight_quantizer.scale"
 
 
 class _QuantMixin:
@@ -126,3 +129,20 @@ QuantLayer = (QuantConv2d, QuantLinear)
 
 def is_quantized_layer(module: nn.Module) -> bool:
     return isinstance(module, QuantLayer)
+
+
+def quantized_weight_keys(model: nn.Module) -> dict[str, tuple[str, str]]:
+    """The state-dict keys holding quantized weights: ``key -> (layer name, role)``, where role is
+    ``"latent"`` (a trainable layer's weight), ``"codes"`` or ``"scale"`` (a frozen layer's)."""
+    keys = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, QuantLayer):
+            continue
+        prefix = f"{name}." if name else ""
+        if not module.is_frozen:
+            keys[prefix + "weight"] = (name, "latent")
+            continue
+        keys[prefix + CODES_KEY] = (name, "codes")
+        if module.weight_quantizer.scale is not None:
+            keys[prefix + SCALE_KEY] = (name, "scale")
+    return keys

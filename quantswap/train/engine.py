@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -37,7 +36,7 @@ from quantswap.data import ResumableSampler, build_datasets, set_epoch
 from quantswap.models import build_model, parse_model_name
 from quantswap.train.config import FinetuneConfig
 
-__all__ = ["finetune", "evaluate", "distribution_loss", "load_weights", "TrainingDiverged", "RunResult"]
+__all__ = ["finetune", "evaluate", "distribution_loss", "load_weights", "resolve_device", "TrainingDiverged", "RunResult"]
 
 STATE_NAME, BEST_NAME = "last.pt", "best.pt"
 
@@ -167,7 +166,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _device(spec: str) -> torch.device:
+def resolve_device(spec: str) -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; anything else as ``torch.device`` reads it."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)
@@ -191,7 +191,7 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
     """Run one fine-tuning job as ``cfg`` says; see the module docstring."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     distributed = world_size > 1
     if distributed and not torch.distributed.is_initialized():
         if device.type == "cuda":
@@ -405,5 +405,4 @@ def _print_table(cfg: FinetuneConfig, r: RunResult) -> None:
             (f"{name} checkpoint", f"{r['file_bytes'] / 1e6:.2f} MB ({r['fp32_bytes'] / r['file_bytes']:.1f}x smaller)"),
             ("saved to", r.get("checkpoint") or r.get("weights"))]
     width = max(len(k) for k, _ in rows)
-    with contextlib.suppress(Exception):
-        tqdm.write("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    tqdm.write("\n".join(f"{k:<{width}}  {v}" for k, v in rows))

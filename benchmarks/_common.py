@@ -1,4 +1,5 @@
-"""Write one benchmark's section into BENCHMARKS.md, leaving the other sections as they are."""
+"""What the benchmarks share: the machine line, swapping a model by a variant's options, and writing
+one section of BENCHMARKS.md while leaving the others as they are."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import re
 from pathlib import Path
 
 import torch
+from torch import nn
+
+import quantswap
 
 TITLE = "# Benchmarks\n"
 
@@ -15,6 +19,21 @@ def machine() -> str:
     """The machine a number was measured on, as the README and BENCHMARKS.md state it."""
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__} ({platform.system()}, CPU only)"
+
+
+def convert(model: nn.Module, options: dict) -> nn.Module:
+    """Swap ``model`` with a variant's options: ``expansion`` means ternarize, else binarize."""
+    if "expansion" in options:
+        return quantswap.ternarize(model, **options)
+    return quantswap.binarize(model, **options)
+
+
+def publish(lines: list[str], heading: str, output: str | None) -> None:
+    """Print a benchmark's section and, given ``output``, write it there under ``## heading``."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if output:
+        update_section(output, heading, text)
 
 
 def update_section(path: str | Path, heading: str, body: str) -> None:
