@@ -22,6 +22,7 @@ from quantswap.checkpoint import save_pretrained as save_pretrained
 from quantswap.config import QuantConfig as QuantConfig
 from quantswap.config import config_from_dict as config_from_dict
 from quantswap.frozen import freeze as freeze
+from quantswap.frozen import is_frozen as is_frozen
 from quantswap.fx.tracer import UntraceableModelError as UntraceableModelError
 from quantswap.fx.tracer import register_leaf_module as register_leaf_module
 from quantswap.hub import download as download
@@ -34,6 +35,8 @@ from quantswap.methods import TernaryConfig as TernaryConfig
 from quantswap.methods import XnorConfig as XnorConfig
 from quantswap.summary import ModelSummary as ModelSummary
 from quantswap.summary import summary as summary
+from quantswap.train import FinetuneConfig as FinetuneConfig
+from quantswap.train import finetune as finetune
 from quantswap.version import __version__ as __version__
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
     "CheckpointSize",
+    "FinetuneConfig",
     "IRNetConfig",
     "McDonnellConfig",
     "ModelSummary",
@@ -53,9 +57,11 @@ __all__ = [
     "binarize",
     "config_from_dict",
     "download",
+    "finetune",
     "freeze",
     "from_pretrained",
     "get_swap_report",
+    "is_frozen",
     "list_methods",
     "push_to_hub",
     "register_leaf_module",

@@ -1,13 +1,25 @@
 """Datasets for fine-tuning and evaluation: ``fashion-mnist``, ``cifar10``, ``cifar100``, ``imagefolder:PATH``.
 
-All go through torchvision's dataset classes. Fashion-MNIST is read from the Debian package
+All are read by torchvision's dataset classes. Fashion-MNIST comes from the Debian package
 ``dataset-fashion-mnist`` when it is installed (``/usr/share/datasets/fashion-mnist``: the same IDX
-files torchvision downloads), and downloaded by torchvision otherwise. Grayscale images are made
+files torchvision downloads), and is downloaded by torchvision otherwise. Grayscale images are made
 3-channel and every image is resized to the model's input size.
 
-Augmentation is a pure function of ``(seed, epoch, index)`` (:class:`SeededTransform`): the same
-sample gets the same crop and flip whatever the number of workers, processes or restarts, which is
-what lets a killed run resume to exactly the same weights.
+The small datasets live in memory as one uint8 tensor, resized once with torchvision's tensor
+transforms (:class:`InMemoryImages`); per sample only a crop and a flip remain, so 2 CPU cores spend
+their time on the model rather than on PIL. Augmentation is a pure function of ``(seed, epoch,
+index)``: the same sample gets the same crop and flip whatever the number of workers, processes or
+restarts, which is what lets a killed run resume to exactly the same weights.
+
+Example:
+    >>> import torch
+    >>> images = torch.arange(2 * 28 * 28, dtype=torch.uint8).reshape(2, 1, 28, 28)
+    >>> ds = InMemoryImages(images, [3, 7], size=32, mean=(0.5,), std=(0.5,), augment=True, seed=0, channels=3)
+    >>> x, y = ds[1]
+    >>> x.shape, y
+    (torch.Size([3, 32, 32]), 7)
+    >>> torch.equal(ds[1][0], x)  # same (seed, epoch, index): the same crop and flip
+    True
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import dataclasses
 import gzip
 import math
 import os
+import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +37,21 @@ import torch
 from torch.utils.data import Dataset, Sampler, Subset
 from torchvision import datasets
 from torchvision import transforms as T
+from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["DatasetSpec", "DATASETS", "build_datasets", "default_data_root", "ResumableSampler", "SeededTransform"]
+__all__ = ["DatasetSpec", "DATASETS", "build_datasets", "check_image_folder", "default_data_root", "ResumableSampler", "SeededTransform",
+           "InMemoryImages", "set_epoch"]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _debian_fashion_mnist() -> Path | None:
+    """The Debian package's IDX files: ``$QUANTSWAP_FASHION_MNIST`` (a ``dpkg -x`` without root), else
+    ``/usr/share/datasets/fashion-mnist``."""
+    for folder in (os.environ.get("QUANTSWAP_FASHION_MNIST"), DEBIAN_FASHION_MNIST):
+        if folder and any(Path(folder).glob("*-ubyte.gz")):
+            return Path(folder)
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,14 +60,12 @@ class DatasetSpec:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    grayscale: bool
-    native_size: int | None  # None: variable (an image folder)
 
 
 DATASETS = {
-    "fashion-mnist": DatasetSpec("fashion-mnist", 10, (0.2860,) * 3, (0.3530,) * 3, True, 28),
-    "cifar10": DatasetSpec("cifar10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), False, 32),
-    "cifar100": DatasetSpec("cifar100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), False, 32),
+    "fashion-mnist": DatasetSpec("fashion-mnist", 10, (0.2860,), (0.3530,)),
+    "cifar10": DatasetSpec("cifar10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": DatasetSpec("cifar100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -52,15 +74,19 @@ def default_data_root() -> Path:
     return Path(os.environ.get("QUANTSWAP_DATA", Path.home() / ".cache" / "quantswap" / "datasets"))
 
 
+def _sample_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch) * 10_000_019 + index
+
+
 class SeededTransform:
-    """Applies ``transform`` with torch's RNG seeded from ``(seed, epoch, index)``, then restores it."""
+    """Applies a PIL ``transform`` with torch's RNG seeded from ``(seed, epoch, index)``, then restores it."""
 
     def __init__(self, transform, seed: int):
         self.transform, self.seed, self.epoch = transform, seed, 0
 
     def __call__(self, image, index: int):
         state = torch.random.get_rng_state()
-        torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        torch.manual_seed(_sample_seed(self.seed, self.epoch, index))
         try:
             return self.transform(image)
         finally:
@@ -68,10 +94,19 @@ class SeededTransform:
 
 
 class _Indexed(Dataset):
-    """A torchvision dataset whose transform also sees the sample index (for :class:`SeededTransform`)."""
+    """A torchvision dataset (an image folder) whose transform also sees the sample index."""
 
     def __init__(self, base, transform):
         self.base, self.transform = base, transform
+
+    @property
+    def epoch(self) -> int:
+        return getattr(self.transform, "epoch", 0)
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        if isinstance(self.transform, SeededTransform):
+            self.transform.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.base)
@@ -81,6 +116,45 @@ class _Indexed(Dataset):
         if isinstance(self.transform, SeededTransform):
             return self.transform(image, index), target
         return self.transform(image), target
+
+
+class InMemoryImages(Dataset):
+    """A small image dataset held as one ``(N, C, H, W)`` uint8 tensor, resized once to ``size``.
+
+    With ``augment``, each sample gets a random crop from a zero-padded (``size // 8``) image and a
+    random horizontal flip, drawn from ``(seed, epoch, index)`` (torchvision's ``RandomCrop(size,
+    padding)`` + ``RandomHorizontalFlip``). Samples are normalized with ``mean``/``std`` and grayscale
+    is repeated to ``channels``.
+    """
+
+    def __init__(self, images: torch.Tensor, targets, *, size: int, mean, std, augment: bool, seed: int,
+                 channels: int = 3):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
+        if images.shape[-2:] != (size, size):
+            images = TF.resize(images, [size, size], antialias=True)
+        self.pad = max(size // 8, 1) if augment else 0
+        self.images = TF.pad(images, [self.pad]) if augment else images.contiguous()
+        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.size, self.augment, self.seed, self.channels, self.epoch = size, augment, seed, channels, 0
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        if self.augment:
+            draw = random.Random(_sample_seed(self.seed, self.epoch, index))
+            top, left = draw.randint(0, 2 * self.pad), draw.randint(0, 2 * self.pad)
+            image = TF.crop(image, top, left, self.size, self.size)
+            if draw.random() < 0.5:
+                image = TF.horizontal_flip(image)
+        image = (image.float().div_(255) - self.mean[: image.shape[0]]) / self.std[: image.shape[0]]
+        if image.shape[0] != self.channels:
+            image = image.expand(self.channels, -1, -1)
+        return image, int(self.targets[index])
 
 
 class ResumableSampler(Sampler[int]):
@@ -110,9 +184,10 @@ class ResumableSampler(Sampler[int]):
 
 def _fashion_mnist(root: Path, train: bool, download: bool):
     raw = root / "FashionMNIST" / "raw"
-    if DEBIAN_FASHION_MNIST.is_dir():
+    debian = _debian_fashion_mnist()
+    if debian is not None:
         raw.mkdir(parents=True, exist_ok=True)
-        for gz in DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"):
+        for gz in debian.glob("*-ubyte.gz"):
             target = raw / gz.stem
             if not target.exists():
                 tmp = target.with_suffix(".partial")
@@ -124,8 +199,23 @@ def _fashion_mnist(root: Path, train: bool, download: bool):
     except RuntimeError as err:
         raise FileNotFoundError(
             f"Fashion-MNIST is not in {root} and could not be downloaded ({err}). Offline, install the Debian "
-            "package: apt-get install dataset-fashion-mnist (the files go to /usr/share/datasets/fashion-mnist)"
+            "package: `make data`, or apt-get install dataset-fashion-mnist (the files go to "
+            "/usr/share/datasets/fashion-mnist; without root, `apt-get download` it, `dpkg -x` it and point "
+            "QUANTSWAP_FASHION_MNIST at the extracted usr/share/datasets/fashion-mnist)"
         ) from None
+
+
+def check_image_folder(path: str) -> Path:
+    """An ``imagefolder:PATH`` root: it must hold ``train/`` and ``val/`` class folders."""
+    folder = Path(path)
+    if not path or not folder.is_dir():
+        raise FileNotFoundError(f"imagefolder:{path}: no such folder; pass imagefolder:PATH with PATH/train/CLASS/*.jpg "
+                                "and PATH/val/CLASS/*.jpg inside, as in ImageNet")
+    missing = [split for split in ("train", "val") if not (folder / split).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{folder} has no {' or '.join(missing)}/ folder; expected {folder}/train/CLASS/*.jpg "
+                                f"and {folder}/val/CLASS/*.jpg as in ImageNet")
+    return folder
 
 
 def build_datasets(
@@ -139,39 +229,35 @@ def build_datasets(
     root = Path(root) if root is not None else default_data_root()
     source, _, path = data.partition(":")
     if source == "imagefolder":
-        folder = Path(path)
-        if not path or not folder.is_dir():
-            raise FileNotFoundError(f"imagefolder needs an existing folder with train/ and val/ inside, got {path!r}")
-        missing = [split for split in ("train", "val") if not (folder / split).is_dir()]
-        if missing:
-            raise FileNotFoundError(f"{folder} has no {' or '.join(missing)}/ folder; expected {folder}/train/CLASS/*.jpg "
-                                    f"and {folder}/val/CLASS/*.jpg as in ImageNet")
+        folder = check_image_folder(path)
         size = image_size or 224
         train_base, val_base = datasets.ImageFolder(folder / "train"), datasets.ImageFolder(folder / "val")
-        spec = DatasetSpec("imagefolder", len(train_base.classes), IMAGENET_MEAN, IMAGENET_STD, False, None)
-        train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
-                              T.Normalize(spec.mean, spec.std)])
-        val_tf = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(),
-                            T.Normalize(spec.mean, spec.std)])
+        normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+        train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+        val_tf = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), normalize])
+        train, val = _Indexed(train_base, SeededTransform(train_tf, seed)), _Indexed(val_base, val_tf)
+        num_classes = len(train_base.classes)
     elif data in DATASETS:
         spec = DATASETS[data]
-        size = image_size or 32
         if data == "fashion-mnist":
             train_base, val_base = _fashion_mnist(root, True, download), _fashion_mnist(root, False, download)
         else:
             cls = datasets.CIFAR10 if data == "cifar10" else datasets.CIFAR100
             train_base = cls(str(root), train=True, download=download)
             val_base = cls(str(root), train=False, download=download)
-        common = ([T.Grayscale(3)] if spec.grayscale else []) + ([T.Resize(size)] if size != spec.native_size else [])
-        pad = max(size // 8, 1)
-        train_tf = T.Compose([*common, T.RandomCrop(size, padding=pad), T.RandomHorizontalFlip(), T.ToTensor(),
-                              T.Normalize(spec.mean, spec.std)])
-        val_tf = T.Compose([*common, T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+
+        def in_memory(base, augment: bool) -> InMemoryImages:
+            images = torch.as_tensor(base.data)  # Fashion-MNIST (N, H, W); CIFAR (N, H, W, C)
+            images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+            return InMemoryImages(
+                images, base.targets, size=image_size or 32, mean=spec.mean, std=spec.std, augment=augment, seed=seed
+            )
+
+        train, val = in_memory(train_base, True), in_memory(val_base, False)
+        num_classes = spec.num_classes
     else:
-        raise ValueError(f"unknown dataset {data!r}; use fashion-mnist, cifar10, cifar100 or imagefolder:PATH")
-    train = _Indexed(train_base, SeededTransform(train_tf, seed))
-    val = _Indexed(val_base, val_tf)
-    return _subset(train, train_subset, seed), _subset(val, val_subset, seed), spec.num_classes
+        raise ValueError(f"unknown dataset {data!r}; use {', '.join(DATASETS)} or imagefolder:PATH")
+    return _subset(train, train_subset, seed), _subset(val, val_subset, seed), num_classes
 
 
 def _subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
@@ -182,7 +268,7 @@ def _subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
 
 
 def set_epoch(ds: Dataset, epoch: int) -> None:
-    """Tell a dataset's :class:`SeededTransform` which epoch it is."""
+    """Tell a dataset built here which epoch it is (its augmentation depends on it)."""
     base = ds.dataset if isinstance(ds, Subset) else ds
-    if isinstance(getattr(base, "transform", None), SeededTransform):
-        base.transform.epoch = epoch
+    if isinstance(base, (InMemoryImages, _Indexed)):
+        base.epoch = epoch

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import warnings
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "BaseModelSpec",
     "ModelFingerprint",
     "parse_model_name",
+    "check_model_name",
     "build_model",
     "fingerprint",
     "identify_base_model",
@@ -65,21 +67,36 @@ def parse_model_name(name: str) -> tuple[str, str]:
     return source, arch
 
 
-def build_model(name: str, weights: str | None = None, **kwargs: Any) -> nn.Module:
-    """Build a base model; ``weights`` is torchvision's weights name or ``"DEFAULT"`` (timm: pretrained)."""
+def check_model_name(name: str) -> tuple[str, str]:
+    """:func:`parse_model_name`, and an error unless the builder knows the architecture."""
     source, arch = parse_model_name(name)
     if source == "torchvision":
         import torchvision
 
-        known = torchvision.models.list_models(module=torchvision.models)
-        if arch not in known:
-            raise ValueError(f"unknown torchvision classification model {arch!r}; see "
-                             "torchvision.models.list_models(module=torchvision.models)")
+        if arch not in torchvision.models.list_models(module=torchvision.models):
+            close = difflib.get_close_matches(arch, torchvision.models.list_models(module=torchvision.models), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown torchvision classification model {arch!r}{hint}; see "
+                             "torchvision.models.list_models(module=torchvision.models), or use timm:NAME")
+    else:
+        import timm
+
+        if not timm.is_model(arch):
+            close = difflib.get_close_matches(arch, timm.list_models(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown timm model {arch!r}{hint}; see timm.list_models()")
+    return source, arch
+
+
+def build_model(name: str, weights: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build a base model; ``weights`` is torchvision's weights name or ``"DEFAULT"`` (timm: pretrained)."""
+    source, arch = check_model_name(name)
+    if source == "torchvision":
+        import torchvision
+
         return torchvision.models.get_model(arch, weights=weights, **kwargs)
     import timm
 
-    if not timm.is_model(arch):
-        raise ValueError(f"unknown timm model {arch!r}; see timm.list_models()")
     return timm.create_model(arch, pretrained=weights is not None, **kwargs)
 
 

@@ -46,7 +46,7 @@ def quantize_weight_reads(graph: fx.Graph, quantized: set[str]) -> None:
             if owner in quantized:
                 with graph.inserting_after(node):
                     q = graph.call_module(f"{owner}.weight_quantizer", (node,))
-                node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+                node.replace_all_uses_with(q, delete_user_cb=lambda user, q=q: user is not q)
 
 
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -73,7 +73,7 @@ def replace_activations(
         feeding = reaches(
             graph,
             is_target=lambda n: n.op == "call_module" and isinstance(modules.get(n.target), QuantLayer),
-            is_barrier=lambda n: n in sites,
+            is_barrier=lambda n, sites=sites: n in sites,
         )
         for node in list(graph.nodes):
             if node not in feeding or not _is_relu(node, modules):
@@ -102,7 +102,7 @@ def _keeps_spatial_grid(conv: nn.Conv2d) -> bool:
     """Output size is ``ceil(H / stride)``: "same"-style padding, ``2p == d·(k − 1)`` per axis."""
     if isinstance(conv.padding, str):
         return conv.padding == "same"
-    return all(2 * p == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size))
+    return all(2 * p == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size, strict=True))
 
 
 def add_bireal_shortcuts(root: nn.Module, graphs: Sequence[fx.Graph], convs: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -149,7 +149,7 @@ def add_bireal_shortcuts(root: nn.Module, graphs: Sequence[fx.Graph], convs: Seq
                 shortcut = graph.call_module(sc_target, (x,)) if sc_target else x
             with graph.inserting_after(shortcut if sc_target else out):
                 add = graph.call_function(operator.add, (out, shortcut))
-            out.replace_all_uses_with(add, delete_user_cb=lambda user: user is not add)
+            out.replace_all_uses_with(add, delete_user_cb=lambda user, add=add: user is not add)
     return done, skipped
 
 

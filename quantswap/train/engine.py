@@ -19,6 +19,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -32,11 +33,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from quantswap.api import binarize, set_progress, ternarize
-from quantswap.data import ResumableSampler, build_datasets, set_epoch
-from quantswap.models import build_model, parse_model_name
+from quantswap.data import DATASETS, ResumableSampler, build_datasets, check_image_folder, set_epoch
+from quantswap.models import build_model, check_model_name
 from quantswap.train.config import FinetuneConfig
 
-__all__ = ["finetune", "evaluate", "distribution_loss", "load_weights", "resolve_device", "TrainingDiverged", "RunResult"]
+__all__ = ["finetune", "check_inputs", "evaluate", "distribution_loss", "load_weights", "resolve_device", "TrainingDiverged", "RunResult"]
 
 STATE_NAME, BEST_NAME = "last.pt", "best.pt"
 
@@ -93,7 +94,6 @@ def build_parent(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, bool
     if weights.lower() == "none":
         return build_model(cfg.model, num_classes=num_classes), False
     if weights.upper() == "DEFAULT":
-        source, arch = parse_model_name(cfg.model)
         try:
             model = build_model(cfg.model, weights="DEFAULT")
         except Exception as err:
@@ -173,22 +173,45 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def _prepare_output(cfg: FinetuneConfig, out: Path, rank: int) -> None:
+def _check_output(cfg: FinetuneConfig, out: Path) -> None:
     if cfg.resume:
         if not (out / STATE_NAME).is_file():
             raise FileNotFoundError(f"--resume: {out / STATE_NAME} does not exist; start the run without --resume")
-        return
-    if (out / "args.yaml").exists() and not cfg.overwrite:
+    elif (out / "args.yaml").exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} holds another run; pass --resume to continue it, --overwrite to replace it, "
                               "or choose another --output")
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        for name in (STATE_NAME, BEST_NAME, "metrics.jsonl"):
-            (out / name).unlink(missing_ok=True)
+
+
+def _start_output(cfg: FinetuneConfig, out: Path) -> None:
+    """A fresh run's folder: the previous run's state removed, ``args.yaml`` written (rank 0 only)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (STATE_NAME, BEST_NAME, "metrics.jsonl"):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "model", ignore_errors=True)
+    (out / "model.safetensors").unlink(missing_ok=True)
+    (out / "args.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def check_inputs(cfg: FinetuneConfig) -> None:
+    """Fail on a bad model, teacher, dataset or weights file before anything is written or trained."""
+    check_model_name(cfg.model)
+    if cfg.teacher:
+        check_model_name(cfg.teacher)
+    for name in ("weights", "teacher_weights"):
+        value = getattr(cfg, name)
+        if value and value.upper() not in ("DEFAULT", "NONE") and not Path(value).is_file():
+            raise FileNotFoundError(f"--{name.replace('_', '-')} {value}: no such file; pass a .safetensors file or "
+                                    "a torch state dict, DEFAULT (the builder's pretrained weights) or none")
+    source, _, path = cfg.data.partition(":")
+    if source == "imagefolder":
+        check_image_folder(path)
+    elif cfg.data not in DATASETS:
+        raise ValueError(f"unknown dataset {cfg.data!r}; use {', '.join(DATASETS)} or imagefolder:PATH")
 
 
 def finetune(cfg: FinetuneConfig) -> RunResult:
     """Run one fine-tuning job as ``cfg`` says; see the module docstring."""
+    check_inputs(cfg)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = resolve_device(cfg.device)
@@ -202,11 +225,7 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
     quiet = None if main_process else True  # tqdm: None = only on a terminal
 
     out = Path(cfg.output)
-    _prepare_output(cfg, out, rank)
-    if distributed:
-        torch.distributed.barrier()
-    if main_process and not cfg.resume:
-        (out / "args.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _check_output(cfg, out)
 
     torch.manual_seed(cfg.seed)
     train_ds, val_ds, data_classes = build_datasets(
@@ -222,7 +241,11 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
     val_loader = DataLoader(val_ds, batch_size=max(cfg.batch_size, 256), sampler=val_sampler,
                             generator=torch.Generator(), **loader_kw)
 
+    if distributed and not main_process:
+        torch.distributed.barrier()  # rank 0 downloads the pretrained weights first
     parent, pretrained = build_parent(cfg, num_classes)
+    if distributed and main_process:
+        torch.distributed.barrier()
     parent = parent.to(device)
     model = _swap(cfg, parent).to(device)
     distill = cfg.distill if cfg.distill is not None else (pretrained and cfg.method != "none")
@@ -238,11 +261,15 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
         else:
             teacher = parent
         teacher.eval().requires_grad_(False)
+    if main_process and not cfg.resume:
+        _start_output(cfg, out)
 
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
     if cfg.sync_bn and distributed:
+        if device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); drop it on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum)
@@ -282,6 +309,7 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
     train_model = nn.parallel.DistributedDataParallel(model) if distributed else model
 
     interrupted = False
+    metrics = None  # the last validation; a run resumed after its end validates once more
 
     def on_sigint(signum, frame):
         nonlocal interrupted
@@ -341,6 +369,10 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
                 raise KeyboardInterrupt
             metrics = evaluate(model, val_loader, device, desc="val", disable=quiet)
             sums = state["sums"]
+            if distributed:  # the epoch's training loss and accuracy over every rank's samples
+                totals = torch.tensor(sums, dtype=torch.float64, device=device)
+                torch.distributed.all_reduce(totals)
+                sums = totals.tolist()
             row = {"epoch": epoch + 1, "step": state["global_step"], "train_loss": sums[0] / max(sums[2], 1),
                    "train_top1": 100 * sums[1] / max(sums[2], 1), "lr": optimizer.param_groups[0]["lr"],
                    **{f"val_{k}": v for k, v in metrics.items()}}
@@ -350,15 +382,17 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
                     f.write(json.dumps(row) + "\n")
                 tqdm.write(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, train top-1 {row['train_top1']:.2f}%,"
                            f" val top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}%")
+            is_best = metrics["top1"] > state["best_top1"]
+            state["best_top1"] = max(metrics["top1"], state["best_top1"])
             save_state()
-            if metrics["top1"] > state["best_top1"]:
-                state["best_top1"] = metrics["top1"]
-                save_state(out / BEST_NAME)
+            if is_best and main_process:
+                shutil.copyfile(out / STATE_NAME, out / f".{BEST_NAME}.partial")
+                os.replace(out / f".{BEST_NAME}.partial", out / BEST_NAME)
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
 
-    final = evaluate(model, val_loader, device, desc="final", disable=quiet)
+    final = metrics if metrics is not None else evaluate(model, val_loader, device, desc="final", disable=quiet)
     result = RunResult(parent_top1=parent_metrics["top1"] if parent_metrics else None, top1=final["top1"],
                        top5=final["top5"], output=str(out))
     if main_process:

@@ -1,5 +1,0 @@
-import sys
-
-from quantswap.cli import main
-
-sys.exit(main())
