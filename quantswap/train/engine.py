@@ -434,9 +434,14 @@ def _print_table(cfg: FinetuneConfig, r: RunResult) -> None:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}%"
 
     name = "FP" if cfg.method == "none" else cfg.method
-    rows = [("FP parent top-1", pct(r["parent_top1"])), (f"{name} top-1", pct(r["top1"])),
-            (f"{name} top-5", pct(r["top5"])), ("FP32 size", f"{r['fp32_bytes'] / 1e6:.2f} MB"),
-            (f"{name} checkpoint", f"{r['file_bytes'] / 1e6:.2f} MB ({r['fp32_bytes'] / r['file_bytes']:.1f}x smaller)"),
-            ("saved to", r.get("checkpoint") or r.get("weights"))]
+    rows = [("FP parent top-1", pct(r["parent_top1"]))] if r["parent_top1"] is not None else []
+    rows += [(f"{name} top-1", pct(r["top1"])), (f"{name} top-5", pct(r["top5"]))]
+    if cfg.method == "none":
+        rows.append(("FP32 checkpoint", f"{r['file_bytes'] / 1e6:.2f} MB"))
+    else:
+        ratio = r["fp32_bytes"] / r["file_bytes"]
+        rows += [("FP32 size", f"{r['fp32_bytes'] / 1e6:.2f} MB"),
+                 (f"{name} checkpoint", f"{r['file_bytes'] / 1e6:.2f} MB ({ratio:.1f}x smaller)")]
+    rows.append(("saved to", r.get("checkpoint") or r.get("weights")))
     width = max(len(k) for k, _ in rows)
     tqdm.write("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
