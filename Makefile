@@ -14,7 +14,7 @@ FASHION_MNIST_LOCAL := $(CURDIR)/.data/debian$(FASHION_MNIST_SYSTEM)
 export QUANTSWAP_FASHION_MNIST ?= $(FASHION_MNIST_LOCAL)
 PARENT := runs/fashion-mnist-parent/model.safetensors
 
-.PHONY: install data demo test test-giants lint bench clean
+.PHONY: install data demo test test-giants lint bench accuracy zoo clean
 
 install: $(STAMP)
 
@@ -57,6 +57,16 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/swap_overhead.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/checkpoint_size.py --output BENCHMARKS.md
+
+# Every method fine-tuned from one FP parent on Fashion-MNIST (about 60 minutes on 2 CPU cores; runs are
+# cached in runs/accuracy, so an interrupted run continues), then the zoo exported from it into hub/.
+accuracy: $(STAMP) data
+	$(BIN)/python benchmarks/accuracy.py --output BENCHMARKS.md --plot benchmarks/accuracy.png --json benchmarks/accuracy.json
+	$(BIN)/python benchmarks/zoo.py export
+
+# Rebuild the zoo's weights from hub/*/recipe.yaml and check each reproduces its published top-1.
+zoo: $(STAMP) data
+	$(BIN)/python benchmarks/zoo.py build
 
 clean:
 	rm -rf $(VENV) build *.egg-info .data

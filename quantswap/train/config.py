@@ -61,6 +61,7 @@ class FinetuneConfig:
     teacher: str | None = None  # default: the parent itself; or a model name / local weights via teacher_weights
     teacher_weights: str | None = None
     distill_alpha: float = 1.0  # weight of the distribution loss; 1 - alpha goes to the labels
+    eval_parent: bool = True  # validate the float parent too (the table's first row)
     output: str = "runs/finetune"
     resume: bool = False
     overwrite: bool = False

@@ -23,7 +23,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import yaml
@@ -37,7 +37,7 @@ from quantswap.data import DATASETS, ResumableSampler, build_datasets, check_ima
 from quantswap.models import build_model, check_model_name
 from quantswap.train.config import FinetuneConfig
 
-__all__ = ["finetune", "check_inputs", "evaluate", "distribution_loss", "load_weights", "resolve_device", "TrainingDiverged", "RunResult"]
+__all__ = ["finetune", "check_inputs", "evaluate", "distribution_loss", "load_weights", "build_parent", "Parent", "resolve_device", "TrainingDiverged", "RunResult"]
 
 STATE_NAME, BEST_NAME = "last.pt", "best.pt"
 
@@ -52,47 +52,85 @@ def distribution_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return -(teacher_logits.float().softmax(1) * student_logits.float().log_softmax(1)).sum(1).mean()
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a local safetensors file, or a torch checkpoint with ``weights_only=True`` (never a full unpickle)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(path)
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"{path} is not a weights-only torch checkpoint ({err}); save a state_dict, or "
-                             "use safetensors") from None
-        for key in ("state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
+        return load_file(path)
     try:
-        model.load_state_dict(state)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a weights-only torch checkpoint ({err}); save a state_dict, or "
+                         "use safetensors") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def _head_name(model: nn.Module) -> str:
+    """The qualified name of the classifier: timm's ``get_classifier``, else the last Linear."""
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        return next(n for n, m in model.named_modules() if m is head)
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, *, new_head_ok: bool = False) -> bool:
+    """Load a local safetensors file, or a torch checkpoint with ``weights_only=True`` (never a full unpickle).
+
+    With ``new_head_ok``, a classifier of another class count (ImageNet weights for a 10-class task)
+    is skipped and the model's fresh head kept. Returns whether the file's head was loaded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    head = _head_name(model)
+    skipped = [k for k, v in state.items() if k.startswith(head + ".") and k in own and v.shape != own[k].shape]
+    if skipped and new_head_ok:
+        state = {k: v for k, v in state.items() if k not in skipped}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=not skipped)
+        if unexpected or set(missing) - set(skipped):
+            raise RuntimeError(f"missing keys {sorted(set(missing) - set(skipped))[:5]}, unexpected {unexpected[:5]}")
     except RuntimeError as err:
         raise ValueError(f"{path} does not fit the model: {str(err).splitlines()[0]} ...; check --model and "
                          "--num-classes") from None
+    return not skipped
 
 
-def _replace_head(model: nn.Module, num_classes: int) -> None:
+def _replace_head(model: nn.Module, num_classes: int) -> bool:
+    """Give ``model`` a fresh ``num_classes`` classifier unless it has one; returns whether it did."""
     if hasattr(model, "reset_classifier"):  # timm
+        if model.num_classes == num_classes:
+            return False
         model.reset_classifier(num_classes)
-        return
-    name, last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        return True
+    name = _head_name(model)
+    last = model.get_submodule(name)
     if last.out_features == num_classes:
-        return
+        return False
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, nn.Linear(last.in_features, num_classes))
+    return True
 
 
-def build_parent(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, bool]:
-    """The float model and whether it holds pretrained weights."""
+class Parent(NamedTuple):
+    """The float model a run starts from: ``pretrained`` weights, and whether its ``head`` was pretrained
+    for this task too (only then can it teach or be compared)."""
+
+    model: nn.Module
+    pretrained: bool
+    head: bool
+
+
+def build_parent(cfg: FinetuneConfig, num_classes: int) -> Parent:
+    """The float model of ``cfg.model`` with ``cfg.weights``, its classifier sized for ``num_classes``."""
     weights = cfg.weights
     if weights.lower() == "none":
-        return build_model(cfg.model, num_classes=num_classes), False
+        return Parent(build_model(cfg.model, num_classes=num_classes), False, False)
     if weights.upper() == "DEFAULT":
         try:
             model = build_model(cfg.model, weights="DEFAULT")
@@ -102,11 +140,9 @@ def build_parent(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, bool
                 f"{str(err).splitlines()[0][:200]}). Offline, pass a local file: --weights PATH "
                 "(a .safetensors file, or a torch state dict loaded with weights_only=True), or --weights none"
             ) from None
-        _replace_head(model, num_classes)
-        return model, True
+        return Parent(model, True, not _replace_head(model, num_classes))
     model = build_model(cfg.model, num_classes=num_classes)
-    load_weights(model, weights)
-    return model, True
+    return Parent(model, True, load_weights(model, weights, new_head_ok=True))
 
 
 def _swap(cfg: FinetuneConfig, parent: nn.Module) -> nn.Module:
@@ -243,12 +279,14 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
 
     if distributed and not main_process:
         torch.distributed.barrier()  # rank 0 downloads the pretrained weights first
-    parent, pretrained = build_parent(cfg, num_classes)
+    parent, pretrained, head_pretrained = build_parent(cfg, num_classes)
+    if pretrained and not head_pretrained and main_process:
+        tqdm.write(f"{cfg.model}: pretrained weights with a new {num_classes}-class head (no distillation from it)")
     if distributed and main_process:
         torch.distributed.barrier()
     parent = parent.to(device)
     model = _swap(cfg, parent).to(device)
-    distill = cfg.distill if cfg.distill is not None else (pretrained and cfg.method != "none")
+    distill = cfg.distill if cfg.distill is not None else (head_pretrained and cfg.method != "none")
     teacher = None
     if distill:
         if cfg.teacher:
@@ -256,8 +294,10 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
             if cfg.teacher_weights:
                 load_weights(teacher, cfg.teacher_weights)
             teacher = teacher.to(device)
-        elif not pretrained:
-            raise ValueError("--distill needs a teacher: pretrained parent weights (--weights) or --teacher")
+        elif not head_pretrained:
+            raise ValueError("--distill needs a teacher trained for this task: the parent's weights (--weights) "
+                             f"have {'a new' if pretrained else 'no pretrained'} {num_classes}-class head. Fine-tune a "
+                             "FP parent first (--method none) and pass its model.safetensors, or set --teacher")
         else:
             teacher = parent
         teacher.eval().requires_grad_(False)
@@ -303,7 +343,9 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
                                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                 "state": state, "rng": _rng_state(), "config": cfg.to_dict()}, path)
 
-    parent_metrics = evaluate(parent, val_loader, device, desc="parent", disable=quiet) if pretrained else None
+    parent_metrics = None
+    if head_pretrained and cfg.eval_parent:
+        parent_metrics = evaluate(parent, val_loader, device, desc="parent", disable=quiet)
     if parent_metrics and main_process:
         tqdm.write(f"FP parent {cfg.model}: top-1 {parent_metrics['top1']:.2f}%")
     train_model = nn.parallel.DistributedDataParallel(model) if distributed else model
@@ -324,7 +366,8 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
             model.train()
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", initial=state["step_in_epoch"],
                        total=steps_per_epoch, disable=quiet, dynamic_ncols=True)
-            tick = time.perf_counter()
+            tick = epoch_start = time.perf_counter()
+            seen = 0  # images since this process started the epoch (a resumed epoch counts from the resume)
             for x, y in bar:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 set_progress(model, min(state["global_step"] / max(total_steps - 1, 1), 1.0))
@@ -354,6 +397,7 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
                 sums[0] += loss.item() * len(y)
                 sums[1] += (logits.argmax(1) == y).sum().item()
                 sums[2] += len(y)
+                seen += len(y) * world_size
                 now = time.perf_counter()
                 bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{100 * sums[1] / sums[2]:.1f}",
                                 img_s=f"{len(y) * world_size / max(now - tick, 1e-9):.0f}",
@@ -367,6 +411,7 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
             if interrupted:
                 save_state()
                 raise KeyboardInterrupt
+            train_seconds = time.perf_counter() - epoch_start
             metrics = evaluate(model, val_loader, device, desc="val", disable=quiet)
             sums = state["sums"]
             if distributed:  # the epoch's training loss and accuracy over every rank's samples
@@ -375,6 +420,7 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
                 sums = totals.tolist()
             row = {"epoch": epoch + 1, "step": state["global_step"], "train_loss": sums[0] / max(sums[2], 1),
                    "train_top1": 100 * sums[1] / max(sums[2], 1), "lr": optimizer.param_groups[0]["lr"],
+                   "train_seconds": round(train_seconds, 2), "train_img_s": round(seen / train_seconds, 1),
                    **{f"val_{k}": v for k, v in metrics.items()}}
             state.update(epoch=epoch + 1, step_in_epoch=0, sums=[0.0, 0.0, 0])
             if main_process:

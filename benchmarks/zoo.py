@@ -1,0 +1,100 @@
+"""The `hub/` model zoo: export benchmark checkpoints into it, and rebuild their weights from its recipes.
+
+    python benchmarks/zoo.py export   # after benchmarks/accuracy.py: a folder per checkpoint + hub/manifest.yaml
+    python benchmarks/zoo.py build    # `make zoo`: rerun every recipe, check the metrics, leave the weights in runs/
+
+Each entry is a folder ``hub/NAME/`` holding the model card (``README.md``, rendered by
+``quantswap.card.model_card`` from ``config.json`` alone), the checkpoint's ``config.json``, its
+``metrics.json`` and the ``recipe.yaml`` that produced it (the run's own ``args.yaml``). Weight files
+are not committed: ``build`` makes them (``runs/...``), ``quantswap push runs/.../model ORG/NAME``
+publishes one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+from accuracy import FULL, TRANSFER, VARIANTS, mobilenet_v2_weights, slug
+
+from quantswap import FinetuneConfig, finetune
+from quantswap.card import model_card
+from quantswap.train import load_recipe
+
+HUB = Path(__file__).resolve().parent.parent / "hub"
+ORG = "quantswap"
+SECTION = "Accuracy on Fashion-MNIST"
+
+
+def entries(runs: Path) -> list[dict]:
+    """The zoo: every distilled ResNet-18 method and the quantized MobileNetV2 transfers, seed 0."""
+    seed0 = runs / FULL.name / "seed0"
+    found = [{"name": f"resnet18-{slug(v)}-fashion-mnist", "run": seed0 / f"{slug(v)}-kd", "row": v, "column": "top-1 KD"}
+             for v in VARIANTS]
+    found += [{"name": f"mobilenet-v2-{slug(v)}-fashion-mnist", "run": runs / FULL.name / "transfer" / slug(v),
+               "row": f"MobileNetV2 {v}", "column": "top-1"} for v in TRANSFER if v != "FP"]
+    return found
+
+
+def export(runs: Path) -> None:
+    parent_recipe = runs / FULL.name / "seed0" / "parent" / "args.yaml"
+    shutil.copyfile(parent_recipe, HUB / "resnet18-fp-parent-recipe.yaml")
+    manifest = {"organization": ORG, "benchmark_section": SECTION,
+                "parent_recipe": "hub/resnet18-fp-parent-recipe.yaml", "entries": []}
+    for entry in entries(runs):
+        folder = HUB / entry["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        config = json.loads((entry["run"] / "model" / "config.json").read_text())
+        result = json.loads((entry["run"] / "result.json").read_text())
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (folder / "README.md").write_text(str(model_card(config, name=entry["name"], repo_id=f"{ORG}/{entry['name']}")))
+        metrics = {**config["metrics"], "file_bytes": result["file_bytes"]}
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        shutil.copyfile(entry["run"] / "args.yaml", folder / "recipe.yaml")
+        manifest["entries"].append({"name": entry["name"], "repo_id": f"{ORG}/{entry['name']}",
+                                    "folder": f"hub/{entry['name']}", "benchmark_row": entry["row"],
+                                    "benchmark_column": entry["column"]})
+    (HUB / "manifest.yaml").write_text(
+        "# quantswap's model zoo: benchmark checkpoints (benchmarks/accuracy.py). Rebuild: make zoo.\n"
+        + yaml.safe_dump(manifest, sort_keys=False))
+    print(f"exported {len(manifest['entries'])} entries to {HUB}")
+
+
+def build() -> int:
+    """Rerun the parent and every entry's recipe; the rebuilt top-1 must equal metrics.json's."""
+    manifest = yaml.safe_load((HUB / "manifest.yaml").read_text())
+    root = HUB.parent
+    parent = FinetuneConfig.from_dict(load_recipe(root / manifest["parent_recipe"]))
+    if not (root / parent.output / "model.safetensors").is_file():
+        finetune(FinetuneConfig.from_dict({**load_recipe(root / manifest["parent_recipe"]), "overwrite": True}))
+    failures = 0
+    for entry in manifest["entries"]:
+        options = {**load_recipe(root / entry["folder"] / "recipe.yaml"), "overwrite": True}
+        if "mobilenet_v2" in options["model"]:
+            mobilenet_v2_weights(Path(options["weights"]).parent)
+        result = finetune(FinetuneConfig.from_dict(options))
+        expected = json.loads((root / entry["folder"] / "metrics.json").read_text())
+        same = round(result["top1"], 2) == expected["top1"]
+        failures += not same
+        print(f"{entry['name']}: top-1 {result['top1']:.2f} (zoo: {expected['top1']:.2f}) "
+              f"{'reproduced' if same else 'DIFFERS'}; weights in {result['checkpoint']}")
+    return 1 if failures else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["export", "build"])
+    parser.add_argument("--runs", default="runs/accuracy", help="the accuracy benchmark's --runs folder")
+    args = parser.parse_args()
+    if args.action == "export":
+        export(Path(args.runs))
+        return 0
+    return build()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

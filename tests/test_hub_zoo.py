@@ -1,0 +1,59 @@
+"""The `hub/` model zoo: every manifest entry's card renders from its config, its recipe is valid, and its
+metrics are the numbers BENCHMARKS.md publishes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from quantswap.card import model_card
+from quantswap.train import FinetuneConfig, load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = yaml.safe_load((ROOT / "hub" / "manifest.yaml").read_text())
+ENTRIES = MANIFEST["entries"]
+
+
+def benchmark_table(section: str) -> list[dict[str, str]]:
+    """The rows of every Markdown table in a BENCHMARKS.md section, as header -> cell."""
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    rows, header = [], None
+    for line in body.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if header is None:
+            header = cells
+        elif not set(cells[0]) <= {"-"}:
+            rows.append(dict(zip(header, cells, strict=True)))
+    return rows
+
+
+def test_the_manifest_lists_every_folder_and_the_parent_recipe():
+    folders = {p.name for p in (ROOT / "hub").iterdir() if p.is_dir()}
+    assert folders == {e["name"] for e in ENTRIES} and len(ENTRIES) >= 8
+    FinetuneConfig.from_dict(load_recipe(ROOT / MANIFEST["parent_recipe"]))
+    assert not list((ROOT / "hub").rglob("*.safetensors"))  # weights are built, not committed
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
+def test_a_zoo_entry_is_consistent(entry):
+    folder = ROOT / entry["folder"]
+    config = json.loads((folder / "config.json").read_text())
+    card = model_card(config, name=entry["name"], repo_id=entry["repo_id"])
+    assert str(card) == (folder / "README.md").read_text()
+
+    recipe = FinetuneConfig.from_dict(load_recipe(folder / "recipe.yaml"))
+    assert recipe.method == config["quantization"]["method"]
+    assert recipe.model == config["base_model"]["name"]
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["top1"] == config["metrics"]["top1"]
+    row = next(r for r in benchmark_table(MANIFEST["benchmark_section"]) if r["model"] == entry["benchmark_row"])
+    assert float(row[entry["benchmark_column"]].split()[0]) == pytest.approx(metrics["top1"], abs=0.005)
+    assert row["checkpoint"] == f"{metrics['file_bytes'] / 1e6:.2f} MB"
