@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import machine, publish
+from _common import VARIANTS, machine, publish
 from safetensors.torch import save_file
 
 from quantswap import FinetuneConfig, finetune
@@ -53,20 +53,11 @@ class Budget:
 FULL = Budget("full", parent_images=None, parent_epochs=1, images=15_000, epochs=1, val_images=None)
 QUICK = Budget("quick", parent_images=3_000, parent_epochs=1, images=640, epochs=1, val_images=1_000)
 
-#: name -> FinetuneConfig options; every one is run with and without distillation.
-VARIANTS = {
-    "xnor W1/A1": dict(method="xnor"),
-    "irnet W1/A1": dict(method="irnet"),
-    "irnet W1/A32": dict(method="irnet", activations=False),
-    "bireal W1/A1": dict(method="bireal"),
-    "mcdonnell W1/A32": dict(method="mcdonnell"),
-    "ternary t=1": dict(method="ternary", expansion=1, lr=1e-4),
-    "ternary t=2": dict(method="ternary", expansion=2, lr=1e-4),
-    "ternary t=4": dict(method="ternary", expansion=4, lr=1e-4),
-}
+#: ``_common.VARIANTS``, each run with and without distillation; ternary at its paper's fine-tuning lr.
+TERNARY_LR = 1e-4
 TRANSFER = {
     "FP": dict(method="none"),
-    "ternary t=2": dict(method="ternary", expansion=2, lr=1e-4),
+    "ternary t=2": dict(method="ternary", expansion=2, lr=TERNARY_LR),
     "irnet W1/A32": dict(method="irnet", activations=False),
 }
 #: The shared recipe: one optimizer and schedule for every method (ternary takes its paper's fine-tuning
@@ -135,6 +126,7 @@ def main() -> None:
                      **subsets)
         results[f"FP parent|{seed}"] = parent
         for name, options in VARIANTS.items():
+            options = {**options, "lr": TERNARY_LR} if options["method"] == "ternary" else options
             for distill in (True, False):
                 folder = root / f"seed{seed}" / f"{slug(name)}-{'kd' if distill else 'ce'}"
                 results[f"{name}|{distill}|{seed}"] = run(

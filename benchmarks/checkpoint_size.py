@@ -15,27 +15,20 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _common import convert, machine, publish
+from _common import VARIANTS, convert, machine, publish
 from torchvision.models import mobilenet_v2, resnet18, resnet50
 
 import quantswap
 
 RESNET18_VARIANTS = {
-    "xnor W1/A1": dict(method="xnor"),
-    "irnet W1/A1": dict(method="irnet"),
-    "irnet W1/A32": dict(method="irnet", activations=False),
-    "bireal W1/A1": dict(method="bireal"),
-    "mcdonnell W1/A32": dict(method="mcdonnell"),
-    "ternary t=1": dict(expansion=1),
-    "ternary t=1, base 3": dict(expansion=1, packing="base3"),
-    "ternary t=2": dict(expansion=2),
-    "ternary t=2, base 3": dict(expansion=2, packing="base3"),
-    "ternary t=4": dict(expansion=4),
+    **VARIANTS,
+    "ternary t=1, base 3": dict(method="ternary", expansion=1, packing="base3"),
+    "ternary t=2, base 3": dict(method="ternary", expansion=2, packing="base3"),
 }
 OTHER_MODELS = {
     "mobilenet_v2": (mobilenet_v2, {"irnet W1/A32": dict(method="irnet", activations=False),
-                                    "ternary t=2": dict(expansion=2)}),
-    "resnet50": (resnet50, {"irnet W1/A1": dict(method="irnet"), "ternary t=2": dict(expansion=2)}),
+                                    "ternary t=2": dict(method="ternary", expansion=2)}),
+    "resnet50": (resnet50, {"irnet W1/A1": dict(method="irnet"), "ternary t=2": dict(method="ternary", expansion=2)}),
 }
 
 

@@ -14,22 +14,10 @@ import statistics
 import time
 
 import torch
-from _common import convert, machine, publish
+from _common import VARIANTS, convert, machine, publish
 from torchvision.models import mobilenet_v3_large, resnet18, resnet50
 
 import quantswap
-
-VARIANTS = {
-    "xnor W1/A1": dict(method="xnor"),
-    "irnet W1/A1": dict(method="irnet"),
-    "irnet W1/A32": dict(method="irnet", activations=False),
-    "bireal W1/A1": dict(method="bireal"),
-    "mcdonnell W1/A32": dict(method="mcdonnell"),
-    "ternary t=1": dict(expansion=1),
-    "ternary t=2": dict(expansion=2),
-    "ternary t=4": dict(expansion=4),
-}
-
 
 WHY_SLOW = (
     "Why: each step re-quantizes all latent weights (IR-Net: mean, std, log2 and EDE per filter; ternary: "
