@@ -1,13 +1,12 @@
 """The `hub/` model zoo: export benchmark checkpoints into it, and rebuild their weights from its recipes.
 
     python benchmarks/zoo.py export   # after benchmarks/accuracy.py: a folder per checkpoint + hub/manifest.yaml
-    python benchmarks/zoo.py build    # `make zoo`: rerun every recipe, check the metrics, leave the weights in runs/
+    python benchmarks/zoo.py build    # `make zoo`: rerun every recipe, check the metrics; weights in runs/zoo/NAME/
 
 Each entry is a folder ``hub/NAME/`` holding the model card (``README.md``, rendered by
 ``quantswap.card.model_card`` from ``config.json`` alone), the checkpoint's ``config.json``, its
 ``metrics.json`` and the ``recipe.yaml`` that produced it (the run's own ``args.yaml``). Weight files
-are not committed: ``build`` makes them (``runs/...``), ``quantswap push runs/.../model ORG/NAME``
-publishes one.
+are not committed: ``build`` makes them, ``quantswap push runs/zoo/NAME/model ORG/NAME`` publishes one.
 """
 
 from __future__ import annotations
@@ -33,15 +32,15 @@ SECTION = "Accuracy on Fashion-MNIST"
 def entries(runs: Path) -> list[dict]:
     """The zoo: every distilled ResNet-18 method and the quantized MobileNetV2 transfers, seed 0."""
     seed0 = runs / FULL.name / "seed0"
-    found = [{"name": f"resnet18-{slug(v)}-fashion-mnist", "run": seed0 / f"{slug(v)}-kd", "row": v, "column": "top-1 KD"}
-             for v in VARIANTS]
+    found = [{"name": f"resnet18-{slug(v)}-fashion-mnist", "run": seed0 / f"{slug(v)}-kd", "row": v,
+              "column": "KD seed 0"} for v in VARIANTS]
     found += [{"name": f"mobilenet-v2-{slug(v)}-fashion-mnist", "run": runs / FULL.name / "transfer" / slug(v),
                "row": f"MobileNetV2 {v}", "column": "top-1"} for v in TRANSFER if v != "FP"]
     return found
 
 
 def export(runs: Path) -> None:
-    parent_recipe = runs / FULL.name / "seed0" / "parent" / "args.yaml"
+    parent_recipe = runs / FULL.name / "parent" / "args.yaml"
     shutil.copyfile(parent_recipe, HUB / "resnet18-fp-parent-recipe.yaml")
     manifest = {"organization": ORG, "benchmark_section": SECTION,
                 "parent_recipe": "hub/resnet18-fp-parent-recipe.yaml", "entries": []}
@@ -64,16 +63,23 @@ def export(runs: Path) -> None:
     print(f"exported {len(manifest['entries'])} entries to {HUB}")
 
 
-def build() -> int:
-    """Rerun the parent and every entry's recipe; the rebuilt top-1 must equal metrics.json's."""
+def build(only: list[str] | None = None) -> int:
+    """Rerun the parent (when its weights are missing) and every entry's recipe into ``runs/zoo/NAME``;
+    the rebuilt top-1 must equal metrics.json's (training is deterministic on CPU for a given seed)."""
     manifest = yaml.safe_load((HUB / "manifest.yaml").read_text())
     root = HUB.parent
-    parent = FinetuneConfig.from_dict(load_recipe(root / manifest["parent_recipe"]))
-    if not (root / parent.output / "model.safetensors").is_file():
-        finetune(FinetuneConfig.from_dict({**load_recipe(root / manifest["parent_recipe"]), "overwrite": True}))
+    unknown = set(only or ()) - {e["name"] for e in manifest["entries"]}
+    if unknown:
+        raise SystemExit(f"not in hub/manifest.yaml: {', '.join(sorted(unknown))}")
+    parent = load_recipe(root / manifest["parent_recipe"])
+    if not (root / parent["output"] / "model.safetensors").is_file():
+        finetune(FinetuneConfig.from_dict({**parent, "overwrite": True}))
     failures = 0
     for entry in manifest["entries"]:
-        options = {**load_recipe(root / entry["folder"] / "recipe.yaml"), "overwrite": True}
+        if only and entry["name"] not in only:
+            continue
+        output = root / "runs" / "zoo" / entry["name"]
+        options = {**load_recipe(root / entry["folder"] / "recipe.yaml"), "output": str(output), "overwrite": True}
         if "mobilenet_v2" in options["model"]:
             mobilenet_v2_weights(Path(options["weights"]).parent)
         result = finetune(FinetuneConfig.from_dict(options))
@@ -88,12 +94,13 @@ def build() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["export", "build"])
-    parser.add_argument("--runs", default="runs/accuracy", help="the accuracy benchmark's --runs folder")
+    parser.add_argument("--runs", default="runs/accuracy", help="export: the accuracy benchmark's --runs folder")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="build: just these entries")
     args = parser.parse_args()
     if args.action == "export":
         export(Path(args.runs))
         return 0
-    return build()
+    return build(args.only)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ def model_card(config: dict[str, Any], *, name: str | None = None, repo_id: str 
         eval_results=eval_results,
     )
 
-    rows = [("base model", f"`{base}` {config['base_model'].get('args') or ''}".rstrip()),
+    args = ", ".join(f"{k}={v!r}" for k, v in (config["base_model"].get("args") or {}).items())
+    rows = [("base model", f"`{base}` ({args})" if args else f"`{base}`"),
             ("method", _PAPERS.get(method, method)),
             ("precision", f"{label}; first and last layers real unless configured otherwise")]
     if config.get("layers"):

@@ -1,5 +1,7 @@
 """Fine-tuning pieces that need no training run: the distillation loss, recipes, options and refusals."""
 
+import argparse
+
 import pytest
 import torch
 
@@ -70,3 +72,23 @@ def test_bad_options(capsys):
     assert "unknown method 'dorefa'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["finetune", "--epochs", "many"])
+
+
+def test_include_and_exclude_reach_the_swap():
+    from torchvision.models import resnet18
+
+    from quantswap import get_swap_report
+    from quantswap.cli.finetune import add_parser, config_from_args
+    from quantswap.train.engine import _swap
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    cfg = config_from_args(parser.parse_args(["finetune", "--exclude", "layer4.*", "layer3.0.conv1"]))
+    assert cfg.exclude == ["layer4.*", "layer3.0.conv1"] and cfg.include is None
+    report = get_swap_report(_swap(cfg, resnet18(num_classes=10)))
+    assert report.kept_real["layer3.0.conv1"] == report.kept_real["layer4.1.conv2"] == "matched by exclude"
+    assert "layer3.0.conv2" in report.quantized
+
+    cfg = FinetuneConfig(method="ternary", include=["layer1.*"])
+    report = get_swap_report(_swap(cfg, resnet18(num_classes=10)))
+    assert report.quantized == [f"layer1.{b}.conv{c}" for b in (0, 1) for c in (1, 2)]

@@ -25,6 +25,8 @@ HELP = {
     "method": "none (train the float model), xnor, irnet, bireal, mcdonnell or ternary",
     "activations": "binarize activations (default: the method's own)",
     "expansion": "ternary residual-expansion branches (1-4)",
+    "include": "glob patterns of layer names to swap, e.g. 'layer4.*' (default: every eligible layer)",
+    "exclude": "glob patterns of layer names kept real, e.g. 'features.*.conv.1.0'",
     "weights": "DEFAULT (the builder's pretrained weights, online), none, or a local .safetensors / torch state dict",
     "data": "fashion-mnist, cifar10, cifar100 or imagefolder:PATH (PATH/train, PATH/val)",
     "optimizer": "any timm optimizer name: adamw, adam, sgd, lamb, ...",

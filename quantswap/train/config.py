@@ -35,6 +35,8 @@ class FinetuneConfig:
     expansion: int | None = None
     skip_first: bool = True
     skip_last: bool = True
+    include: list[str] | None = None  # glob patterns of layer names to swap (default: every eligible layer)
+    exclude: list[str] = dataclasses.field(default_factory=list)  # glob patterns of layer names kept real
     weights: str = "DEFAULT"  # DEFAULT (the builder's pretrained weights), none, or a local file
     num_classes: int | None = None  # default: the dataset's
     data: str = "fashion-mnist"

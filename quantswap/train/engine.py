@@ -148,7 +148,8 @@ def build_parent(cfg: FinetuneConfig, num_classes: int) -> Parent:
 def _swap(cfg: FinetuneConfig, parent: nn.Module) -> nn.Module:
     if cfg.method == "none":
         return copy.deepcopy(parent)
-    options = {"skip_first": cfg.skip_first, "skip_last": cfg.skip_last}
+    options = {"skip_first": cfg.skip_first, "skip_last": cfg.skip_last, "include": cfg.include,
+               "exclude": cfg.exclude}
     if cfg.activations is not None:
         options["activations"] = cfg.activations
     if cfg.method == "ternary":
