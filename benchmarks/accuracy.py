@@ -162,8 +162,9 @@ def main() -> None:
     lines = report(results, args.seeds, budget, minutes, args)
     publish(lines, "Accuracy on Fashion-MNIST", args.output)
     if args.json:
+        options = {k: getattr(args, k) for k in ("quick", "seeds", "longer", "plot")}
         Path(args.json).write_text(json.dumps({"budget": dataclasses.asdict(budget), "machine": machine(),
-                                               "results": results}, indent=1))
+                                               "options": options, "results": results}, indent=1))
     if args.plot:
         plot(results, args.seeds, args.plot)
 
