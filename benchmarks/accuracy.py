@@ -12,7 +12,8 @@ K times the images, to show how much of its gap is the budget.
 
 Reported per run: top-1 on the 10k test images, the packed checkpoint's size, and the training time
 per image relative to the FP parent's. Results are cached per run (``result.json``): a rerun skips
-what is done, ``--fresh`` starts over. ``--quick`` is a reduced budget that runs in a few minutes.
+what is done, ``--fresh`` starts over. ``--quick`` is a reduced budget that runs in a few minutes: a check
+that everything runs end to end (5 optimizer steps per run; its accuracies mean little).
 
 Usage: python benchmarks/accuracy.py [--quick] [--seeds 0 1] [--longer 5] [--output BENCHMARKS.md] [--plot FILE.png]
 """
