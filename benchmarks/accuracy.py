@@ -244,8 +244,13 @@ def report(results: dict, seeds: list[int], budget: Budget, minutes: float, args
     return lines
 
 
+#: Where a point's label goes when the default (up and right) would run into a neighbour's.
+LABEL_OFFSETS = {"irnet W1/A32": (8, -12), "mcdonnell W1/A32": (-8, 8)}
+
+
 def plot(results: dict, seeds: list[int], path: str) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -260,9 +265,13 @@ def plot(results: dict, seeds: list[int], path: str) -> None:
             xs.append(runs[0]["file_bytes"] / 1e6)
             ys.append(_mean(runs, "top1"))
             if distill:
-                ax.annotate(name, (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                ax.annotate(name, (xs[-1], ys[-1]), textcoords="offset points", fontsize=7,
+                            xytext=LABEL_OFFSETS.get(name, (4, 4)))
         ax.scatter(xs, ys, marker=marker, label="distilled" if distill else "labels only")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([1, 2, 3, 5, 10, 20, 45]))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("packed checkpoint size (MB, log scale)")
     ax.set_ylabel("top-1 on Fashion-MNIST test (%)")
     ax.set_title("ResNet-18, 32 px: accuracy against size")
