@@ -14,7 +14,7 @@ FASHION_MNIST_LOCAL := $(CURDIR)/.data/debian$(FASHION_MNIST_SYSTEM)
 export QUANTSWAP_FASHION_MNIST ?= $(FASHION_MNIST_LOCAL)
 PARENT := runs/fashion-mnist-parent/model.safetensors
 
-.PHONY: install data demo test test-giants lint bench accuracy zoo clean
+.PHONY: install data demo test test-giants lint bench accuracy zoo gpu-bench clean
 
 install: $(STAMP)
 
@@ -67,6 +67,10 @@ accuracy: $(STAMP) data
 # Rebuild the zoo's weights from hub/*/recipe.yaml and check each reproduces its published top-1.
 zoo: $(STAMP) data
 	$(BIN)/python benchmarks/zoo.py build
+
+# The accuracy benchmark's runs on CUDA, float32 against --amp, plus resume and torchrun/NCCL checks (needs a GPU).
+gpu-bench: $(STAMP) data
+	$(BIN)/python benchmarks/gpu.py --output BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .data

@@ -15,9 +15,12 @@ import quantswap
 TITLE = "# Benchmarks\n"
 
 
-def machine() -> str:
+def machine(cuda: bool = False) -> str:
     """The machine a number was measured on, as the README and BENCHMARKS.md state it."""
     cpu = platform.processor() or platform.machine()
+    if cuda:
+        gpus = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
+        return f"{gpus}, CUDA {torch.version.cuda}, torch {torch.__version__}, {cpu} ({platform.system()})"
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__} ({platform.system()}, CPU only)"
 
 

@@ -67,7 +67,7 @@ def resume_args(tmp_path_factory) -> list[str]:
     return ["finetune", "--model", "timm:test_resnet", "--method", "irnet", "--weights", weights,
             "--data", "fashion-mnist", "--image-size", "32", "--train-subset", "96", "--val-subset", "64",
             "--epochs", "2", "--batch-size", "16", "--save-every", "3", "--optimizer", "sgd", "--lr", "0.05",
-            "--warmup-epochs", "1", "--seed", "3"]
+            "--warmup-epochs", "1", "--seed", "3", "--device", "cpu"]  # CPU: bit-exact (CUDA kernels need not be)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,8 @@ def test_torchrun_two_processes_on_gloo_match_one_process(tmp_path):
     weights = _random_parent("test_efficientnet_gn", tmp_path / "parent.safetensors")
     common = ["finetune", "--model", "timm:test_efficientnet_gn", "--method", "irnet", "--weights", weights,
               "--data", "fashion-mnist", "--image-size", "32", "--train-subset", "64", "--val-subset", "32",
-              "--epochs", "1", "--optimizer", "sgd", "--lr", "0.002", "--save-every", "0", "--seed", "1"]
+              "--epochs", "1", "--optimizer", "sgd", "--lr", "0.002", "--save-every", "0", "--seed", "1",
+              "--device", "cpu"]  # gloo, also where a GPU is present
     single = _run([*common, "--batch-size", "16", "--output", str(tmp_path / "single")])
     assert single.returncode == 0, single.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -247,7 +248,7 @@ def test_imagenet_weights_for_a_10_class_task_get_a_new_head_and_no_teacher(tmp_
     out = capsys.readouterr().out
     assert "pretrained weights with a new 10-class head (no distillation from it)" in out
     assert "FP parent top-1" not in out
-    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    saved = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)["model"]
     moved = (saved["conv1.0.weight"] - imagenet.state_dict()["conv1.0.weight"]).abs().max()
     assert moved <= 1.5e-3  # the ImageNet weights, after one AdamW step of lr 1e-3
 

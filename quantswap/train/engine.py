@@ -255,7 +255,11 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
     distributed = world_size > 1
     if distributed and not torch.distributed.is_initialized():
         if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+            if local_rank >= gpus:
+                raise ValueError(f"torchrun started local process {local_rank}, but this machine has {gpus} CUDA "
+                                 f"device(s): use --nproc_per_node {gpus} or fewer (or --device cpu for gloo)")
+            device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     main_process = rank == 0

@@ -1,0 +1,125 @@
+"""CUDA and mixed precision: the accuracy benchmark's runs on a GPU, in float32 and with ``--amp``.
+
+Needs a CUDA device and Fashion-MNIST. The FP parent is trained with the accuracy benchmark's recipe
+(one epoch of the 60k images, float32); IR-Net W1/A1, Bi-Real W1/A1, IR-Net W1/A32 and ternary t=2 are
+fine-tuned from it with distillation on that benchmark's budget (12k images, seed 0), once in float32
+and once with ``--amp`` (autocast float16 and a GradScaler). Reported: top-1 on the 10k test images
+and training images per second. Then two checks of the GPU-only paths: an ``--amp`` run killed
+(SIGKILL) after its first checkpoint and continued with ``--resume`` ends within 0.5 points of the
+uninterrupted run (CUDA kernels are not bit-reproducible, so not bit-identical as on the CPU), and a
+run under ``torchrun`` with NCCL on every GPU of the machine.
+
+Usage: python benchmarks/gpu.py [--runs runs/gpu] [--output BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from _common import VARIANTS, machine, publish
+from accuracy import FULL, SHARED, TERNARY_LR, run, slug
+
+NAMES = ["irnet W1/A1", "bireal W1/A1", "irnet W1/A32", "ternary t=2"]
+#: Loader processes: the augmentation is a function of (seed, epoch, sample), so results do not depend on it.
+WORKERS = 6
+
+
+def variant(name: str) -> dict:
+    options = VARIANTS[name]
+    return {**options, "lr": TERNARY_LR} if options["method"] == "ternary" else dict(options)
+
+
+def cli_args(options: dict) -> list[str]:
+    """``quantswap finetune`` flags for ``options`` (FinetuneConfig field names)."""
+    args = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list):
+            args += [flag, *map(str, value)] if value else []
+        elif value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def killed_and_resumed(folder: Path, options: dict) -> dict:
+    """Run ``options`` through the CLI, SIGKILL it once its first mid-epoch checkpoint exists, resume it."""
+    shutil.rmtree(folder, ignore_errors=True)
+    command = [sys.executable, "-m", "quantswap", "finetune", *cli_args({**options, "output": str(folder)})]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while not (folder / "last.pt").exists() and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    step = torch.load(folder / "last.pt", map_location="cpu", weights_only=True)["state"]["global_step"]
+    done = subprocess.run([*command, "--resume"], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"--resume failed:\n{done.stderr[-2000:]}")
+    top1 = json.loads((folder / "model" / "config.json").read_text())["metrics"]["top1"]
+    return {"killed_at_step": step, "top1": top1}
+
+
+def under_torchrun(folder: Path, options: dict) -> dict:
+    gpus = torch.cuda.device_count()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus),
+               "-m", "quantswap", "finetune", *cli_args({**options, "output": str(folder), "overwrite": True})]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"torchrun failed:\n{done.stderr[-2000:]}")
+    top1 = json.loads((folder / "model" / "config.json").read_text())["metrics"]["top1"]
+    return {"gpus": gpus, "top1": top1}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", default="runs/gpu", help="where the runs go (cached per run; delete to redo)")
+    parser.add_argument("--output", help="write the section into this Markdown file (BENCHMARKS.md)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/gpu.py needs a CUDA device; this machine has none")
+    root = Path(args.runs)
+    gpu = dict(device="cuda", workers=WORKERS, val_subset=None)
+    parent = run(root / "parent", model="torchvision:resnet18", method="none", weights="none", lr=2e-3,
+                 weight_decay=5e-4, epochs=FULL.parent_epochs, train_subset=FULL.parent_images, seed=0, **gpu)
+    common = dict(model="torchvision:resnet18", weights=str(root / "parent" / "model.safetensors"), distill=True,
+                  epochs=FULL.epochs, train_subset=FULL.images, seed=0, **gpu)
+    results = {name: {amp: run(root / f"{slug(name)}-{'amp' if amp else 'fp32'}",
+                               amp=amp, **common, **variant(name)) for amp in (False, True)} for name in NAMES}
+
+    resumable = {**SHARED, **common, **variant("irnet W1/A1"), "amp": True, "save_every": 20}
+    resumed = killed_and_resumed(root / "resume-check", resumable)
+    ddp = under_torchrun(root / "torchrun-check", {**resumable, "save_every": 0})
+
+    cpu = json.loads((Path(__file__).parent / "accuracy.json").read_text())["results"]
+    lines = [f"Measured by `python benchmarks/gpu.py` on {machine(cuda=True)}. The accuracy benchmark's recipe "
+             f"and budget (FP parent: one epoch of 60k images; the others: {FULL.images:,} images, distilled, seed 0), "
+             f"with {WORKERS} loader processes; float32 against `--amp` (autocast float16 + GradScaler). The CPU "
+             "column is the same run's seed-0 result on the CPU (section above): CUDA and CPU kernels round "
+             "differently, so the numbers agree only within run-to-run spread.", "",
+             "| model | top-1 fp32 | top-1 AMP | top-1 CPU (fp32) | img/s fp32 | img/s AMP | AMP speed-up |",
+             "|---|---|---|---|---|---|---|",
+             f"| FP parent | {parent['top1']:.2f} | | {cpu['FP parent']['top1']:.2f} | {parent['train_img_s']:.0f} | | |"]
+    for name, by_amp in results.items():
+        fp32, amp = by_amp[False], by_amp[True]
+        lines.append(f"| {name} | {fp32['top1']:.2f} | {amp['top1']:.2f} | {cpu[f'{name}|True|0']['top1']:.2f} | "
+                     f"{fp32['train_img_s']:.0f} | {amp['train_img_s']:.0f} | "
+                     f"{amp['train_img_s'] / fp32['train_img_s']:.2f}x |")
+    reference = results["irnet W1/A1"][True]["top1"]
+    lines += ["", f"- Resume with `--amp` on CUDA: irnet W1/A1 killed (SIGKILL) at step {resumed['killed_at_step']} "
+              f"and resumed: top-1 {resumed['top1']:.2f} against {reference:.2f} uninterrupted "
+              f"({'within' if abs(resumed['top1'] - reference) <= 0.5 else 'NOT within'} 0.5 points).",
+              f"- `torchrun --nproc_per_node {ddp['gpus']}` (NCCL, DDP): the same `--amp` run, top-1 {ddp['top1']:.2f}."]
+    publish(lines, "CUDA and mixed precision", args.output)
+
+
+if __name__ == "__main__":
+    main()
