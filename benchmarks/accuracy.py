@@ -72,6 +72,8 @@ TRANSFER = {
 #: learning rate, 1e-4; the binary methods the 1e-3 that Bi-Real, XNOR-Net and ReActNet fine-tune with).
 SHARED = dict(data="fashion-mnist", image_size=32, batch_size=128, optimizer="adamw", lr=1e-3, weight_decay=0.0,
               schedule="cosine", save_every=0, eval_parent=False, fp_dtype="float32")
+#: The FP parent's recipe (trained from scratch; the budget sets its images and epochs).
+PARENT = dict(model="torchvision:resnet18", method="none", weights="none", lr=2e-3, weight_decay=5e-4)
 #: ``--longer``: the variants fine-tuned again (seed 0, distilled) on a multiple of the budget's images.
 LONGER = ["irnet W1/A1"]
 #: Goals (issue 5), points of top-1 below the FP parent.
@@ -80,6 +82,12 @@ GOALS = {"W1/A32": 0.5, "W1/A1": 2.0, "ternary t=2": 0.3}
 
 def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-").replace("--", "-")
+
+
+def recipe(name: str) -> dict:
+    """A variant's options (``_common.VARIANTS``), ternary at its paper's fine-tuning learning rate."""
+    options = VARIANTS[name]
+    return {**options, "lr": TERNARY_LR} if options["method"] == "ternary" else dict(options)
 
 
 def run(folder: Path, **options) -> dict:
@@ -134,17 +142,15 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     parent_dir = root / "parent"
-    results["FP parent"] = run(parent_dir, model="torchvision:resnet18", method="none", weights="none", lr=2e-3,
-                               weight_decay=5e-4, epochs=budget.parent_epochs, train_subset=budget.parent_images,
+    results["FP parent"] = run(parent_dir, **PARENT, epochs=budget.parent_epochs, train_subset=budget.parent_images,
                                seed=args.seeds[0], **subsets)
     for seed in args.seeds:
-        for name, options in VARIANTS.items():
-            options = {**options, "lr": TERNARY_LR} if options["method"] == "ternary" else options
+        for name in VARIANTS:
             for distill in (True, False):
                 folder = root / f"seed{seed}" / f"{slug(name)}-{'kd' if distill else 'ce'}"
                 results[f"{name}|{distill}|{seed}"] = run(
                     folder, model="torchvision:resnet18", weights=str(parent_dir / "model.safetensors"),
-                    distill=distill, epochs=budget.epochs, train_subset=budget.images, seed=seed, **options,
+                    distill=distill, epochs=budget.epochs, train_subset=budget.images, seed=seed, **recipe(name),
                     **subsets)
     if not args.no_transfer:
         weights = mobilenet_v2_weights(root / "weights")
@@ -157,7 +163,7 @@ def main() -> None:
             results[f"{name}|longer"] = run(
                 root / f"seed{args.seeds[0]}" / f"{slug(name)}-kd-x{args.longer}", model="torchvision:resnet18",
                 weights=str(parent_dir / "model.safetensors"), distill=True, epochs=budget.epochs,
-                train_subset=budget.images * args.longer, seed=args.seeds[0], **VARIANTS[name], **subsets)
+                train_subset=budget.images * args.longer, seed=args.seeds[0], **recipe(name), **subsets)
     minutes = (time.perf_counter() - started) / 60
 
     lines = report(results, args.seeds, budget, minutes, args)

@@ -24,37 +24,31 @@ import time
 from pathlib import Path
 
 import torch
-from _common import VARIANTS, machine, publish
-from accuracy import FULL, SHARED, TERNARY_LR, run, slug
+import yaml
+from _common import machine, publish
+from accuracy import FULL, PARENT, SHARED, recipe, run, slug
 
 NAMES = ["irnet W1/A1", "bireal W1/A1", "irnet W1/A32", "ternary t=2"]
 #: Loader processes: the augmentation is a function of (seed, epoch, sample), so results do not depend on it.
 WORKERS = 6
 
 
-def variant(name: str) -> dict:
-    options = VARIANTS[name]
-    return {**options, "lr": TERNARY_LR} if options["method"] == "ternary" else dict(options)
+def finetune_command(folder: Path, options: dict) -> list[str]:
+    """``quantswap finetune`` for ``options``, passed as a recipe file written next to ``folder``."""
+    recipe_file = folder.with_suffix(".yaml")
+    recipe_file.parent.mkdir(parents=True, exist_ok=True)
+    recipe_file.write_text(yaml.safe_dump({**options, "output": str(folder)}))
+    return ["-m", "quantswap", "finetune", "--recipe", str(recipe_file)]
 
 
-def cli_args(options: dict) -> list[str]:
-    """``quantswap finetune`` flags for ``options`` (FinetuneConfig field names)."""
-    args = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif isinstance(value, list):
-            args += [flag, *map(str, value)] if value else []
-        elif value is not None:
-            args += [flag, str(value)]
-    return args
+def top1(folder: Path) -> float:
+    return json.loads((folder / "model" / "config.json").read_text())["metrics"]["top1"]
 
 
 def killed_and_resumed(folder: Path, options: dict) -> dict:
     """Run ``options`` through the CLI, SIGKILL it once its first mid-epoch checkpoint exists, resume it."""
     shutil.rmtree(folder, ignore_errors=True)
-    command = [sys.executable, "-m", "quantswap", "finetune", *cli_args({**options, "output": str(folder)})]
+    command = [sys.executable, *finetune_command(folder, options)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while not (folder / "last.pt").exists() and process.poll() is None:
         time.sleep(0.02)
@@ -64,19 +58,17 @@ def killed_and_resumed(folder: Path, options: dict) -> dict:
     done = subprocess.run([*command, "--resume"], capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"--resume failed:\n{done.stderr[-2000:]}")
-    top1 = json.loads((folder / "model" / "config.json").read_text())["metrics"]["top1"]
-    return {"killed_at_step": step, "top1": top1}
+    return {"killed_at_step": step, "top1": top1(folder)}
 
 
 def under_torchrun(folder: Path, options: dict) -> dict:
     gpus = torch.cuda.device_count()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus),
-               "-m", "quantswap", "finetune", *cli_args({**options, "output": str(folder), "overwrite": True})]
+               *finetune_command(folder, {**options, "overwrite": True})]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"torchrun failed:\n{done.stderr[-2000:]}")
-    top1 = json.loads((folder / "model" / "config.json").read_text())["metrics"]["top1"]
-    return {"gpus": gpus, "top1": top1}
+    return {"gpus": gpus, "top1": top1(folder)}
 
 
 def main() -> None:
@@ -88,14 +80,13 @@ def main() -> None:
         raise SystemExit("benchmarks/gpu.py needs a CUDA device; this machine has none")
     root = Path(args.runs)
     gpu = dict(device="cuda", workers=WORKERS, val_subset=None)
-    parent = run(root / "parent", model="torchvision:resnet18", method="none", weights="none", lr=2e-3,
-                 weight_decay=5e-4, epochs=FULL.parent_epochs, train_subset=FULL.parent_images, seed=0, **gpu)
+    parent = run(root / "parent", **PARENT, epochs=FULL.parent_epochs, train_subset=FULL.parent_images, seed=0, **gpu)
     common = dict(model="torchvision:resnet18", weights=str(root / "parent" / "model.safetensors"), distill=True,
                   epochs=FULL.epochs, train_subset=FULL.images, seed=0, **gpu)
     results = {name: {amp: run(root / f"{slug(name)}-{'amp' if amp else 'fp32'}",
-                               amp=amp, **common, **variant(name)) for amp in (False, True)} for name in NAMES}
+                               amp=amp, **common, **recipe(name)) for amp in (False, True)} for name in NAMES}
 
-    resumable = {**SHARED, **common, **variant("irnet W1/A1"), "amp": True, "save_every": 20}
+    resumable = {**SHARED, **common, **recipe("irnet W1/A1"), "amp": True, "save_every": 20}
     resumed = killed_and_resumed(root / "resume-check", resumable)
     ddp = under_torchrun(root / "torchrun-check", {**resumable, "save_every": 0})
 
