@@ -8,7 +8,11 @@ Example:
     torch.Size([1, 1000])
 """
 
+from quantswap._registry import is_method as is_method
 from quantswap._registry import list_methods as list_methods
+from quantswap._registry import list_variants as list_variants
+from quantswap._registry import register_method as register_method
+from quantswap._registry import unregister_method as unregister_method
 from quantswap.api import SwapReport as SwapReport
 from quantswap.api import binarize as binarize
 from quantswap.api import get_swap_report as get_swap_report
@@ -20,6 +24,8 @@ from quantswap.checkpoint import CheckpointNotFoundError as CheckpointNotFoundEr
 from quantswap.checkpoint import CheckpointSize as CheckpointSize
 from quantswap.checkpoint import save_pretrained as save_pretrained
 from quantswap.config import QuantConfig as QuantConfig
+from quantswap.config import Variant as Variant
+from quantswap.config import config_for as config_for
 from quantswap.config import config_from_dict as config_from_dict
 from quantswap.frozen import freeze as freeze
 from quantswap.frozen import is_frozen as is_frozen
@@ -52,9 +58,11 @@ __all__ = [
     "SwapReport",
     "TernaryConfig",
     "UntraceableModelError",
+    "Variant",
     "XnorConfig",
     "__version__",
     "binarize",
+    "config_for",
     "config_from_dict",
     "download",
     "finetune",
@@ -62,12 +70,16 @@ __all__ = [
     "from_pretrained",
     "get_swap_report",
     "is_frozen",
+    "is_method",
     "list_methods",
+    "list_variants",
     "push_to_hub",
     "register_leaf_module",
+    "register_method",
     "save_pretrained",
     "set_progress",
     "summary",
     "swap",
     "ternarize",
+    "unregister_method",
 ]

@@ -1,32 +1,47 @@
-"""Typed configuration of a swap: which layers, which method, which options.
+"""Typed configuration of a swap, and everything quantswap knows about a method.
 
 Every method has one ``@dataclass`` config, a subclass of :class:`QuantConfig`, registered under
-its method name (see :mod:`quantswap._registry`). The config holds everything needed to redo a swap
-on a freshly built base model, so it is what a checkpoint's ``config.json`` stores: ``to_dict`` and
-``config_from_dict`` round-trip it, resolving the type only through the method registry.
+its method name (see :mod:`quantswap._registry`). The class is the one place a method's facts live:
+its name, paper, citation and authors' code, its kind (binary or ternary), its default activations,
+the graph passes it adds to a swap, and the variants that tests and benchmarks cover. An instance
+holds everything needed to redo a swap on a freshly built base model, so it is what a checkpoint's
+``config.json`` stores: ``to_dict`` and :func:`config_from_dict` round-trip it, resolving the type
+only through the method registry. :func:`config_for` is the one factory, with the one check of
+unknown options, that the API, the CLI, checkpoints and benchmarks build configs with.
 
 Example:
-    >>> from quantswap.config import config_from_dict
-    >>> from quantswap.methods.irnet import IRNetConfig
-    >>> cfg = IRNetConfig(activations=False, exclude=("layer4.*",))
-    >>> cfg.to_dict()["method"], cfg.activations
-    ('irnet', False)
+    >>> from quantswap.config import config_for, config_from_dict
+    >>> cfg = config_for("irnet", activations=False, exclude=["layer4.*"])
+    >>> cfg.to_dict()["method"], cfg.label, cfg.paper
+    ('irnet', 'irnet W1/A32', 'IR-Net (Qin et al., CVPR 2020)')
     >>> config_from_dict(cfg.to_dict()) == cfg
     True
+    >>> config_for("irnet", t_mn=0.2)
+    Traceback (most recent call last):
+    ...
+    TypeError: unknown option(s) ['t_mn'] for method 'irnet' (did you mean 't_min'?); its options are ['activations', 'exclude', 'include', 'keep_downsample', 'skip_first', 'skip_last', 't_max', 't_min']
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
-from typing import Any, ClassVar
+import difflib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
-__all__ = ["QuantConfig", "config_from_dict", "CONFIG_VERSION"]
+if TYPE_CHECKING:
+    from quantswap.fx.pipeline import SwapContext
+
+__all__ = ["QuantConfig", "Variant", "config_for", "config_from_dict", "CONFIG_VERSION", "KINDS"]
 
 CONFIG_VERSION = 1
+KINDS = ("binary", "ternary")
+
+#: A step of a swap: reads and edits the :class:`~quantswap.fx.pipeline.SwapContext` in place.
+GraphPass = Callable[["SwapContext"], None]
 
 
 def _as_patterns(value: Any, name: str) -> tuple[str, ...] | None:
@@ -43,9 +58,28 @@ def _as_patterns(value: Any, name: str) -> tuple[str, ...] | None:
     return patterns
 
 
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A named set of a method's options that the tests (and, with ``benchmark``, the benchmarks) cover.
+
+    Example:
+        >>> from quantswap.config import Variant
+        >>> Variant("irnet-w1a32", "irnet", {"activations": False}).config().label
+        'irnet W1/A32'
+    """
+
+    name: str
+    method: str
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    benchmark: bool = True  # a row of the accuracy benchmark
+
+    def config(self) -> QuantConfig:
+        return config_for(self.method, **self.options)
+
+
 @dataclasses.dataclass
 class QuantConfig(abc.ABC):
-    """Options shared by every method. Subclasses add the method's own options.
+    """Options shared by every method. Subclasses add the method's own options and facts.
 
     Args:
         activations: quantize the inputs of swapped layers to ±1 (W1/A1). ``None`` takes the
@@ -57,10 +91,16 @@ class QuantConfig(abc.ABC):
         exclude: layers whose qualified name matches one of these patterns stay real.
     """
 
+    # -- the method's facts (class attributes; a subclass sets them) ------------------------------
     method: ClassVar[str] = ""
-    #: The method's default for ``activations`` and whether it can binarize activations at all.
+    kind: ClassVar[str] = "binary"  # "binary" or "ternary": which public verb makes it
+    paper: ClassVar[str] = ""  # "IR-Net (Qin et al., CVPR 2020)": cards, docs, the CLI
+    citation: ClassVar[str] = ""  # authors, title, venue
+    code: ClassVar[str] = ""  # the authors' reference implementation
     default_activations: ClassVar[bool] = False
     supports_binary_activations: ClassVar[bool] = False
+    #: the option sets tests and benchmarks cover; every registered method needs at least one
+    variants: ClassVar[tuple[Variant, ...]] = ()
 
     activations: bool | None = None
     skip_first: bool = True
@@ -76,9 +116,11 @@ class QuantConfig(abc.ABC):
         if not isinstance(self.activations, bool):
             raise TypeError(f"activations must be True, False or None, got {self.activations!r}")
         if self.activations and not self.supports_binary_activations:
+            from quantswap._registry import methods_with_binary_activations
+
             raise ValueError(
                 f"method {self.method!r} quantizes weights only; drop activations=True "
-                "or pick a W1/A1 method (xnor, irnet, bireal)"
+                f"or pick a W1/A1 method ({', '.join(methods_with_binary_activations())})"
             )
 
     # -- hooks each method implements -------------------------------------------------------------
@@ -99,20 +141,26 @@ class QuantConfig(abc.ABC):
         """Layers the method keeps real by design (e.g. Bi-Real's downsample convs)."""
         return False
 
-    @property
-    def adds_shortcuts(self) -> bool:
-        """Whether every binary conv gets its own real-valued shortcut (Bi-Real structure)."""
-        return False
+    def graph_passes(self) -> Sequence[GraphPass]:
+        """The method's own structural passes, run after the layers are swapped (Bi-Real's shortcuts)."""
+        return ()
+
+    # -- how the method is named --------------------------------------------------------------------
 
     @property
-    def freezes_bn_affine(self) -> bool:
-        """Whether BatchNorms right after quantized convs lose their learned scale and offset."""
-        return False
+    def precision(self) -> str:
+        """``"W1/A1"``, ``"W1/A32"``; a ternary config says ``"t=2"``."""
+        return f"W1/A{1 if self.activations else 32}"
 
     @property
-    def weight_bits(self) -> int:
-        """Bits stored per quantized weight."""
-        return 1
+    def label(self) -> str:
+        """Method and precision, as benchmark tables name a variant: ``"irnet W1/A1"``."""
+        return f"{self.method} {self.precision}"
+
+    @property
+    def description(self) -> str:
+        """The precision spelled out for a model card: ``"W1/A1"``, ``"ternary t=2 (W2x2/A32)"``."""
+        return self.precision
 
     # -- serialization ----------------------------------------------------------------------------
 
@@ -125,10 +173,26 @@ class QuantConfig(abc.ABC):
         return data
 
 
-def config_from_dict(data: dict[str, Any]) -> QuantConfig:
-    """Rebuild a config written by :meth:`QuantConfig.to_dict`; types resolve only through the registry."""
+def config_for(method: str, **options: Any) -> QuantConfig:
+    """The config of a registered ``method`` with ``options``: the one place options are checked.
+
+    Unknown options raise ``TypeError`` naming the method's options (with a did-you-mean hint);
+    values are checked by the config's own ``__post_init__``.
+    """
     from quantswap._registry import get_config_class
 
+    cls = get_config_class(method)
+    known = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        hints = [difflib.get_close_matches(k, known, n=1) for k in unknown]
+        hint = "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
+        raise TypeError(f"unknown option(s) {unknown} for method {method!r}{hint}; its options are {known}")
+    return cls(**options)
+
+
+def config_from_dict(data: dict[str, Any]) -> QuantConfig:
+    """Rebuild a config written by :meth:`QuantConfig.to_dict`; types resolve only through the registry."""
     if not isinstance(data, dict) or "method" not in data:
         raise ValueError(f"a quantswap config needs a 'method' key, got {data!r}")
     data = dict(data)
@@ -138,12 +202,5 @@ def config_from_dict(data: dict[str, Any]) -> QuantConfig:
             f"config version {version!r} is newer than this quantswap understands ({CONFIG_VERSION}); "
             "upgrade quantswap (pip install -U quantswap)"
         )
-    cls = get_config_class(data.pop("method"))
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for method {cls.method!r}; known options: {sorted(known)}")
-    for key, value in data.items():
-        if isinstance(value, list):
-            data[key] = tuple(value)
-    return cls(**data)
+    method = data.pop("method")
+    return config_for(method, **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -1,21 +1,25 @@
-"""The graph passes of a swap. Each edits the model's module tree and/or its traced graphs; a
-model traced in train and eval mode has two graphs over one module tree, and every pass edits both
-the same way."""
+"""The graph passes of a swap. Each is ``pass(ctx) -> None`` over a
+:class:`~quantswap.fx.pipeline.SwapContext`: it edits the model's module tree and/or its traced
+graphs and records what it did in ``ctx.report``. A model traced in train and eval mode has two
+graphs over one module tree, and every pass edits both the same way."""
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
-from quantswap.config import QuantConfig
 from quantswap.fx.analysis import reaches, weight_layer_sites
 from quantswap.fx.utils import get_module, parent_name, set_module
 from quantswap.nn.blocks import bireal_shortcut
 from quantswap.nn.layers import QuantConv2d, QuantLayer, QuantLinear
+
+if TYPE_CHECKING:
+    from quantswap.fx.pipeline import SwapContext
 
 __all__ = [
     "swap_layers",
@@ -30,16 +34,23 @@ _RELU_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6}
 _RELU_METHODS = {"relu", "relu_"}
 
 
-def swap_layers(root: nn.Module, targets: Sequence[str], config: QuantConfig) -> None:
-    """Replace each Conv2d/Linear named in ``targets`` by its quantized twin (same parameters)."""
-    for target in targets:
-        layer = get_module(root, target)
+def swap_layers(ctx: SwapContext) -> None:
+    """Replace each chosen Conv2d/Linear by its quantized twin (same parameters)."""
+    config = ctx.config
+    for target in ctx.report.quantized:
+        layer = get_module(ctx.model, target)
         cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
-        set_module(root, target, cls.from_float(layer, config.weight_quantizer(layer), config.input_quantizer()))
+        set_module(ctx.model, target, cls.from_float(layer, config.weight_quantizer(layer), config.input_quantizer()))
 
 
-def quantize_weight_reads(graph: fx.Graph, quantized: set[str]) -> None:
+def quantize_weight_reads(ctx: SwapContext) -> None:
     """Where a quantized layer's weight is read directly (``get_attr``), read its quantized weight."""
+    quantized = set(ctx.report.quantized)
+    for graph in ctx.graphs:
+        _quantize_weight_reads(graph, quantized)
+
+
+def _quantize_weight_reads(graph: fx.Graph, quantized: set[str]) -> None:
     for node in list(graph.nodes):
         if node.op == "get_attr" and node.target.endswith(".weight"):
             owner = node.target[: -len(".weight")]
@@ -57,45 +68,53 @@ def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_method" and node.target in _RELU_METHODS
 
 
-def replace_activations(
-    root: nn.Module, graphs: Sequence[fx.Graph], factory: Callable[[], nn.Module]
-) -> list[str]:
-    """Replace every ReLU whose output reaches a quantized layer's input (no weight layer between).
+def _relus_feeding_quantized_layers(graph: fx.Graph, modules: dict[str, nn.Module]) -> list[fx.Node]:
+    sites = weight_layer_sites(graph, modules)
+    feeding = reaches(
+        graph,
+        is_target=lambda n: n.op == "call_module" and isinstance(modules.get(n.target), QuantLayer),
+        is_barrier=lambda n: n in sites,
+    )
+    return [node for node in graph.nodes if node in feeding and _is_relu(node, modules)]
+
+
+def _replace_functional_relu(root: nn.Module, graph: fx.Graph, node: fx.Node, factory: Callable[[], nn.Module]) -> str:
+    name = f"quantswap_act_{node.name}"
+    if factory is nn.Identity:
+        node.replace_all_uses_with(node.args[0])
+    else:
+        if not hasattr(root, name):
+            root.add_module(name, factory())
+        with graph.inserting_before(node):
+            new = graph.call_module(name, (node.args[0],))
+        node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    return name
+
+
+def replace_activations(ctx: SwapContext) -> None:
+    """Replace every ReLU whose output reaches a quantized layer's input (no weight layer between)
+    by the method's ``activation_replacement()``; nothing when the method has none.
 
     A ReLU module is replaced at its name, so all its call sites change together; a functional
     ``relu`` becomes a call of a new module ``quantswap_act_<node>``, or disappears when the
-    replacement is ``nn.Identity``. Returns the names replaced.
+    replacement is ``nn.Identity``. Records the names replaced.
     """
-    modules = dict(root.named_modules())
+    factory = ctx.config.activation_replacement()
+    if factory is None:
+        return
+    modules = ctx.modules
     replaced: dict[str, None] = {}
-    for graph in graphs:
-        sites = weight_layer_sites(graph, modules)
-        feeding = reaches(
-            graph,
-            is_target=lambda n: n.op == "call_module" and isinstance(modules.get(n.target), QuantLayer),
-            is_barrier=lambda n, sites=sites: n in sites,
-        )
-        for node in list(graph.nodes):
-            if node not in feeding or not _is_relu(node, modules):
-                continue
+    for graph in ctx.graphs:
+        for node in _relus_feeding_quantized_layers(graph, modules):
             if node.op == "call_module":
                 replaced[node.target] = None
-                continue
-            name = f"quantswap_act_{node.name}"
-            replaced[name] = None
-            if factory is nn.Identity:
-                node.replace_all_uses_with(node.args[0])
             else:
-                if not hasattr(root, name):
-                    root.add_module(name, factory())
-                with graph.inserting_before(node):
-                    new = graph.call_module(name, (node.args[0],))
-                node.replace_all_uses_with(new)
-            graph.erase_node(node)
+                replaced[_replace_functional_relu(ctx.model, graph, node, factory)] = None
     for target in replaced:
         if target in modules:
-            set_module(root, target, factory())
-    return list(replaced)
+            set_module(ctx.model, target, factory())
+    ctx.report.activations_replaced = list(replaced)
 
 
 def _keeps_spatial_grid(conv: nn.Conv2d) -> bool:
@@ -105,14 +124,23 @@ def _keeps_spatial_grid(conv: nn.Conv2d) -> bool:
     return all(2 * p == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size, strict=True))
 
 
-def add_bireal_shortcuts(root: nn.Module, graphs: Sequence[fx.Graph], convs: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+def add_bireal_shortcuts(ctx: SwapContext) -> None:
     """Give each binary conv (and the BatchNorm right after it) its own real-valued shortcut.
 
     ``y = BN(conv(x))`` becomes ``y = BN(conv(x)) + shortcut(x)``; the shortcut is the identity
     where shapes match and ``AvgPool → 1×1 conv → BN`` (module ``<conv>_shortcut``) where they do not.
-    Returns the convs that got a shortcut, and those that could not, with the reason.
+    Records the convs that got a shortcut, and those that could not, with the reason.
     """
-    done, skipped = [], {}
+    shortcut_targets, ctx.report.shortcuts_skipped = _make_shortcuts(ctx.model, ctx.report.quantized)
+    ctx.report.shortcuts = list(shortcut_targets)
+    modules = ctx.modules
+    for graph in ctx.graphs:
+        _wire_shortcuts(graph, modules, shortcut_targets)
+
+
+def _make_shortcuts(root: nn.Module, convs: Sequence[str]) -> tuple[dict[str, str | None], dict[str, str]]:
+    """Per binary conv, the shortcut module's name (``None``: the identity); and the convs none fits."""
+    skipped = {}
     shortcut_targets: dict[str, str | None] = {}
     for target in convs:
         conv = get_module(root, target)
@@ -133,32 +161,32 @@ def add_bireal_shortcuts(root: nn.Module, graphs: Sequence[fx.Graph], convs: Seq
             module = bireal_shortcut(conv.in_channels, conv.out_channels, stride).to(conv.weight.device)
             set_module(root, sc_target, module)
             shortcut_targets[target] = sc_target
-        done.append(target)
-    modules = dict(root.named_modules())
-    for graph in graphs:
-        for node in list(graph.nodes):
-            if node.op != "call_module" or node.target not in shortcut_targets:
-                continue
-            x = node.args[0]
-            out = node
-            users = list(node.users)
-            if len(users) == 1 and users[0].op == "call_module" and isinstance(modules.get(users[0].target), nn.BatchNorm2d):
-                out = users[0]
-            sc_target = shortcut_targets[node.target]
-            with graph.inserting_after(out):
-                shortcut = graph.call_module(sc_target, (x,)) if sc_target else x
-            with graph.inserting_after(shortcut if sc_target else out):
-                add = graph.call_function(operator.add, (out, shortcut))
-            out.replace_all_uses_with(add, delete_user_cb=lambda user, add=add: user is not add)
-    return done, skipped
+    return shortcut_targets, skipped
 
 
-def freeze_bn_affine(root: nn.Module, graphs: Sequence[fx.Graph], convs: Sequence[str]) -> list[str]:
+def _wire_shortcuts(graph: fx.Graph, modules: dict[str, nn.Module], shortcut_targets: dict[str, str | None]) -> None:
+    for node in list(graph.nodes):
+        if node.op != "call_module" or node.target not in shortcut_targets:
+            continue
+        x = node.args[0]
+        out = node
+        users = list(node.users)
+        if len(users) == 1 and users[0].op == "call_module" and isinstance(modules.get(users[0].target), nn.BatchNorm2d):
+            out = users[0]
+        sc_target = shortcut_targets[node.target]
+        with graph.inserting_after(out):
+            shortcut = graph.call_module(sc_target, (x,)) if sc_target else x
+        with graph.inserting_after(shortcut if sc_target else out):
+            add = graph.call_function(operator.add, (out, shortcut))
+        out.replace_all_uses_with(add, delete_user_cb=lambda user, add=add: user is not add)
+
+
+def freeze_bn_affine(ctx: SwapContext) -> None:
     """BatchNorms right after a quantized conv lose their learned scale and offset (γ = 1, β = 0)."""
-    modules = dict(root.named_modules())
-    convs = set(convs)
+    modules = ctx.modules
+    convs = set(ctx.report.quantized)
     targets: dict[str, None] = {}
-    for graph in graphs:
+    for graph in ctx.graphs:
         for node in graph.nodes:
             if node.op == "call_module" and node.target in convs:
                 for user in node.users:
@@ -173,5 +201,5 @@ def freeze_bn_affine(root: nn.Module, graphs: Sequence[fx.Graph], convs: Sequenc
             new.running_mean.copy_(bn.running_mean)
             new.running_var.copy_(bn.running_var)
             new.num_batches_tracked.copy_(bn.num_batches_tracked)
-        set_module(root, target, new)
-    return list(targets)
+        set_module(ctx.model, target, new)
+    ctx.report.bn_frozen = list(targets)

@@ -1,9 +1,9 @@
-"""The built-in methods; importing this package registers them."""
+"""The built-in methods; importing this package registers them (in this order: the order of tables)."""
 
-from quantswap.methods.bireal import BiRealConfig as BiRealConfig
-from quantswap.methods.irnet import IRNetConfig as IRNetConfig
-from quantswap.methods.mcdonnell import McDonnellConfig as McDonnellConfig
-from quantswap.methods.ternary import TernaryConfig as TernaryConfig
-from quantswap.methods.xnor import XnorConfig as XnorConfig
+from quantswap.methods.xnor import XnorConfig as XnorConfig  # isort: skip
+from quantswap.methods.irnet import IRNetConfig as IRNetConfig  # isort: skip
+from quantswap.methods.bireal import BiRealConfig as BiRealConfig  # isort: skip
+from quantswap.methods.mcdonnell import McDonnellConfig as McDonnellConfig  # isort: skip
+from quantswap.methods.ternary import TernaryConfig as TernaryConfig  # isort: skip
 
 __all__ = ["BiRealConfig", "IRNetConfig", "McDonnellConfig", "TernaryConfig", "XnorConfig"]

@@ -1,4 +1,4 @@
-"""Bi-Real Net (Liu et al., ECCV 2018), as in liuzechun/Bi-Real-net (METHODS.md §3).
+"""Bi-Real Net (Liu et al., ECCV 2018), as in liuzechun/Bi-Real-net (docs/methods.md#bi-real-net).
 
 * Activations: ``sign(x)`` with the ApproxSign backward ``max(0, 2 − 2|x|)``.
 * Weights: ``α · sign(W)``, ``α = mean|W|`` per output channel, detached, with the paper's
@@ -28,7 +28,8 @@ from torch import nn
 
 from quantswap import functional as QF
 from quantswap._registry import register_method
-from quantswap.config import QuantConfig
+from quantswap.config import QuantConfig, Variant
+from quantswap.fx.passes import add_bireal_shortcuts
 from quantswap.methods.irnet import is_downsample_conv
 from quantswap.nn.quantizers import BinaryWeightQuantizer, SignActivation
 
@@ -52,8 +53,13 @@ class BiRealConfig(QuantConfig):
     """
 
     method = "bireal"
+    paper = "Bi-Real Net (Liu et al., ECCV 2018)"
+    citation = ("Liu, Wu, Luo, Yang, Liu, Cheng. Bi-Real Net: Enhancing the Performance of 1-bit CNNs with "
+                "Improved Representational Capability and Advanced Training Algorithm. ECCV 2018. arXiv:1808.00278")
+    code = "liuzechun/Bi-Real-net"
     default_activations = True
     supports_binary_activations = True
+    variants = (Variant("bireal", "bireal"),)
 
     keep_downsample: bool = True
 
@@ -69,6 +75,5 @@ class BiRealConfig(QuantConfig):
     def keep_real(self, layer: nn.Module) -> bool:
         return self.keep_downsample and is_downsample_conv(layer)
 
-    @property
-    def adds_shortcuts(self) -> bool:
-        return True
+    def graph_passes(self):
+        return (add_bireal_shortcuts,)

@@ -1,4 +1,4 @@
-"""IR-Net (Qin et al., CVPR 2020), as in htqin/IR-Net (METHODS.md §2).
+"""IR-Net (Qin et al., CVPR 2020), as in htqin/IR-Net (docs/methods.md#ir-net).
 
 * Weights (Libra-PB), per output channel: balance ``Ŵ = W − mean(W)``, standardize
   ``Ŵ_std = Ŵ / std(Ŵ)`` (unbiased std, as in the code; mean and std are differentiated), scale
@@ -32,8 +32,8 @@ from torch import nn
 
 from quantswap import functional as QF
 from quantswap._registry import register_method
-from quantswap.config import QuantConfig
-from quantswap.nn.quantizers import BinaryWeightQuantizer, EDESignActivation, ScheduledQuantizer
+from quantswap.config import QuantConfig, Variant
+from quantswap.nn.quantizers import BinaryWeightQuantizer, EDEScheduled, EDESignActivation
 
 __all__ = ["IRNetConfig", "IRNetWeight", "is_downsample_conv"]
 
@@ -43,16 +43,11 @@ def is_downsample_conv(layer: nn.Module) -> bool:
     return isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and max(layer.stride) > 1
 
 
-class IRNetWeight(BinaryWeightQuantizer, ScheduledQuantizer):
-    """Libra-PB: ``s · sign(standardize(W − mean W))`` per output channel, EDE backward."""
+class IRNetWeight(BinaryWeightQuantizer, EDEScheduled):
+    """Libra-PB: ``s · sign(standardize(W − mean W))`` per output channel, EDE backward.
 
-    def __init__(self, t_min: float = 0.1, t_max: float = 10.0):
-        super().__init__()
-        self.t_min, self.t_max = t_min, t_max
-        self.set_progress(0.0)
-
-    def set_progress(self, progress: float) -> None:
-        self.k, self.t = QF.ede_schedule(progress, self.t_min, self.t_max)
+    Takes ``t_min`` and ``t_max``, the EDE schedule's end points (:class:`EDEScheduled`).
+    """
 
     @staticmethod
     def standardize(w: torch.Tensor) -> torch.Tensor:
@@ -74,9 +69,6 @@ class IRNetWeight(BinaryWeightQuantizer, ScheduledQuantizer):
         w_std = self.standardize(w)
         return w_std >= 0, self.power_of_two_scale(w_std)
 
-    def extra_repr(self) -> str:
-        return f"k={self.k:.4g}, t={self.t:.4g}"
-
 
 @register_method
 @dataclasses.dataclass
@@ -84,13 +76,18 @@ class IRNetConfig(QuantConfig):
     """IR-Net: W1/A1 by default, W1/A32 with ``activations=False``.
 
     Args:
-        t_min, t_max: the EDE schedule's end points (METHODS.md §2.3).
+        t_min, t_max: the EDE schedule's end points (docs/methods.md#ir-net).
         keep_downsample: keep 1×1 stride-2 projection convs real.
     """
 
     method = "irnet"
+    paper = "IR-Net (Qin et al., CVPR 2020)"
+    citation = ("Qin et al. Forward and Backward Information Retention for Accurate Binary Neural Networks. "
+                "CVPR 2020. arXiv:1909.10788")
+    code = "htqin/IR-Net"
     default_activations = True
     supports_binary_activations = True
+    variants = (Variant("irnet", "irnet"), Variant("irnet-w1a32", "irnet", {"activations": False}))
 
     t_min: float = 0.1
     t_max: float = 10.0

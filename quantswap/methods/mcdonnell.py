@@ -1,4 +1,4 @@
-"""One bit per weight (McDonnell, ICLR 2018), as in McDonnell-Lab/1-bit-per-weight (METHODS.md §4).
+"""One bit per weight (McDonnell, ICLR 2018), as in McDonnell-Lab/1-bit-per-weight (docs/methods.md#mcdonnell-one-bit-per-weight).
 
 * Weights: ``Ŵ = sqrt(2 / fan_in) · sign(W)``, a per-layer constant (the He-init std; ``fan_in =
   C_in/groups · k²``), never learned. Backward: the identity, ``∂L/∂W = ∂L/∂Ŵ`` (the constant is
@@ -30,7 +30,8 @@ from torch import nn
 
 from quantswap import functional as QF
 from quantswap._registry import register_method
-from quantswap.config import QuantConfig
+from quantswap.config import QuantConfig, Variant
+from quantswap.fx.passes import freeze_bn_affine
 from quantswap.nn.blocks import ShiftedReLU
 from quantswap.nn.quantizers import BinaryWeightQuantizer
 
@@ -68,6 +69,14 @@ class McDonnellConfig(QuantConfig):
     """
 
     method = "mcdonnell"
+    paper = "1 bit per weight (McDonnell, ICLR 2018)"
+    citation = ("McDonnell. Training Wide Residual Networks for Deployment Using a Single Bit for Each Weight. "
+                "ICLR 2018. arXiv:1802.08530")
+    code = "McDonnell-Lab/1-bit-per-weight; szagoruyko/binary-wide-resnet"
+    variants = (
+        Variant("mcdonnell", "mcdonnell"),
+        Variant("mcdonnell-paper", "mcdonnell", {"bn_affine": False, "shifted_relu": True}, benchmark=False),
+    )
 
     bn_affine: bool = True
     shifted_relu: bool = False
@@ -78,6 +87,5 @@ class McDonnellConfig(QuantConfig):
     def activation_replacement(self):
         return ShiftedReLU if self.shifted_relu else None
 
-    @property
-    def freezes_bn_affine(self) -> bool:
-        return not self.bn_affine
+    def graph_passes(self):
+        return () if self.bn_affine else (freeze_bn_affine,)

@@ -1,5 +1,5 @@
 """Ternary weights with residual expansion layers (He, Gong, Fan, WACV 2019), as in
-elliothe/Ternarized_Neural_Network (METHODS.md §5).
+elliothe/Ternarized_Neural_Network (docs/methods.md#ternary-weights-with-residual-expansion).
 
 * Per branch ``b`` (per layer): ``δ_b = τ_b · max|W|``, ``α_b = mean(|W| : |W| ≥ δ_b)``,
   ``T_b = sign(W) · 1[|W| ≥ δ_b]``. The layer's weight is ``Σ_b α_b · T_b`` over ``t = expansion``
@@ -27,7 +27,7 @@ from torch import nn
 
 from quantswap import functional as QF
 from quantswap._registry import register_method
-from quantswap.config import QuantConfig
+from quantswap.config import QuantConfig, Variant
 from quantswap.nn.quantizers import WeightQuantizer
 
 __all__ = ["TernaryConfig", "TernaryWeight", "DEFAULT_THRESHOLDS"]
@@ -85,6 +85,12 @@ class TernaryConfig(QuantConfig):
     """
 
     method = "ternary"
+    kind = "ternary"
+    paper = "ternary weights with residual expansion (He et al., WACV 2019)"
+    citation = ("He, Gong, Fan. Optimize Deep Convolutional Neural Network with Ternarized Weights and High "
+                "Accuracy. WACV 2019. arXiv:1807.07948")
+    code = "elliothe/Ternarized_Neural_Network"
+    variants = tuple(Variant(f"ternary-t{t}", "ternary", {"expansion": t}) for t in (1, 2, 4))
 
     expansion: int = 1
     thresholds: tuple[float, ...] | None = None
@@ -117,5 +123,9 @@ class TernaryConfig(QuantConfig):
         return TernaryWeight(self.thresholds)
 
     @property
-    def weight_bits(self) -> int:
-        return 2 * self.expansion
+    def precision(self) -> str:
+        return f"t={self.expansion}"
+
+    @property
+    def description(self) -> str:
+        return f"ternary t={self.expansion} (W2x{self.expansion}/A32)"

@@ -1,4 +1,4 @@
-"""XNOR-Net (Rastegari et al., ECCV 2016), as in jiecaoyu/XNOR-Net-PyTorch (METHODS.md §1).
+"""XNOR-Net (Rastegari et al., ECCV 2016), as in jiecaoyu/XNOR-Net-PyTorch (docs/methods.md#xnor-net).
 
 * Weights: ``W̃ = α · sign(W)`` with ``α = mean|W|`` per output channel, **left in the autograd
   graph**. Autograd then yields the corrected gradient of the port's notes,
@@ -29,7 +29,7 @@ from torch import nn
 
 from quantswap import functional as QF
 from quantswap._registry import register_method
-from quantswap.config import QuantConfig
+from quantswap.config import QuantConfig, Variant
 from quantswap.nn.quantizers import BinaryWeightQuantizer, SignActivation
 
 __all__ = ["XnorConfig", "XnorWeight"]
@@ -48,8 +48,13 @@ class XnorConfig(QuantConfig):
     """XNOR-Net: W1/A1 by default, BWN with ``activations=False``."""
 
     method = "xnor"
+    paper = "XNOR-Net (Rastegari et al., ECCV 2016)"
+    citation = ("Rastegari, Ordonez, Redmon, Farhadi. XNOR-Net: ImageNet Classification Using Binary "
+                "Convolutional Neural Networks. ECCV 2016. arXiv:1603.05279")
+    code = "allenai/XNOR-Net; jiecaoyu/XNOR-Net-PyTorch"
     default_activations = True
     supports_binary_activations = True
+    variants = (Variant("xnor", "xnor"),)
 
     def weight_quantizer(self, layer: nn.Module) -> nn.Module:
         return XnorWeight()

@@ -7,12 +7,14 @@ from quantswap.nn.layers import QuantLayer as QuantLayer
 from quantswap.nn.layers import QuantLinear as QuantLinear
 from quantswap.nn.layers import is_quantized_layer as is_quantized_layer
 from quantswap.nn.quantizers import BinaryWeightQuantizer as BinaryWeightQuantizer
+from quantswap.nn.quantizers import EDEScheduled as EDEScheduled
 from quantswap.nn.quantizers import EDESignActivation as EDESignActivation
 from quantswap.nn.quantizers import ScheduledQuantizer as ScheduledQuantizer
 from quantswap.nn.quantizers import SignActivation as SignActivation
 
 __all__ = [
     "BinaryWeightQuantizer",
+    "EDEScheduled",
     "EDESignActivation",
     "QuantConv2d",
     "QuantLayer",

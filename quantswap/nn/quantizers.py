@@ -25,6 +25,7 @@ from quantswap import functional as QF
 
 __all__ = [
     "ScheduledQuantizer",
+    "EDEScheduled",
     "WeightQuantizer",
     "BinaryWeightQuantizer",
     "FrozenWeight",
@@ -39,6 +40,24 @@ class ScheduledQuantizer(nn.Module):
     @abc.abstractmethod
     def set_progress(self, progress: float) -> None:
         """Update the schedule for ``progress`` = fraction of training done, in [0, 1]."""
+
+
+class EDEScheduled(ScheduledQuantizer):
+    """IR-Net's Error Decay Estimator schedule: ``(k, t)`` from ``t_min`` to ``t_max`` as training goes.
+
+    The one home of the schedule's state, shared by IR-Net's weight and activation quantizers.
+    """
+
+    def __init__(self, t_min: float = 0.1, t_max: float = 10.0):
+        super().__init__()
+        self.t_min, self.t_max = t_min, t_max
+        self.set_progress(0.0)
+
+    def set_progress(self, progress: float) -> None:
+        self.k, self.t = QF.ede_schedule(progress, self.t_min, self.t_max)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k:.4g}, t={self.t:.4g}"
 
 
 class WeightQuantizer(nn.Module):
@@ -137,19 +156,8 @@ class SignActivation(nn.Module):
         return f"estimator={self.estimator!r}"
 
 
-class EDESignActivation(ScheduledQuantizer):
+class EDESignActivation(EDEScheduled):
     """``sign(x)`` with IR-Net's Error Decay Estimator, scheduled from ``t_min`` to ``t_max``."""
-
-    def __init__(self, t_min: float = 0.1, t_max: float = 10.0):
-        super().__init__()
-        self.t_min, self.t_max = t_min, t_max
-        self.set_progress(0.0)
-
-    def set_progress(self, progress: float) -> None:
-        self.k, self.t = QF.ede_schedule(progress, self.t_min, self.t_max)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return QF.sign_ede(x, self.k, self.t)
-
-    def extra_repr(self) -> str:
-        return f"k={self.k:.4g}, t={self.t:.4g}"
