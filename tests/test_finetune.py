@@ -27,7 +27,7 @@ from quantswap.cli import main
 #: (counted by the progress calls the engine makes once per step), then run the CLI.
 _SIGNAL_AT_STEP = """
 import os, signal, sys
-import quantswap.train.engine as engine
+import quantswap.train.loop as engine
 n, name = int(sys.argv[1]), sys.argv[2]
 calls, set_progress = 0, engine.set_progress
 def counting(model, progress):

@@ -79,7 +79,7 @@ def test_include_and_exclude_reach_the_swap():
 
     from quantswap import get_swap_report
     from quantswap.cli.finetune import add_parser, config_from_args
-    from quantswap.train.engine import _swap
+    from quantswap.train.parent import build_student as _swap
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     import quantswap
     from quantswap.data import build_datasets
-    from quantswap.train.engine import evaluate, resolve_device
+    from quantswap.train import evaluate
+    from quantswap.train.distributed import resolve_device
 
     source = Path(args.model)
     if (source / "model" / "config.json").is_file():  # a run folder written by quantswap finetune

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import types
 import typing
 
-from quantswap.train.config import FinetuneConfig
+import yaml
+
+from quantswap._registry import list_methods
+from quantswap.cli._logging import console_logging
+from quantswap.train.config import FLOAT_METHOD, FinetuneConfig
 
 __all__ = ["add_parser"]
 
@@ -22,9 +27,10 @@ EXAMPLES = """examples:
 
 HELP = {
     "model": "torchvision:NAME or timm:NAME (a bare name means torchvision)",
-    "method": "none (train the float model), xnor, irnet, bireal, mcdonnell or ternary",
+    "method": f"{FLOAT_METHOD} (train the float model) or a method: {', '.join(list_methods())}",
     "activations": "binarize activations (default: the method's own)",
-    "expansion": "ternary residual-expansion branches (1-4)",
+    "expansion": "residual-expansion branches of the ternary method (1-4)",
+    "method_options": "other options of the method's config as KEY=VALUE, e.g. t_min=0.01 keep_downsample=false",
     "include": "glob patterns of layer names to swap, e.g. 'layer4.*' (default: every eligible layer)",
     "exclude": "glob patterns of layer names kept real, e.g. 'features.*.conv.1.0'",
     "weights": "DEFAULT (the builder's pretrained weights, online), none, or a local .safetensors / torch state dict",
@@ -41,6 +47,14 @@ HELP = {
     "save_every": "steps between mid-epoch checkpoints (0: epoch ends only)",
     "push_to_hub": "ORG/NAME: push the packed model at the end",
 }
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``"t_min=0.01"`` -> ``("t_min", 0.01)``; the value is read as YAML (numbers, true/false, lists)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.replace("-", "_"), yaml.safe_load(value)
 
 
 def _scalar(annotation) -> type:
@@ -62,6 +76,8 @@ def add_parser(sub) -> None:
         kind = _scalar(hints[field.name])
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+        elif typing.get_origin(hints[field.name]) is dict:
+            p.add_argument(flag, type=_key_value, nargs="*", metavar="KEY=VALUE", help=text)
         elif "list[" in str(hints[field.name]):
             p.add_argument(flag, type=kind, nargs="*", help=text)
         else:
@@ -73,20 +89,46 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     from quantswap.train.config import load_recipe
 
     options = load_recipe(args.recipe) if getattr(args, "recipe", None) else {}
-    options.update({k: v for k, v in vars(args).items() if k not in ("recipe", "run", "command")})
+    flags = {k: v for k, v in vars(args).items() if k not in ("recipe", "run", "command")}
+    if "method_options" in flags:  # merged over the recipe's
+        flags["method_options"] = {**(options.get("method_options") or {}), **dict(flags["method_options"])}
+    options.update(flags)
     return FinetuneConfig.from_dict(options)
 
 
+def format_result(cfg: FinetuneConfig, result: dict) -> str:
+    """The table printed at the end of a run: accuracies, sizes and where the model went."""
+
+    def pct(v):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}%"
+
+    name = "FP" if cfg.is_float else cfg.method
+    rows = [("FP parent top-1", pct(result["parent_top1"]))] if result["parent_top1"] is not None else []
+    rows += [(f"{name} top-1", pct(result["top1"])), (f"{name} top-5", pct(result["top5"]))]
+    if cfg.is_float:
+        rows.append(("FP32 checkpoint", f"{result['file_bytes'] / 1e6:.2f} MB"))
+    else:
+        ratio = result["fp32_bytes"] / result["file_bytes"]
+        rows += [("FP32 size", f"{result['fp32_bytes'] / 1e6:.2f} MB"),
+                 (f"{name} checkpoint", f"{result['file_bytes'] / 1e6:.2f} MB ({ratio:.1f}x smaller)")]
+    rows.append(("saved to", result.get("checkpoint") or result.get("weights")))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
 def run(args: argparse.Namespace) -> int:
-    from quantswap.train.engine import TrainingDiverged, finetune
+    from quantswap.train import TrainingDiverged, finetune
 
     cfg = config_from_args(args)
     try:
-        finetune(cfg)
+        with console_logging():
+            result = finetune(cfg)
     except TrainingDiverged as err:
         print(f"quantswap finetune: stopped: {err}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print(f"\ninterrupted: the run is saved in {cfg.output}; continue it with --resume", file=sys.stderr)
         return 130
+    if "file_bytes" in result:  # the main process
+        print(format_result(cfg, result))
     return 0

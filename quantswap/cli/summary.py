@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from quantswap._registry import list_methods
+
 __all__ = ["add_parser", "run"]
 
 EXAMPLES = """examples:
@@ -18,10 +20,10 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, metavar="NAME",
                    help="torchvision:NAME or timm:NAME (a bare name means torchvision)")
-    p.add_argument("--method", default="irnet", help="quantization method (default: irnet)")
+    p.add_argument("--method", default="irnet", choices=list_methods(), help="quantization method (default: irnet)")
     p.add_argument("--activations", action=argparse.BooleanOptionalAction, default=None,
                    help="binarize activations (default: the method's own)")
-    p.add_argument("--expansion", type=int, default=None, help="ternary branches (method ternary only)")
+    p.add_argument("--expansion", type=int, default=None, help="residual-expansion branches (the ternary method)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the builder's)")
     p.add_argument("--input-size", type=int, nargs="+", default=[1, 3, 224, 224], metavar="N",
                    help="input shape for counting operations (default: 1 3 224 224)")
@@ -33,13 +35,9 @@ def run(args: argparse.Namespace) -> int:
     import quantswap
     from quantswap.models import build_model
 
+    options = {name: getattr(args, name) for name in ("activations", "expansion") if getattr(args, name) is not None}
+    config = quantswap.config_for(args.method, **options)  # checks the options before the model is built
     model = build_model(args.model, **({"num_classes": args.num_classes} if args.num_classes else {}))
-    options = {} if args.activations is None else {"activations": args.activations}
-    if args.method == "ternary":
-        swapped = quantswap.ternarize(model, expansion=args.expansion or 1, **options)
-    elif args.expansion is not None:
-        raise ValueError("--expansion applies to --method ternary only")
-    else:
-        swapped = quantswap.binarize(model, method=args.method, **options)
+    swapped = quantswap.swap(model, config)
     print(quantswap.summary(swapped, input_size=tuple(args.input_size), fp_bits=args.fp_bits))
     return 0

@@ -20,9 +20,12 @@ from typing import Any
 
 import yaml
 
-__all__ = ["FinetuneConfig", "load_recipe"]
+from quantswap._registry import is_method, list_methods
+from quantswap.config import QuantConfig, config_for
 
-METHODS_AND_FP = ("none", "xnor", "irnet", "bireal", "mcdonnell", "ternary")
+__all__ = ["FinetuneConfig", "load_recipe", "FLOAT_METHOD"]
+
+FLOAT_METHOD = "none"  # ``--method none``: train the float model itself (a parent)
 
 
 @dataclasses.dataclass
@@ -33,6 +36,7 @@ class FinetuneConfig:
     method: str = "irnet"
     activations: bool | None = None
     expansion: int | None = None
+    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # the method config's own fields
     skip_first: bool = True
     skip_last: bool = True
     include: list[str] | None = None  # glob patterns of layer names to swap (default: every eligible layer)
@@ -78,8 +82,11 @@ class FinetuneConfig:
     push_to_hub: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS_AND_FP:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS_AND_FP)}")
+        if self.method != FLOAT_METHOD and not is_method(self.method):
+            raise ValueError(f"unknown method {self.method!r}; choose {FLOAT_METHOD} (the float model) or one of "
+                             f"{', '.join(list_methods())}")
+        if not isinstance(self.method_options, dict):
+            raise TypeError(f"method_options is a mapping of the method config's options, got {self.method_options!r}")
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -87,8 +94,27 @@ class FinetuneConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise ValueError(f"distill_alpha is a weight in [0, 1], got {self.distill_alpha}")
-        if self.expansion is not None and self.method != "ternary":
-            raise ValueError("expansion applies to method ternary only")
+        if not self.is_float:
+            self.quant_config()  # the method's own checks, before anything runs
+
+    @property
+    def is_float(self) -> bool:
+        """Whether the run trains the float model itself (``method="none"``)."""
+        return self.method == FLOAT_METHOD
+
+    def quant_config(self) -> QuantConfig:
+        """The swap's config, built and checked by :func:`quantswap.config_for`.
+
+        Example:
+            >>> FinetuneConfig(method="ternary", expansion=2).quant_config().label
+            'ternary t=2'
+        """
+        options = {"skip_first": self.skip_first, "skip_last": self.skip_last, "include": self.include,
+                   "exclude": self.exclude, **self.method_options}
+        for name in ("activations", "expansion"):  # None: the method's default (and no such option needed)
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name)
+        return config_for(self.method, **options)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:

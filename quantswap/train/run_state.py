@@ -1,0 +1,171 @@
+"""The run folder and the run's position in it: the only code that writes ``last.pt``, ``best.pt``,
+``metrics.jsonl``, ``args.yaml`` and the final model.
+
+A run folder holds ``args.yaml`` (the configuration), ``metrics.jsonl`` (a row per epoch),
+``last.pt`` (everything needed to continue: model, optimizer, scheduler, scaler, RNG and
+:class:`RunState`), ``best.pt`` (a copy of the ``last.pt`` of the best epoch) and the packed model
+(``model/``; ``model.safetensors`` for a float run). Every file is written to a temporary name and
+moved into place, so a killed run leaves the previous complete file.
+
+Example:
+    >>> import tempfile
+    >>> from quantswap.train.run_state import RunState
+    >>> state = RunState()
+    >>> state.add_batch(loss=0.5, correct=3, count=4)
+    >>> state.train_loss, state.train_top1
+    (0.5, 75.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import yaml
+from torch import nn
+
+from quantswap.train.config import FinetuneConfig
+
+__all__ = ["RunState", "RunFolder", "STATE_NAME", "BEST_NAME", "METRICS_NAME", "ARGS_NAME"]
+
+STATE_NAME, BEST_NAME, METRICS_NAME, ARGS_NAME = "last.pt", "best.pt", "metrics.jsonl", "args.yaml"
+_logger = logging.getLogger(__name__)
+
+
+class _Checkpointable(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclasses.dataclass
+class RunState:
+    """Where the run stands: saved in ``last.pt`` and restored on ``--resume``."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_top1: float = -1.0
+    sums: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0])  # this epoch: loss·n, correct, n
+
+    def add_batch(self, loss: float, correct: int, count: int) -> None:
+        self.sums[0] += loss * count
+        self.sums[1] += correct
+        self.sums[2] += count
+
+    @property
+    def train_loss(self) -> float:
+        return self.sums[0] / max(self.sums[2], 1)
+
+    @property
+    def train_top1(self) -> float:
+        return 100 * self.sums[1] / max(self.sums[2], 1)
+
+    def end_epoch(self, top1: float) -> bool:
+        """Move to the next epoch; returns whether ``top1`` is the best so far."""
+        is_best = top1 > self.best_top1
+        self.best_top1 = max(top1, self.best_top1)
+        self.epoch, self.step_in_epoch, self.sums = self.epoch + 1, 0, [0.0, 0.0, 0]
+        return is_best
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.random.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunFolder:
+    """A run's folder (see the module docstring). Only the main process (``writer=True``) writes."""
+
+    def __init__(self, cfg: FinetuneConfig, *, writer: bool = True):
+        self.cfg, self.path, self.writer = cfg, Path(cfg.output), writer
+
+    def check(self) -> None:
+        """Refuse to start over another run, or to resume nothing, before anything is written."""
+        if self.cfg.resume:
+            if not (self.path / STATE_NAME).is_file():
+                raise FileNotFoundError(f"--resume: {self.path / STATE_NAME} does not exist; start the run without "
+                                        "--resume")
+        elif (self.path / ARGS_NAME).exists() and not self.cfg.overwrite:
+            raise FileExistsError(f"{self.path} holds another run; pass --resume to continue it, --overwrite to "
+                                  "replace it, or choose another --output")
+
+    def start(self) -> None:
+        """A fresh run: the previous run's files removed, ``args.yaml`` written."""
+        if not self.writer:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in (STATE_NAME, BEST_NAME, METRICS_NAME, "model.safetensors"):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / "model", ignore_errors=True)
+        self._write_text(ARGS_NAME, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+
+    def _write_text(self, name: str, text: str) -> None:
+        tmp = self.path / f".{name}.partial"
+        tmp.write_text(text)
+        os.replace(tmp, self.path / name)
+
+    def save(self, trainer: _Checkpointable, state: RunState) -> None:
+        """Write ``last.pt`` atomically: the trainer's state, the run's position and the RNG."""
+        if not self.writer:
+            return
+        tmp = self.path / f".{STATE_NAME}.partial"
+        torch.save({**trainer.state_dict(), "state": dataclasses.asdict(state), "rng": _rng_state(),
+                    "config": self.cfg.to_dict()}, tmp)
+        os.replace(tmp, self.path / STATE_NAME)
+
+    def restore(self, trainer: _Checkpointable) -> RunState:
+        """Load ``last.pt`` into ``trainer`` and the RNG; returns where the run stood."""
+        path = self.path / STATE_NAME
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            trainer.load_state_dict(saved)
+            state = RunState(**saved["state"])
+            _set_rng_state(saved["rng"])
+        except Exception as err:
+            raise ValueError(f"cannot resume from {path}: the checkpoint is corrupt or from another configuration "
+                             f"({type(err).__name__}: {str(err)[:200]}); start again with --overwrite") from None
+        return state
+
+    def end_epoch(self, trainer: _Checkpointable, state: RunState, row: dict[str, Any], top1: float) -> None:
+        """Record an epoch: its metrics row, ``last.pt``, and ``best.pt`` when ``top1`` is the best yet."""
+        is_best = state.end_epoch(top1)
+        if not self.writer:
+            return
+        with open(self.path / METRICS_NAME, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.save(trainer, state)
+        if is_best:
+            shutil.copyfile(self.path / STATE_NAME, self.path / f".{BEST_NAME}.partial")
+            os.replace(self.path / f".{BEST_NAME}.partial", self.path / BEST_NAME)
+
+    def save_model(self, model: nn.Module, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The run's result on disk: the packed checkpoint ``model/`` (a float run: ``model.safetensors``)."""
+        model = model.cpu().eval()
+        fp32_bytes = 4 * sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+        if self.cfg.is_float:
+            from safetensors.torch import save_file
+
+            tmp = self.path / ".model.safetensors.partial"
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+            os.replace(tmp, self.path / "model.safetensors")
+            return {"file_bytes": (self.path / "model.safetensors").stat().st_size, "fp32_bytes": fp32_bytes,
+                    "weights": str(self.path / "model.safetensors")}
+        from quantswap.checkpoint import save_pretrained
+
+        size = save_pretrained(model, self.path / "model", fp_dtype=self.cfg.fp_dtype, metrics=metrics)
+        return {"file_bytes": size.file_bytes, "fp32_bytes": size.fp32_bytes, "checkpoint": str(self.path / "model")}
