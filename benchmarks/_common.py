@@ -24,26 +24,14 @@ def machine(cuda: bool = False) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__} ({platform.system()}, CPU only)"
 
 
-#: Every method variant the benchmarks compare: name -> options of ``quantswap finetune`` / the swap.
-VARIANTS = {
-    "xnor W1/A1": dict(method="xnor"),
-    "irnet W1/A1": dict(method="irnet"),
-    "irnet W1/A32": dict(method="irnet", activations=False),
-    "bireal W1/A1": dict(method="bireal"),
-    "mcdonnell W1/A32": dict(method="mcdonnell"),
-    "ternary t=1": dict(method="ternary", expansion=1),
-    "ternary t=2": dict(method="ternary", expansion=2),
-    "ternary t=4": dict(method="ternary", expansion=4),
-}
+#: Every method variant the benchmarks compare, from the registry: label ("irnet W1/A32") -> options of
+#: ``quantswap finetune`` / the swap (``method`` and the method config's fields).
+VARIANTS = {v.config().label: {"method": v.method, **v.options} for v in quantswap.list_variants(benchmark=True)}
 
 
 def convert(model: nn.Module, options: dict) -> nn.Module:
-    """Swap ``model`` with a variant's options (``method="ternary"`` ternarizes, with ``expansion``)."""
-    options = dict(options)
-    method = options.pop("method")
-    if method == "ternary":
-        return quantswap.ternarize(model, **options)
-    return quantswap.binarize(model, method=method, **options)
+    """Swap ``model`` with a variant's options."""
+    return quantswap.swap(model, quantswap.config_for(**options))
 
 
 def publish(lines: list[str], heading: str, output: str | None) -> None:

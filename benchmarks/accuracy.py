@@ -33,6 +33,7 @@ import torch
 from _common import VARIANTS, machine, publish
 from safetensors.torch import save_file
 
+import quantswap
 from quantswap import FinetuneConfig, finetune
 
 
@@ -87,7 +88,8 @@ def slug(text: str) -> str:
 def recipe(name: str) -> dict:
     """A variant's options (``_common.VARIANTS``), ternary at its paper's fine-tuning learning rate."""
     options = VARIANTS[name]
-    return {**options, "lr": TERNARY_LR} if options["method"] == "ternary" else dict(options)
+    ternary = quantswap.config_for(**options).kind == "ternary"
+    return {**options, "lr": TERNARY_LR} if ternary else dict(options)
 
 
 def run(folder: Path, **options) -> dict:

@@ -2,6 +2,7 @@
 
     python benchmarks/zoo.py export   # after benchmarks/accuracy.py: a folder per checkpoint + hub/manifest.yaml
     python benchmarks/zoo.py build    # `make zoo`: rerun every recipe, check the metrics; weights in runs/zoo/NAME/
+    python benchmarks/zoo.py cards    # render every entry's README.md again from its config.json
 
 Each entry is a folder ``hub/NAME/`` holding the model card (``README.md``, rendered by
 ``quantswap.card.model_card`` from ``config.json`` alone), the checkpoint's ``config.json``, its
@@ -22,6 +23,7 @@ from accuracy import FULL, TRANSFER, VARIANTS, mobilenet_v2_weights, slug
 
 from quantswap import FinetuneConfig, finetune
 from quantswap.card import model_card
+from quantswap.checkpoint_config import CheckpointConfig
 from quantswap.train import load_recipe
 
 HUB = Path(__file__).resolve().parent.parent / "hub"
@@ -39,6 +41,16 @@ def entries(runs: Path) -> list[dict]:
     return found
 
 
+def write_card(folder: Path, config: CheckpointConfig, name: str) -> None:
+    (folder / "README.md").write_text(str(model_card(config, name=name, repo_id=f"{ORG}/{name}")))
+
+
+def cards() -> None:
+    """Render every entry's card again from its config.json (after the card's layout changed)."""
+    for entry in yaml.safe_load((HUB / "manifest.yaml").read_text())["entries"]:
+        write_card(HUB / entry["name"], CheckpointConfig.read(HUB / entry["name"]), entry["name"])
+
+
 def export(runs: Path) -> None:
     parent_recipe = runs / FULL.name / "parent" / "args.yaml"
     shutil.copyfile(parent_recipe, HUB / "resnet18-fp-parent-recipe.yaml")
@@ -47,11 +59,11 @@ def export(runs: Path) -> None:
     for entry in entries(runs):
         folder = HUB / entry["name"]
         folder.mkdir(parents=True, exist_ok=True)
-        config = json.loads((entry["run"] / "model" / "config.json").read_text())
+        config = CheckpointConfig.read(entry["run"] / "model")
         result = json.loads((entry["run"] / "result.json").read_text())
-        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (folder / "README.md").write_text(str(model_card(config, name=entry["name"], repo_id=f"{ORG}/{entry['name']}")))
-        metrics = {**config["metrics"], "file_bytes": result["file_bytes"]}
+        config.write(folder)
+        write_card(folder, config, entry["name"])
+        metrics = {**config.metrics, "file_bytes": result["file_bytes"]}
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         shutil.copyfile(entry["run"] / "args.yaml", folder / "recipe.yaml")
         manifest["entries"].append({"name": entry["name"], "repo_id": f"{ORG}/{entry['name']}",
@@ -93,12 +105,15 @@ def build(only: list[str] | None = None) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["export", "build"])
+    parser.add_argument("action", choices=["export", "build", "cards"])
     parser.add_argument("--runs", default="runs/accuracy", help="export: the accuracy benchmark's --runs folder")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="build: just these entries")
     args = parser.parse_args()
     if args.action == "export":
         export(Path(args.runs))
+        return 0
+    if args.action == "cards":
+        cards()
         return 0
     return build(args.only)
 

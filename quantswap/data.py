@@ -60,12 +60,13 @@ class DatasetSpec:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    hub_id: str | None = None  # the dataset's id on the Hugging Face Hub (model cards' ``datasets``)
 
 
 DATASETS = {
-    "fashion-mnist": DatasetSpec("fashion-mnist", 10, (0.2860,), (0.3530,)),
-    "cifar10": DatasetSpec("cifar10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": DatasetSpec("cifar100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "fashion-mnist": DatasetSpec("fashion-mnist", 10, (0.2860,), (0.3530,), "zalando-datasets/fashion_mnist"),
+    "cifar10": DatasetSpec("cifar10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "uoft-cs/cifar10"),
+    "cifar100": DatasetSpec("cifar100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "uoft-cs/cifar100"),
 }
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

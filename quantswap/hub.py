@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from quantswap.card import model_card
 from quantswap.checkpoint import (
     CARD_NAME,
     CONFIG_NAME,
@@ -25,6 +26,7 @@ from quantswap.checkpoint import (
     read_config,
     save_pretrained,
 )
+from quantswap.checkpoint_config import CheckpointConfig
 from quantswap.version import __version__
 
 __all__ = ["from_pretrained", "push_to_hub", "download"]
@@ -122,6 +124,29 @@ def from_pretrained(
     return load_pretrained(folder)
 
 
+def _card_was_edited(source: Path, config: CheckpointConfig) -> bool:
+    """Whether ``source``'s README.md differs from the card :func:`quantswap.save_pretrained` wrote there."""
+    card = source / CARD_NAME
+    return card.is_file() and card.read_text() != str(model_card(config, name=source.name))
+
+
+def _stage_folder(source: Path, folder: Path, regenerate_card: bool) -> bool:
+    """Copy a checkpoint folder's files for upload, its README.md too when its user edited it
+    (returns whether it did)."""
+    if not source.is_dir():
+        raise CheckpointNotFoundError(f"no checkpoint folder at {source}")
+    config = read_config(source)
+    if not (source / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"{source} has no {WEIGHTS_NAME}; save the model with quantswap.save_pretrained")
+    folder.mkdir()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        shutil.copy2(source / name, folder / name)
+    if regenerate_card or not _card_was_edited(source, config):
+        return False
+    shutil.copy2(source / CARD_NAME, folder / CARD_NAME)
+    return True
+
+
 def push_to_hub(
     model_or_dir: nn.Module | str | os.PathLike,
     repo_id: str,
@@ -130,6 +155,7 @@ def push_to_hub(
     revision: str | None = None,
     commit_message: str | None = None,
     token: str | None = None,
+    regenerate_card: bool = False,
     **save_kwargs: Any,
 ):
     """Upload a checkpoint to the Hub in one commit, creating the repo (and branch) when missing.
@@ -139,13 +165,14 @@ def push_to_hub(
             or a folder written by :func:`quantswap.save_pretrained`.
         repo_id: ``"org/name"``.
         revision: the branch to commit to (default: the repo's main branch).
+        regenerate_card: replace a folder's ``README.md`` that its user edited with a fresh card. By
+            default an edited card is uploaded as it is, and an untouched one is rendered again with
+            ``repo_id`` in its usage snippet.
 
     Returns:
         huggingface_hub's ``CommitInfo`` (``.commit_url``, ``.oid``).
     """
     from huggingface_hub import HfApi
-
-    from quantswap.card import model_card
 
     if not _looks_like_repo_id(repo_id):
         raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}")
@@ -154,19 +181,13 @@ def push_to_hub(
         folder = Path(tmp) / repo_id.split("/")[-1]
         if isinstance(model_or_dir, nn.Module):
             save_pretrained(model_or_dir, folder, **save_kwargs)
+            kept_card = False
         else:
             if save_kwargs:
                 raise TypeError(f"save options {sorted(save_kwargs)} apply when pushing a model, not a folder")
-            source = Path(model_or_dir)
-            if not source.is_dir():
-                raise CheckpointNotFoundError(f"no checkpoint folder at {source}")
-            read_config(source)
-            if not (source / WEIGHTS_NAME).is_file():
-                raise CheckpointError(f"{source} has no {WEIGHTS_NAME}; save the model with quantswap.save_pretrained")
-            folder.mkdir()
-            for name in (CONFIG_NAME, WEIGHTS_NAME):
-                shutil.copy2(source / name, folder / name)
-        model_card(read_config(folder), repo_id=repo_id).save(folder / CARD_NAME)  # the card names the repo
+            kept_card = _stage_folder(Path(model_or_dir), folder, regenerate_card)
+        if not kept_card:
+            model_card(read_config(folder), repo_id=repo_id).save(folder / CARD_NAME)  # the card names the repo
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision is not None:
             api.create_branch(repo_id, branch=revision, exist_ok=True)

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["Scheme", "SCHEMES", "pack", "unpack", "packed_bytes", "PackingError"]
+__all__ = ["Scheme", "SCHEMES", "TERNARY_SCHEMES", "scheme_for", "pack", "unpack", "packed_bytes", "PackingError"]
 
 
 class PackingError(ValueError):
@@ -54,6 +54,25 @@ SCHEMES = {
     s.name: s
     for s in (Scheme("bits1", 2, 8, 2), Scheme("bits2", 3, 4, 4), Scheme("base3", 3, 5, 3))
 }
+
+
+#: The schemes that hold ternary codes; binary codes always use ``bits1``.
+TERNARY_SCHEMES = tuple(name for name, s in SCHEMES.items() if s.levels == 3)
+
+
+def scheme_for(code_levels: int, ternary: str = "bits2") -> Scheme:
+    """The scheme that stores codes of ``code_levels`` levels: ``bits1`` for binary, ``ternary`` for ternary.
+
+    Example:
+        >>> scheme_for(2).bits_per_code, scheme_for(3, "base3").bits_per_code
+        (1.0, 1.6)
+    """
+    if code_levels == 2:
+        return SCHEMES["bits1"]
+    if code_levels == 3 and ternary in TERNARY_SCHEMES:
+        return SCHEMES[ternary]
+    raise PackingError(f"no packing for {code_levels}-level codes with ternary scheme {ternary!r}; ternary codes "
+                       f"pack as {' or '.join(TERNARY_SCHEMES)}")
 
 
 def _scheme(name: str) -> Scheme:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from quantswap.card import model_card
+from quantswap.checkpoint_config import CheckpointConfig
 from quantswap.train import FinetuneConfig, load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,16 +46,17 @@ def test_the_manifest_lists_every_folder_and_the_parent_recipe():
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
 def test_a_zoo_entry_is_consistent(entry):
     folder = ROOT / entry["folder"]
-    config = json.loads((folder / "config.json").read_text())
+    config = CheckpointConfig.read(folder)
     card = model_card(config, name=entry["name"], repo_id=entry["repo_id"])
     assert str(card) == (folder / "README.md").read_text()
+    assert json.loads((folder / "config.json").read_text()) == config.to_dict()  # the format is unchanged
 
     recipe = FinetuneConfig.from_dict(load_recipe(folder / "recipe.yaml"))
-    assert recipe.method == config["quantization"]["method"]
-    assert recipe.model == config["base_model"]["name"]
+    assert recipe.quant_config() == config.quantization
+    assert recipe.model == config.base_model.name
 
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["top1"] == config["metrics"]["top1"]
+    assert metrics["top1"] == config.metrics["top1"]
     rows = [r for r in benchmark_table(MANIFEST["benchmark_section"]) if r["model"] == entry["benchmark_row"]]
     top1 = next(r[entry["benchmark_column"]] for r in rows if entry["benchmark_column"] in r)
     size = next(r["checkpoint"] for r in rows if "checkpoint" in r)

@@ -35,4 +35,4 @@ def test_real_mobilenet_v2_ternarized_keeps_its_predictions_through_save_and_loa
     assert torch.equal(before.argmax(1), after.argmax(1))
     assert torch.equal(before, after)
     config = loaded.meta["quantswap_checkpoint"]
-    assert config["base_model"] == {"name": "torchvision:mobilenet_v2", "args": {}}
+    assert config.base_model.to_dict() == {"name": "torchvision:mobilenet_v2", "args": {}}

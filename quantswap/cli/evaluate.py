@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if (source / "model" / "config.json").is_file():  # a run folder written by quantswap finetune
         source = source / "model"
     model = quantswap.from_pretrained(source if source.is_dir() else args.model, revision=args.revision)
-    trained_size = model.meta["quantswap_checkpoint"].get("metrics", {}).get("image_size")
+    trained_size = model.meta["quantswap_checkpoint"].metrics.get("image_size")
     _, val, _ = build_datasets(args.data, image_size=args.image_size or trained_size, root=args.data_root,
                                val_subset=args.subset)
     device = resolve_device(args.device)

@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     push.add_argument("--revision", default=None, help="branch to commit to (created when missing)")
     push.add_argument("--message", default=None, help="commit message")
     push.add_argument("--token", default=None, help="Hub token (default: the logged-in one or HF_TOKEN)")
+    push.add_argument("--regenerate-card", action="store_true",
+                      help="replace a README.md you edited in the folder with a fresh model card")
     push.set_defaults(run=run_push)
 
     dl = sub.add_parser(
@@ -38,7 +40,7 @@ def run_push(args: argparse.Namespace) -> int:
     from quantswap.hub import push_to_hub
 
     info = push_to_hub(args.folder, args.repo_id, private=args.private, revision=args.revision,
-                       commit_message=args.message, token=args.token)
+                       commit_message=args.message, token=args.token, regenerate_card=args.regenerate_card)
     print(f"pushed {args.folder} to {args.repo_id}: {info.commit_url}")
     return 0
 
