@@ -1,5 +1,9 @@
 """Test set-up. The Hub variables are set here, before anything imports huggingface_hub: the tests
-drive the real client against tests/minihub.py on 127.0.0.1, never the real Hub."""
+drive the real client against tests/minihub.py on 127.0.0.1, never the real Hub.
+
+The ``variant`` fixture is every registered method variant (``quantswap.list_variants()``): tests
+that take it cover each method, including ``throwaway_method`` (registered here, so that a method
+added to the registry is shown to go through those tests without any test listing it)."""
 
 import os
 import socket
@@ -26,6 +30,16 @@ os.environ.update(
     HF_TOKEN=HUB_TOKEN,
 )
 os.environ.pop("HF_HUB_OFFLINE", None)
+
+import throwaway_method  # noqa: E402, F401  (after the Hub variables; registers the test-only method)
+
+import quantswap  # noqa: E402
+
+
+def pytest_generate_tests(metafunc):
+    if "variant" in metafunc.fixturenames:
+        variants = quantswap.list_variants()
+        metafunc.parametrize("variant", variants, ids=[v.name for v in variants])
 
 
 @pytest.fixture(autouse=True)

@@ -13,14 +13,6 @@ from torchvision.models import googlenet, mobilenet_v2, resnet18
 import quantswap
 from quantswap.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, CheckpointNotFoundError
 
-SWAPS = {
-    "xnor": lambda m: quantswap.binarize(m, method="xnor"),
-    "irnet": lambda m: quantswap.binarize(m, method="irnet"),
-    "irnet-w1a32": lambda m: quantswap.binarize(m, method="irnet", activations=False),
-    "bireal": lambda m: quantswap.binarize(m, method="bireal"),
-    "mcdonnell": lambda m: quantswap.binarize(m, method="mcdonnell", bn_affine=False, shifted_relu=True),
-    "ternary-t2": lambda m: quantswap.ternarize(m, expansion=2),
-}
 MODELS = {
     "resnet18": lambda: resnet18(num_classes=10),
     "mobilenet_v2": lambda: mobilenet_v2(num_classes=10),
@@ -48,9 +40,8 @@ def _rounded(model, dtype):
 
 
 @pytest.mark.parametrize("arch", MODELS)
-@pytest.mark.parametrize("method", SWAPS)
-def test_save_load_gives_identical_outputs(tmp_path, arch, method):
-    model = _trained(SWAPS[method](MODELS[arch]()))
+def test_save_load_gives_identical_outputs(tmp_path, arch, variant):
+    model = _trained(quantswap.swap(MODELS[arch](), variant.config()))
     size = quantswap.save_pretrained(model, tmp_path / "ckpt")
     loaded = quantswap.from_pretrained(tmp_path / "ckpt")
     assert not loaded.training and quantswap.frozen.is_frozen(loaded)
@@ -62,9 +53,8 @@ def test_save_load_gives_identical_outputs(tmp_path, arch, method):
     assert config["base_model"] == {"name": arch if ":" in arch else f"torchvision:{arch}", "args": {"num_classes": 10}}
 
 
-@pytest.mark.parametrize("method", SWAPS)
-def test_keep_latent_round_trip_can_keep_training(tmp_path, method):
-    model = _trained(SWAPS[method](resnet18(num_classes=10)))
+def test_keep_latent_round_trip_can_keep_training(tmp_path, variant):
+    model = _trained(quantswap.swap(resnet18(num_classes=10), variant.config()))
     quantswap.save_pretrained(model, tmp_path / "ckpt", keep_latent=True)
     loaded = quantswap.from_pretrained(tmp_path / "ckpt")
     assert not loaded.training and not quantswap.frozen.is_frozen(loaded)
@@ -76,9 +66,8 @@ def test_keep_latent_round_trip_can_keep_training(tmp_path, method):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("method", SWAPS)
-def test_half_precision_real_layers_load_as_the_rounded_model(tmp_path, method, dtype):
-    model = _trained(SWAPS[method](resnet18(num_classes=10)))
+def test_half_precision_real_layers_load_as_the_rounded_model(tmp_path, variant, dtype):
+    model = _trained(quantswap.swap(resnet18(num_classes=10), variant.config()))
     quantswap.save_pretrained(model, tmp_path / "ckpt", fp_dtype=dtype)
     with safe_open(str(tmp_path / "ckpt" / WEIGHTS_NAME), "pt") as f:
         assert f.get_slice("fc.weight").get_dtype() == {"float16": "F16", "bfloat16": "BF16"}[dtype]
@@ -99,7 +88,7 @@ def test_ternary_packings_round_trip(tmp_path, packing):
 
 
 def test_frozen_model_saves_like_the_swapped_one(tmp_path):
-    model = _trained(SWAPS["irnet"](resnet18(num_classes=10)))
+    model = _trained(quantswap.binarize(resnet18(num_classes=10), method="irnet"))
     quantswap.save_pretrained(model, tmp_path / "a")
     quantswap.save_pretrained(quantswap.freeze(model), tmp_path / "b")
     a, b = (load_file(tmp_path / name / WEIGHTS_NAME) for name in "ab")  # bytes differ: header order is a hash map's

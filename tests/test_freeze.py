@@ -7,28 +7,12 @@ from torch.nn import functional as F
 from torchvision.models import mobilenet_v2, resnet18
 
 import quantswap
-from quantswap.methods.bireal import BiRealWeight
-from quantswap.methods.irnet import IRNetWeight
-from quantswap.methods.mcdonnell import McDonnellWeight
 from quantswap.methods.ternary import TernaryWeight
-from quantswap.methods.xnor import XnorWeight
-
-CODECS = [XnorWeight(), IRNetWeight(), BiRealWeight(), McDonnellWeight(),
-          TernaryWeight((0.05,)), TernaryWeight((0.05, 0.1)), TernaryWeight((0.05, 0.1, 0.15, 0.2))]
-SWAPS = {
-    "xnor": lambda m: quantswap.binarize(m, method="xnor"),
-    "irnet": lambda m: quantswap.binarize(m, method="irnet"),
-    "irnet-w1a32": lambda m: quantswap.binarize(m, method="irnet", activations=False),
-    "bireal": lambda m: quantswap.binarize(m, method="bireal"),
-    "mcdonnell": lambda m: quantswap.binarize(m, method="mcdonnell", bn_affine=False),
-    "ternary-t1": lambda m: quantswap.ternarize(m, expansion=1),
-    "ternary-t3": lambda m: quantswap.ternarize(m, expansion=3),
-}
 
 
-@pytest.mark.parametrize("codec", CODECS, ids=lambda c: f"{type(c).__name__}{getattr(c, 'thresholds', '')}")
 @pytest.mark.parametrize("shape", [(8, 3, 3, 3), (5, 7), (4, 1, 1, 1)])
-def test_decode_of_encode_is_the_forward_bit_for_bit(codec, shape):
+def test_decode_of_encode_is_the_forward_bit_for_bit(variant, shape):
+    codec = variant.config().weight_quantizer(nn.Conv2d(3, 8, 3))
     w = torch.randn(shape)
     w.view(-1)[::5] = 0.0  # exact zeros: sign(0) = +1
     codes, scale = codec.encode(w)
@@ -44,9 +28,8 @@ def test_ternary_codes_are_the_branch_codes_of_ternarize():
         assert torch.equal(codes[b].float(), branch_codes) and torch.equal(scale[b], alpha)
 
 
-@pytest.mark.parametrize("method", SWAPS)
-def test_frozen_model_equals_eval_model_and_drops_latent_weights(method):
-    bnn = SWAPS[method](resnet18(num_classes=10)).train()
+def test_frozen_model_equals_eval_model_and_drops_latent_weights(variant):
+    bnn = quantswap.swap(resnet18(num_classes=10), variant.config()).train()
     bnn(torch.randn(4, 3, 32, 32))  # move BatchNorm statistics off their initial values
     bnn.eval()
     fast = quantswap.freeze(bnn)
@@ -59,10 +42,11 @@ def test_frozen_model_equals_eval_model_and_drops_latent_weights(method):
     assert "layer1.0.conv1.weight" not in fast.state_dict()
 
 
-@pytest.mark.parametrize("method", ["irnet", "ternary-t3"])
-def test_load_state_dict_decodes_the_weight_again(method):
-    source = quantswap.freeze(SWAPS[method](mobilenet_v2(num_classes=10)))
-    target = quantswap.freeze(SWAPS[method](mobilenet_v2(num_classes=10)))
+@pytest.mark.parametrize("config", [quantswap.config_for("irnet"), quantswap.config_for("ternary", expansion=3)],
+                         ids=["irnet", "ternary-t3"])
+def test_load_state_dict_decodes_the_weight_again(config):
+    source = quantswap.freeze(quantswap.swap(mobilenet_v2(num_classes=10), config))
+    target = quantswap.freeze(quantswap.swap(mobilenet_v2(num_classes=10), config))
     x = torch.randn(2, 3, 32, 32)
     assert not torch.equal(source(x), target(x))
     target.load_state_dict(source.state_dict())

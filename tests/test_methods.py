@@ -152,3 +152,37 @@ def test_linear_layer_keeps_bias_and_quantizes_weight():
     x = torch.randn(4, 5)
     torch.testing.assert_close(layer(x), F.linear(x, XnorWeight()(lin.weight), lin.bias))
     assert layer.weight is lin.weight and layer.bias is lin.bias
+
+
+# -- every registered method, through its variants (the ``variant`` fixture of conftest.py) -----------
+
+
+def test_every_registered_method_has_a_variant():
+    """A method without variants would silently skip every test that takes the ``variant`` fixture."""
+    covered = {v.method for v in quantswap.list_variants()}
+    assert set(quantswap.list_methods()) == covered, f"methods without a variant: {set(quantswap.list_methods()) - covered}"
+
+
+def test_a_variant_names_itself_consistently(variant):
+    config = variant.config()
+    assert config.method == variant.method and config.kind in ("binary", "ternary")
+    assert config.label.startswith(config.method) and config.paper
+    assert quantswap.config_from_dict(config.to_dict()) == config
+
+
+def test_a_swapped_model_trains(variant):
+    """Forward, backward and one SGD step: every quantized layer's latent weight gets a finite, non-zero
+    gradient and moves; the quantized weight has at most 2 levels per channel (binary) or 2t+1 (ternary)."""
+    from torchvision.models import resnet18
+
+    model = quantswap.swap(resnet18(num_classes=10), variant.config()).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
+    layer = model.get_submodule(model.meta["quantswap"].quantized[1])
+    before = layer.weight.detach().clone()
+    assert torch.isfinite(layer.weight.grad).all() and layer.weight.grad.abs().sum() > 0
+    optimizer.step()
+    assert not torch.equal(layer.weight, before)
+    levels = layer.quantized_weight().detach().flatten(1)
+    most = 2 if variant.config().kind == "binary" else 2 * layer.codec.branches + 1
+    assert max(len(row.unique()) for row in levels) <= most

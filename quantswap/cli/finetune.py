@@ -9,9 +9,8 @@ import sys
 import types
 import typing
 
-import yaml
-
 from quantswap._registry import list_methods
+from quantswap.cli._args import key_value
 from quantswap.cli._logging import console_logging
 from quantswap.train.config import FLOAT_METHOD, FinetuneConfig
 
@@ -49,14 +48,6 @@ HELP = {
 }
 
 
-def _key_value(text: str) -> tuple[str, object]:
-    """``"t_min=0.01"`` -> ``("t_min", 0.01)``; the value is read as YAML (numbers, true/false, lists)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.replace("-", "_"), yaml.safe_load(value)
-
-
 def _scalar(annotation) -> type:
     """``int | None`` -> int; ``list[int]`` -> int (nargs)."""
     hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
@@ -77,7 +68,7 @@ def add_parser(sub) -> None:
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
         elif typing.get_origin(hints[field.name]) is dict:
-            p.add_argument(flag, type=_key_value, nargs="*", metavar="KEY=VALUE", help=text)
+            p.add_argument(flag, type=key_value, nargs="*", metavar="KEY=VALUE", help=text)
         elif "list[" in str(hints[field.name]):
             p.add_argument(flag, type=kind, nargs="*", help=text)
         else:

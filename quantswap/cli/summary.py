@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from quantswap._registry import list_methods
+from quantswap.cli._args import key_value
 
 __all__ = ["add_parser", "run"]
 
@@ -24,6 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--activations", action=argparse.BooleanOptionalAction, default=None,
                    help="binarize activations (default: the method's own)")
     p.add_argument("--expansion", type=int, default=None, help="residual-expansion branches (the ternary method)")
+    p.add_argument("--method-options", type=key_value, nargs="*", default=[], metavar="KEY=VALUE",
+                   help="other options of the method's config, e.g. keep_downsample=false")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the builder's)")
     p.add_argument("--input-size", type=int, nargs="+", default=[1, 3, 224, 224], metavar="N",
                    help="input shape for counting operations (default: 1 3 224 224)")
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from quantswap.models import build_model
 
     options = {name: getattr(args, name) for name in ("activations", "expansion") if getattr(args, name) is not None}
-    config = quantswap.config_for(args.method, **options)  # checks the options before the model is built
+    config = quantswap.config_for(args.method, **options, **dict(args.method_options))  # checks the options before the model is built
     model = build_model(args.model, **({"num_classes": args.num_classes} if args.num_classes else {}))
     swapped = quantswap.swap(model, config)
     print(quantswap.summary(swapped, input_size=tuple(args.input_size), fp_bits=args.fp_bits))
