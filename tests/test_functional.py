@@ -1,4 +1,4 @@
-"""The quantization math against the formulas of METHODS.md; gradients included.
+"""The quantization math against the formulas of docs/methods.md; gradients included.
 
 References are written independently of quantswap.functional with the "detached forward +
 differentiable surrogate" trick, so an error in the autograd Functions cannot hide.

@@ -116,3 +116,24 @@ def test_cli_push_and_download(minihub, tmp_path, capsys):
     assert torch.equal(quantswap.from_pretrained(snapshot)(X), model(X))
     assert main(["download", "testorg/does-not-exist", "--cache-dir", str(tmp_path / "c")]) == 2
     assert "no model repo 'testorg/does-not-exist'" in capsys.readouterr().err
+
+
+def test_push_keeps_a_card_its_user_edited_unless_told_to_regenerate(minihub, tmp_path):
+    """Issue 11: a README.md edited in the checkpoint folder is uploaded as it is; an untouched one is
+    rendered again with the repo id; --regenerate-card replaces an edited one."""
+    folder = tmp_path / "r18-xnor"
+    quantswap.save_pretrained(quantswap.binarize(resnet18(num_classes=10), method="xnor").eval(), folder)
+    api = HfApi()
+
+    def remote_card(repo):
+        return open(api.hf_hub_download(repo, "README.md", force_download=True)).read()
+
+    quantswap.push_to_hub(folder, "testorg/card-untouched")
+    assert 'quantswap.from_pretrained("testorg/card-untouched")' in remote_card("testorg/card-untouched")
+    edited = (folder / "README.md").read_text().replace("# r18-xnor", "# r18-xnor\n\nMy own notes.")
+    (folder / "README.md").write_text(edited)
+    quantswap.push_to_hub(folder, "testorg/card-edited")
+    assert remote_card("testorg/card-edited") == edited
+    assert main(["push", str(folder), "testorg/card-edited", "--regenerate-card"]) == 0
+    fresh = remote_card("testorg/card-edited")
+    assert "My own notes." not in fresh and 'quantswap.from_pretrained("testorg/card-edited")' in fresh

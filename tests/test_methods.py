@@ -1,4 +1,4 @@
-"""Each method's effective weight, activation and gradients against METHODS.md's formulas.
+"""Each method's effective weight, activation and gradients against the formulas of docs/methods.md.
 
 Tolerances: 1e-6 absolute (float32 rounding of sums over at most a few hundred terms) unless stated.
 """

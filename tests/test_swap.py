@@ -192,3 +192,26 @@ def test_bireal_block_computes_the_hand_written_bireal_block():
     out = o + bn(b.downsample[1], F.conv2d(s, b.downsample[0].weight, stride=2))  # the block's own residual
     expected = bnn.fc(out.mean((2, 3)))
     torch.testing.assert_close(bnn(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_swap_is_a_pipeline_and_a_method_adds_its_own_passes():
+    """Issue 11: every pass is ``pass(ctx) -> None``; Bi-Real and McDonnell contribute theirs, nobody else does."""
+    from quantswap.fx import passes
+    from quantswap.fx.pipeline import STANDARD_PASSES, SwapContext, lint
+
+    def extra(config):
+        return SwapContext(resnet18(), config).passes()[len(STANDARD_PASSES):-1]
+
+    assert extra(quantswap.config_for("bireal")) == [passes.add_bireal_shortcuts]
+    assert extra(quantswap.config_for("mcdonnell", bn_affine=False)) == [passes.freeze_bn_affine]
+    assert extra(quantswap.config_for("mcdonnell")) == extra(quantswap.config_for("irnet")) == []
+    assert SwapContext(resnet18(), quantswap.config_for("xnor")).passes()[-1] is lint
+
+    seen = []
+
+    class Counting(type(quantswap.config_for("xnor"))):
+        def graph_passes(self):
+            return (lambda ctx: seen.append(len(ctx.report.quantized)),)
+
+    quantswap.swap(resnet18(), Counting())
+    assert seen == [19]  # a method's pass sees the chosen layers

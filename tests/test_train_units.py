@@ -11,7 +11,7 @@ from quantswap.train import FinetuneConfig, distribution_loss, load_recipe
 
 
 def test_distribution_loss_matches_its_formula_and_gradient():
-    """L = -mean_b Σ_c softmax(z_T)_c log softmax(z_S)_c (METHODS.md §6.1); dL/dz_S = (softmax(z_S) - softmax(z_T)) / B."""
+    """L = -mean_b Σ_c softmax(z_T)_c log softmax(z_S)_c (docs/methods.md#distillation); dL/dz_S = (softmax(z_S) - softmax(z_T)) / B."""
     torch.manual_seed(0)
     s = torch.randn(6, 10, dtype=torch.float64, requires_grad=True)
     t = torch.randn(6, 10, dtype=torch.float64)
@@ -92,3 +92,20 @@ def test_include_and_exclude_reach_the_swap():
     cfg = FinetuneConfig(method="ternary", include=["layer1.*"])
     report = get_swap_report(_swap(cfg, resnet18(num_classes=10)))
     assert report.quantized == [f"layer1.{b}.conv{c}" for b in (0, 1) for c in (1, 2)]
+
+
+def test_method_options_reach_the_swap_from_flags_and_recipes(tmp_path):
+    """Any option of the method's config: ``--method-options KEY=VALUE`` over a recipe's ``method_options``."""
+    from quantswap.cli.finetune import add_parser, config_from_args
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: irnet\nmethod_options: {t_min: 0.01, keep_downsample: true}\n")
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    cfg = config_from_args(parser.parse_args(["finetune", "--recipe", str(recipe), "--method-options",
+                                              "keep-downsample=false"]))
+    assert cfg.method_options == {"t_min": 0.01, "keep_downsample": False}
+    config = cfg.quant_config()
+    assert (config.t_min, config.keep_downsample) == (0.01, False)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["finetune", "--method-options", "t_min"])  # not KEY=VALUE

@@ -9,7 +9,7 @@ __all__ = ["ShiftedReLU", "bireal_shortcut"]
 
 
 class ShiftedReLU(nn.Module):
-    """``max(x, -1)``: McDonnell et al.'s shifted ReLU (METHODS.md §4.5)."""
+    """``max(x, -1)``: McDonnell et al.'s shifted ReLU (docs/methods.md#mcdonnell-one-bit-per-weight)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.clamp_min(x, -1.0)
