@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import logging
 import shutil
 import statistics
 import time
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--plot", help="write accuracy against checkpoint size to this PNG")
     parser.add_argument("--json", help="also write every number to this JSON file")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # quantswap's progress lines
     budget = QUICK if args.quick else FULL
     root = Path(args.runs) / budget.name
     if args.fresh:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -109,6 +110,7 @@ def main() -> int:
     parser.add_argument("--runs", default="runs/accuracy", help="export: the accuracy benchmark's --runs folder")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="build: just these entries")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # quantswap's progress lines
     if args.action == "export":
         export(Path(args.runs))
         return 0
