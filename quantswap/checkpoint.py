@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -53,10 +52,11 @@ from quantswap.checkpoint_config import (
     CheckpointSize,
     StorageConfig,
 )
+from quantswap.checkpoint_file import check_layout, read_header, read_tensors, sha256, state_to_load
 from quantswap.frozen import freeze, is_frozen
 from quantswap.models import BaseModelSpec, identify_base_model
 from quantswap.nn.layers import CODES_KEY, SCALE_KEY, quantized_weight_keys
-from quantswap.packing import PackingError, pack, unpack
+from quantswap.packing import pack
 from quantswap.summary import theoretical_size
 
 __all__ = [
@@ -70,6 +70,7 @@ __all__ = [
     "save_pretrained",
     "load_pretrained",
     "read_config",
+    "verify",
 ]
 
 WEIGHTS_NAME = "model.safetensors"
@@ -78,6 +79,16 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 # -- saving ---------------------------------------------------------------------------------------
+
+
+def _cast(key: str, tensor: torch.Tensor, storage: StorageConfig) -> torch.Tensor:
+    """``tensor`` in the storage dtype; refused where a finite value would become infinite."""
+    cast = tensor.to(storage.dtype, copy=True)
+    if storage.dtype != tensor.dtype and not bool(torch.isfinite(cast).all()) and bool(torch.isfinite(tensor).all()):
+        peak = tensor.abs().max().item()
+        raise CheckpointError(f"tensor {key!r} holds values up to {peak:.4g}, beyond {storage.fp_dtype}'s range: "
+                              "they would be saved as inf. Save with fp_dtype='bfloat16' (float32's range) or 'float32'")
+    return cast
 
 
 def _packed_state(
@@ -100,7 +111,7 @@ def _packed_state(
         elif role == "scale" or not tensor.is_floating_point():
             tensors[key] = tensor.clone()
         else:
-            tensors[key] = tensor.to(storage.dtype, copy=True)
+            tensors[key] = _cast(key, tensor, storage)
     if storage.keep_latent:
         if model is frozen:
             raise ValueError("keep_latent=True needs the latent weights, which a frozen model no longer has; "
@@ -108,6 +119,11 @@ def _packed_state(
         for key, (name, _) in quantized_weight_keys(model).items():  # the latent weights
             tensors[key] = model.get_submodule(name).weight.detach().cpu().to(torch.float32, copy=True)
     return {k: v.contiguous() for k, v in tensors.items()}, packed, frozen
+
+
+#: The order files replace an existing checkpoint's: the config last, since it binds the weights (its
+#: ``weights_sha256``), so an interrupted overwrite is refused on load rather than mixed silently.
+_PUBLISH_ORDER = (WEIGHTS_NAME, CARD_NAME, CONFIG_NAME)
 
 
 def _publish(staging: Path, target: Path) -> None:
@@ -118,9 +134,19 @@ def _publish(staging: Path, target: Path) -> None:
         return
     if not target.is_dir():
         raise CheckpointError(f"{target} exists and is not a folder; choose another save directory")
-    for item in staging.iterdir():
-        os.replace(item, target / item.name)
+    blocked = [name for name in _PUBLISH_ORDER if (target / name).exists() and not (target / name).is_file()]
+    if blocked:  # checked before anything is replaced
+        raise CheckpointError(f"{target / blocked[0]} is not a file, so the checkpoint cannot replace it; remove it "
+                              "or choose another save directory")
+    for name in _PUBLISH_ORDER:
+        os.replace(staging / name, target / name)
     staging.rmdir()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _base_spec(model: nn.Module, base_model: str | None, base_model_args: dict[str, Any] | None) -> BaseModelSpec:
@@ -152,8 +178,13 @@ def _write_folder(target: Path, tensors: dict, packed: dict, config: CheckpointC
                     "quantswap.packed": json.dumps(packed, sort_keys=True)}
         save_file(tensors, staging / WEIGHTS_NAME, metadata=metadata)
         config.size = size_of(staging / WEIGHTS_NAME)
+        config.weights_sha256 = sha256(staging / WEIGHTS_NAME)
         config.write(staging)
         model_card(config, name=target.name).save(staging / CARD_NAME)
+        mask = _umask()  # mkdtemp makes a private folder; the checkpoint gets the permissions of any new file
+        staging.chmod(0o777 & ~mask)
+        for name in _PUBLISH_ORDER:
+            (staging / name).chmod(0o666 & ~mask)
         _publish(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -228,32 +259,11 @@ def _weights_file(folder: Path) -> Path:
     raise CheckpointNotFoundError(f"{path} is missing; save the model again with quantswap.save_pretrained")
 
 
-def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except SafetensorError as err:
-        with open(path, "rb") as raw:
-            magic = raw.read(4)
-        if magic.startswith(b"PK") or magic[:1] == b"\x80":
-            raise CheckpointError(f"{path} is a pickle/zip file, not safetensors: quantswap never unpickles "
-                                  "weights; re-save the model with quantswap.save_pretrained") from None
-        raise CheckpointError(f"{path} is truncated or corrupt ({err}); download or save it again") from None
-    if "quantswap.packed" not in metadata:
-        raise CheckpointError(f"{path} is a safetensors file but not a quantswap checkpoint (no quantswap metadata)")
-    try:
-        packed = json.loads(metadata["quantswap.packed"])
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path} has damaged quantswap metadata; download or save it again") from None
-    return tensors, packed
-
-
 def _build(config: CheckpointConfig, latent: bool) -> nn.Module:
     spec = config.base_model
     try:
         base = spec.build()
-    except (ValueError, TypeError, RuntimeError) as err:
+    except (ValueError, TypeError, RuntimeError, AssertionError) as err:
         raise CheckpointError(f"{CONFIG_NAME} names base model {spec.name!r} with {spec.args}, which cannot be built "
                               f"here: {err}") from None
     model = swap(base, config.quantization, inplace=True, leaf_modules=config.leaf_modules)
@@ -262,57 +272,61 @@ def _build(config: CheckpointConfig, latent: bool) -> nn.Module:
     return model if latent else freeze(model, inplace=True)
 
 
-def _state_to_load(path: Path, tensors: dict, packed: dict, expected: dict) -> dict[str, torch.Tensor]:
-    """The file's tensors that the built model expects, unpacked and checked against its shapes."""
-    state = {}
-    for key, tensor in tensors.items():
-        if key not in expected:
-            continue  # a latent checkpoint's codes, or an unexpected key reported by the caller
-        want = expected[key]
-        if key in packed:
-            shape = tuple(packed[key].get("shape", ()))
-            if shape != tuple(want.shape):
-                raise CheckpointError(f"{path}: tensor {key!r} holds codes of shape {list(shape)} but the model built "
-                                      f"from {CONFIG_NAME} expects {list(want.shape)}; config and weights do not match")
-            try:
-                tensor = unpack(tensor, packed[key]["scheme"], shape)
-            except PackingError as err:
-                raise CheckpointError(f"{path}: tensor {key!r}: {err}") from None
-        elif tuple(tensor.shape) != tuple(want.shape):
-            raise CheckpointError(f"{path}: tensor {key!r} has shape {list(tensor.shape)} but the model built from "
-                                  f"{CONFIG_NAME} expects {list(want.shape)}; config and weights do not match")
-        state[key] = tensor.to(want.dtype) if tensor.is_floating_point() else tensor
-    return state
+def _meta_state(config: CheckpointConfig, latent: bool) -> dict[str, torch.Tensor] | None:
+    """The state dict, on the meta device (no memory), of the model ``config`` describes: what the file
+    must hold, known before anything real is allocated. ``None`` where a builder needs real tensors."""
+    try:
+        with torch.device("meta"):
+            return _build(config, latent).state_dict()
+    except NotImplementedError:  # e.g. torchvision's RegNet computes its widths with tensors
+        return None
+
+
+def verify(folder: str | os.PathLike) -> CheckpointConfig:
+    """Check a checkpoint folder without building it for real: its config, its weights' header and
+    digest, and that the file holds exactly the tensors the config's model needs (``CheckpointError``
+    otherwise). Fast and small whatever the config claims; :func:`quantswap.push_to_hub` runs it."""
+    config, path, header, packed, latent_keys = _inspect(Path(folder))
+    expected = _meta_state(config, bool(latent_keys))
+    if expected is not None:
+        check_layout(path, header, packed, expected, latent_keys)
+    return config
+
+
+def _inspect(folder: Path) -> tuple[CheckpointConfig, Path, dict, dict, set[str]]:
+    """The config, the weights file, its header and packing, and the keys only a latent checkpoint has."""
+    if not folder.is_dir():
+        raise CheckpointNotFoundError(f"no checkpoint folder at {folder}")
+    config = read_config(folder)
+    path = _weights_file(folder)
+    header, packed = read_header(path)
+    if config.weights_sha256 is not None and sha256(path) != config.weights_sha256:
+        raise CheckpointError(f"{path} is not the weights file {folder / CONFIG_NAME} was saved with (its SHA-256 "
+                              "differs): an interrupted overwrite, or files of two saves mixed. Save the model again")
+    layer_names = [key.removesuffix(CODES_KEY) for key in packed]  # "layer1.0.conv1." per packed layer
+    latent = any(name + "weight" in header for name in layer_names)
+    frozen_only = {name + CODES_KEY for name in layer_names} | {name + SCALE_KEY for name in layer_names}
+    return config, path, header, packed, frozen_only if latent else set()
 
 
 def load_pretrained(folder: str | os.PathLike) -> nn.Module:
     """Rebuild, unpack and load a checkpoint folder; the model is returned in eval mode.
 
-    Without latent weights it is the frozen inference form; with them (``keep_latent=True``) the
-    trainable swapped model. ``model.meta["quantswap_checkpoint"]`` holds its :class:`CheckpointConfig`.
-    Use :func:`quantswap.from_pretrained` for Hub ids as well.
+    The file's layout is checked against the model the config describes, built on the meta device,
+    before anything is allocated; every value is checked before it is loaded. Without latent weights
+    the result is the frozen inference form; with them (``keep_latent=True``) the trainable swapped
+    model. ``model.meta["quantswap_checkpoint"]`` holds its :class:`CheckpointConfig`. Use
+    :func:`quantswap.from_pretrained` for Hub ids as well.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointNotFoundError(f"no checkpoint folder at {folder}")
-    config = read_config(folder)
-    path = _weights_file(folder)
-    tensors, packed = _read_tensors(path)
-    layer_names = [key.removesuffix(CODES_KEY) for key in packed]  # "layer1.0.conv1." per packed layer
-    frozen_only = {name + CODES_KEY for name in layer_names} | {name + SCALE_KEY for name in layer_names}
-    latent = any(name + "weight" in tensors for name in layer_names)
-    model = _build(config, latent)
+    config, path, header, packed, latent_keys = _inspect(Path(folder))
+    meta = _meta_state(config, bool(latent_keys))
+    if meta is not None:
+        check_layout(path, header, packed, meta, latent_keys)
+    model = _build(config, bool(latent_keys))
     expected = model.state_dict()
-    state = _state_to_load(path, tensors, packed, expected)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(tensors) - set(state) - (frozen_only if latent else set()))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not match the model built from {CONFIG_NAME}: "
-            + (f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}" if missing else "")
-            + ("; " if missing and unexpected else "")
-            + (f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}" if unexpected else "")
-        )
-    model.load_state_dict(state, strict=True)
+    if meta is None:
+        check_layout(path, header, packed, expected, latent_keys)
+    roles = {key: role for key, (_, role) in quantized_weight_keys(model).items()}
+    model.load_state_dict(state_to_load(path, read_tensors(path), packed, expected, roles), strict=True)
     model.meta["quantswap_checkpoint"] = config
     return model.eval()

@@ -159,6 +159,7 @@ class CheckpointConfig:
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # {"dataset": ..., "top1": ...}
     pretrained_cfg: dict[str, Any] | None = None  # a timm base's data config (DATA_CONFIG_KEYS)
     license: str | None = None  # the model card's license (default: the base's, else "other")
+    weights_sha256: str | None = None  # binds config.json to its model.safetensors (checked on load)
     quantswap_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -189,6 +190,8 @@ class CheckpointConfig:
             data["pretrained_cfg"] = dict(self.pretrained_cfg)
         if self.license is not None:
             data["license"] = self.license
+        if self.weights_sha256 is not None:
+            data["weights_sha256"] = self.weights_sha256
         return data
 
     @classmethod
@@ -227,7 +230,7 @@ class CheckpointConfig:
                                           "model.safetensors; save one with quantswap.save_pretrained")
         try:
             data = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             raise CheckpointError(f"{path} is not valid JSON ({err}); the file is damaged: save or download it "
                                   "again") from None
         return cls.from_dict(data, source=str(path))
@@ -275,4 +278,5 @@ _OPTIONAL_FIELDS = {
     "metrics": _typed(dict, "a mapping of measured results"),
     "pretrained_cfg": _typed(dict, "a mapping (timm's data config)"),
     "license": _typed(str, "a license identifier"),
+    "weights_sha256": _typed(str, "the hex SHA-256 of model.safetensors"),
 }

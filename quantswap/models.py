@@ -50,6 +50,18 @@ SAFE_BUILDER_ARGS: dict[str, tuple[type, ...]] = {
     "drop_path_rate": (int, float),
     "dropout": (int, float),
 }
+#: The range a numeric builder argument may take in a checkpoint: a tiny config must not be able to ask
+#: for a model of gigabytes (ImageNet-22k's 21,843 classes is the largest head in use).
+BUILDER_ARG_RANGES: dict[str, tuple[float, float]] = {
+    "num_classes": (0, 100_000),
+    "in_chans": (1, 64),
+    "image_size": (8, 2048),
+    "drop_rate": (0.0, 1.0),
+    "drop_path_rate": (0.0, 1.0),
+    "dropout": (0.0, 1.0),
+}
+#: timm's global pooling types.
+GLOBAL_POOLS = ("", "avg", "max", "avgmax", "catavgmax", "fast", "token", "map")
 #: Attributes torchvision models keep of the builder arguments that the state dict does not show.
 _RECORDED_ATTRIBUTES = ("aux_logits", "transform_input", "image_size")
 
@@ -129,6 +141,11 @@ class BaseModelSpec:
             if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
                 raise ValueError(f"builder argument {key}={value!r} must be of type "
                                  f"{' or '.join(t.__name__ for t in types)}")
+            low, high = BUILDER_ARG_RANGES.get(key, (None, None))
+            if low is not None and not low <= value <= high:
+                raise ValueError(f"builder argument {key}={value!r} is out of range [{low}, {high}]")
+            if key == "global_pool" and value not in GLOBAL_POOLS:
+                raise ValueError(f"builder argument global_pool={value!r} is not one of {GLOBAL_POOLS}")
 
     def build(self) -> nn.Module:
         """The base model, randomly initialized (no pretrained weights are fetched)."""

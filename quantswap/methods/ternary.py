@@ -33,6 +33,7 @@ from quantswap.nn.quantizers import WeightQuantizer
 __all__ = ["TernaryConfig", "TernaryWeight", "DEFAULT_THRESHOLDS"]
 
 DEFAULT_THRESHOLDS = (0.05, 0.10, 0.15, 0.20)
+MAX_EXPANSION = 8  # each branch costs a pass over the weights: a config must not ask for hundreds
 
 
 class TernaryWeight(WeightQuantizer):
@@ -97,8 +98,9 @@ class TernaryConfig(QuantConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.expansion, bool) or not isinstance(self.expansion, int) or self.expansion < 1:
-            raise ValueError(f"expansion must be a positive integer (1 to 4), got {self.expansion!r}")
+        if isinstance(self.expansion, bool) or not isinstance(self.expansion, int) or not 1 <= self.expansion <= MAX_EXPANSION:
+            raise ValueError(f"expansion must be an integer from 1 to {MAX_EXPANSION} (1 to 4 with the default "
+                             f"thresholds), got {self.expansion!r}")
         if self.thresholds is None:
             if self.expansion > len(DEFAULT_THRESHOLDS):
                 raise ValueError(
