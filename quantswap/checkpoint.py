@@ -224,6 +224,9 @@ def save_pretrained(
         The :class:`CheckpointSize`: bytes on disk next to the theoretical minimum and FP32.
     """
     report = get_swap_report(model)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ValueError("the model is on the meta device (shapes without data): load its weights first, e.g. "
+                         "model.to_empty(device='cpu') then model.load_state_dict(...)")
     storage = StorageConfig(fp_dtype, ternary_packing, keep_latent)
     spec = _base_spec(model, base_model, base_model_args)
     tensors, packed, frozen = _packed_state(model, storage)

@@ -8,6 +8,7 @@ Everything goes through the real ``huggingface_hub`` client (its cache, tokens, 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,13 +26,48 @@ from quantswap.checkpoint import (
     load_pretrained,
     read_config,
     save_pretrained,
+    verify,
 )
 from quantswap.checkpoint_config import CheckpointConfig
 from quantswap.version import __version__
 
-__all__ = ["from_pretrained", "push_to_hub", "download"]
+__all__ = ["from_pretrained", "push_to_hub", "download", "check_repo_id", "check_revision"]
 
 _LIBRARY = {"library_name": "quantswap", "library_version": __version__}
+
+
+_REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` when it is ``"org/name"`` as the Hub spells them (letters, digits, ``-``, ``_``, ``.``;
+    no ``..``); ``ValueError`` before anything is written or sent otherwise.
+
+    Example:
+        >>> check_repo_id("my-org/resnet18-irnet")
+        'my-org/resnet18-irnet'
+        >>> check_repo_id("org/..")
+        Traceback (most recent call last):
+        ...
+        ValueError: repo_id must look like 'org/name' (letters, digits, '-', '_' and '.', no '..'), got 'org/..'
+    """
+    parts = repo_id.split("/") if isinstance(repo_id, str) else []
+    if len(parts) != 2 or not all(_REPO_PART.fullmatch(p) and ".." not in p and "--" not in p for p in parts):
+        raise ValueError(f"repo_id must look like 'org/name' (letters, digits, '-', '_' and '.', no '..'), got {repo_id!r}")
+    return repo_id
+
+
+def check_revision(revision: str | None) -> str | None:
+    """A branch, tag or commit name that cannot name a path outside the Hub cache: no ``..``, no leading
+    ``/``, no ``\\`` and no control characters (``ValueError`` before the client is called)."""
+    if revision is None:
+        return None
+    if (not isinstance(revision, str) or not revision or ".." in revision or revision.startswith("/")
+            or "\\" in revision or any(ord(c) < 32 or ord(c) == 127 for c in revision)):
+        raise ValueError(f"revision {revision!r} is not a branch, tag or commit name the Hub allows (no '..', "
+                         "leading '/', backslash or control characters)")
+    return revision
 
 
 def _download_file(repo_id: str, filename: str, revision: str | None, **kwargs: Any) -> Path:
@@ -78,9 +114,13 @@ def download(
 
     All files come from one commit: the one ``revision`` pointed to when ``config.json`` was fetched.
     """
+    check_repo_id(repo_id)
+    check_revision(revision)
     kwargs = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
     config = _download_file(repo_id, CONFIG_NAME, revision, **kwargs)
     commit = config.parent.name  # <cache>/models--org--name/snapshots/<commit sha>/config.json
+    if not _COMMIT.fullmatch(commit):
+        raise CheckpointError(f"the Hub answered with commit {commit!r} for {repo_id!r}, which is not a commit sha")
     _download_file(repo_id, WEIGHTS_NAME, commit, **kwargs)
     try:
         _download_file(repo_id, CARD_NAME, commit, **kwargs)
@@ -115,9 +155,19 @@ def from_pretrained(
         cache_dir, local_files_only, token: as in ``huggingface_hub.hf_hub_download``.
     """
     path = Path(id_or_dir)
-    if path.is_dir():
-        return load_pretrained(path)
     name = str(id_or_dir)
+    if path.is_dir():
+        try:
+            return load_pretrained(path)
+        except CheckpointNotFoundError as err:
+            if _looks_like_repo_id(name):  # a local folder shadows the Hub repo of the same name
+                raise CheckpointNotFoundError(f"{err} ({name!r} was read as the local folder {path.resolve()}, "
+                                              "which exists; to load the Hub repo, run from elsewhere or "
+                                              "remove that folder)") from None
+            raise
+    under_file = next((p for p in path.parents if p.is_file()), None)
+    if under_file is not None:
+        raise CheckpointNotFoundError(f"{name!r}: {under_file} is a file, not a folder")
     if not _looks_like_repo_id(name):
         raise CheckpointNotFoundError(f"{name!r} is neither a checkpoint folder nor a Hub repo id like 'org/name'")
     folder = download(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
@@ -130,14 +180,23 @@ def _card_was_edited(source: Path, config: CheckpointConfig) -> bool:
     return card.is_file() and card.read_text() != str(model_card(config, name=source.name))
 
 
+def _own_files(source: Path) -> None:
+    """Refuse a checkpoint file that resolves outside its folder (a link to a key, a password file)."""
+    root = source.resolve()
+    for name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME):
+        target = (source / name).resolve()
+        if (source / name).exists() and not target.is_relative_to(root):
+            raise CheckpointError(f"{source / name} is a link to {target}, outside the checkpoint folder: quantswap "
+                                  "uploads only the folder's own files; copy the file in if it belongs there")
+
+
 def _stage_folder(source: Path, folder: Path, regenerate_card: bool) -> bool:
     """Copy a checkpoint folder's files for upload, its README.md too when its user edited it
-    (returns whether it did)."""
+    (returns whether it did). The folder is verified as a quantswap checkpoint first."""
     if not source.is_dir():
         raise CheckpointNotFoundError(f"no checkpoint folder at {source}")
-    config = read_config(source)
-    if not (source / WEIGHTS_NAME).is_file():
-        raise CheckpointError(f"{source} has no {WEIGHTS_NAME}; save the model with quantswap.save_pretrained")
+    _own_files(source)
+    config = verify(source)
     folder.mkdir()
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         shutil.copy2(source / name, folder / name)
@@ -174,11 +233,11 @@ def push_to_hub(
     """
     from huggingface_hub import HfApi
 
-    if not _looks_like_repo_id(repo_id):
-        raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}")
+    check_repo_id(repo_id)
+    check_revision(revision)
     api = HfApi(token=token, **_LIBRARY)
     with tempfile.TemporaryDirectory(prefix="quantswap-push-") as tmp:
-        folder = Path(tmp) / repo_id.split("/")[-1]
+        folder = Path(tmp) / "checkpoint"  # a fixed name: nothing of repo_id becomes a path
         if isinstance(model_or_dir, nn.Module):
             save_pretrained(model_or_dir, folder, **save_kwargs)
             kept_card = False
@@ -195,5 +254,5 @@ def push_to_hub(
             repo_id=repo_id,
             folder_path=folder,
             revision=revision,
-            commit_message=commit_message or f"Upload {folder.name} with quantswap {__version__}",
+            commit_message=commit_message or f"Upload {repo_id.split('/')[1]} with quantswap {__version__}",
         )

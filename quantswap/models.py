@@ -158,7 +158,10 @@ class BaseModelSpec:
     def from_dict(cls, data: Any) -> BaseModelSpec:
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             raise ValueError(f"base_model must be {{'name': 'torchvision:NAME', 'args': {{...}}}}, got {data!r}")
-        return cls(data["name"], dict(data.get("args") or {}))
+        args = data.get("args") or {}
+        if not isinstance(args, dict):
+            raise ValueError(f"builder arguments must be a mapping such as {{'num_classes': 10}}, got {args!r}")
+        return cls(data["name"], dict(args))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -142,6 +142,8 @@ def summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224), fp_b
     """
     if fp_bits not in (16, 32):
         raise ValueError(f"fp_bits is the width real tensors are stored at: 16 or 32, got {fp_bits}")
+    if len(input_size) != 4 or not all(isinstance(n, int) and n >= 1 for n in input_size):
+        raise ValueError(f"input_size is one input's shape (N, C, H, W) of positive integers, got {tuple(input_size)}")
     macs: dict[str, int] = {}
     names = {m: n for n, m in model.named_modules()}
     hooks = [

@@ -65,7 +65,7 @@ def test_already_swapped():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"expansion": 0}, "expansion must be a positive integer"),
+        ({"expansion": 0}, "expansion must be an integer from 1 to 8"),
         ({"expansion": 5}, "no default thresholds"),
         ({"expansion": 2, "thresholds": (0.1,)}, "one per branch"),
         ({"expansion": 2, "thresholds": (0.2, 0.1)}, "strictly increasing"),

@@ -13,6 +13,13 @@ EXAMPLES = """examples:
 """
 
 
+def _size(text: str) -> int:
+    value = int(text)
+    if not 8 <= value <= 2048:
+        raise argparse.ArgumentTypeError(f"an image size from 8 to 2048, got {value}")
+    return value
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help=__doc__.split(":", 1)[1].strip(), epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -20,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, cifar10, cifar100 or imagefolder:PATH")
     p.add_argument("--data-root", default=None, help="where datasets are cached")
-    p.add_argument("--image-size", type=int, default=None, help="input size (default: the checkpoint's)")
+    p.add_argument("--image-size", type=_size, default=None, help="input size (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--subset", type=int, default=None, help="evaluate on the first N test images of a fixed order")
     p.add_argument("--device", default="auto")
@@ -41,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         source = source / "model"
     model = quantswap.from_pretrained(source if source.is_dir() else args.model, revision=args.revision)
     trained_size = model.meta["quantswap_checkpoint"].metrics.get("image_size")
+    if args.image_size is None and trained_size is not None and not (isinstance(trained_size, int) and 8 <= trained_size <= 2048):
+        raise ValueError(f"the checkpoint's metrics claim image_size {trained_size!r}, not a size from 8 to 2048; "
+                         "pass --image-size")
     _, val, _ = build_datasets(args.data, image_size=args.image_size or trained_size, root=args.data_root,
                                val_subset=args.subset)
     device = resolve_device(args.device)

@@ -6,6 +6,7 @@ graphs over one module tree, and every pass edits both the same way."""
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,9 @@ def swap_layers(ctx: SwapContext) -> None:
     config = ctx.config
     for target in ctx.report.quantized:
         layer = get_module(ctx.model, target)
+        if not layer.weight.is_meta and not bool(torch.isfinite(layer.weight).all()):
+            warnings.warn(f"{target}.weight holds inf or NaN: its quantized weight will too; check the weights "
+                          "you loaded", stacklevel=2)
         cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
         set_module(ctx.model, target, cls.from_float(layer, config.weight_quantizer(layer), config.input_quantizer()))
 

@@ -2,9 +2,10 @@
 
 * Weights (Libra-PB), per output channel: balance ``Ŵ = W − mean(W)``, standardize
   ``Ŵ_std = Ŵ / std(Ŵ)`` (unbiased std, as in the code; mean and std are differentiated), scale
-  ``s = 2^round(log2(mean|Ŵ_std|))`` (detached), ``Q_w = s · sign(Ŵ_std)``. quantswap clamps the std
-  at 1e-12 so an all-constant filter gives a zero weight instead of NaN (the code has no ε), and a
-  filter of one weight uses the biased std (0) instead of NaN.
+  ``s = 2^round(log2(mean|Ŵ_std|))`` (detached), ``Q_w = s · sign(Ŵ_std)``. The code has no ε: a
+  constant filter divides by zero. quantswap computes in float32 and gives a filter whose std is
+  below ``1e-6 · max|W|`` (a constant one, whatever the constant) a zero weight; a filter of one
+  weight uses the biased std (0).
 * Backward through ``sign`` (weights and activations): the Error Decay Estimator
   ``k·t·(1 − tanh²(t·x))``, with ``t = T_min·10^(p·log10(T_max/T_min))`` and ``k = max(1/t, 1)`` at
   training progress ``p`` (``quantswap.set_progress``); defaults ``T_min = 0.1``, ``T_max = 10``.
@@ -51,10 +52,18 @@ class IRNetWeight(BinaryWeightQuantizer, EDEScheduled):
 
     @staticmethod
     def standardize(w: torch.Tensor) -> torch.Tensor:
-        flat = w.flatten(1)
+        """Per output channel ``(W − mean W) / std(W − mean W)``, in float32 whatever ``w``'s dtype.
+
+        A filter whose spread is below float32 rounding of its values (``std <= 1e-6 · max|W|``: a
+        constant filter, whatever the constant) standardizes to 0, so its quantized weight is 0.
+        """
+        flat = w.flatten(1).float()
         balanced = flat - flat.mean(dim=1, keepdim=True)
         correction = 1 if flat.shape[1] > 1 else 0  # a one-weight filter: std 0, not NaN
-        return (balanced / balanced.std(dim=1, correction=correction, keepdim=True).clamp_min(1e-12)).view_as(w)
+        std = balanced.std(dim=1, correction=correction, keepdim=True)
+        constant = std <= 1e-6 * flat.abs().amax(dim=1, keepdim=True)
+        standardized = balanced / torch.where(constant, torch.ones_like(std), std)
+        return torch.where(constant, torch.zeros_like(standardized), standardized).view(w.shape)
 
     @staticmethod
     def power_of_two_scale(w_std: torch.Tensor) -> torch.Tensor:
@@ -62,12 +71,12 @@ class IRNetWeight(BinaryWeightQuantizer, EDEScheduled):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         w_std = self.standardize(w)
-        return self.power_of_two_scale(w_std) * QF.sign_ede(w_std, self.k, self.t)
+        return (self.power_of_two_scale(w_std) * QF.sign_ede(w_std, self.k, self.t)).to(w.dtype)
 
     @torch.no_grad()
     def binarize(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w_std = self.standardize(w)
-        return w_std >= 0, self.power_of_two_scale(w_std)
+        return w_std >= 0, self.power_of_two_scale(w_std).to(w.dtype)
 
 
 @register_method

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,31 @@ from quantswap.config import QuantConfig, config_for
 __all__ = ["FinetuneConfig", "load_recipe", "FLOAT_METHOD"]
 
 FLOAT_METHOD = "none"  # ``--method none``: train the float model itself (a parent)
+#: The schedules of timm's ``create_scheduler_v2``.
+SCHEDULES = ("constant", "cosine", "multistep", "plateau", "poly", "rsqrt", "step", "tanh")
+_INF = math.inf
+#: Numeric options: (kind, lowest, highest) — checked before anything runs or is written.
+_RANGES: dict[str, tuple[type, float, float]] = {
+    "epochs": (int, 1, _INF), "batch_size": (int, 1, _INF), "num_classes": (int, 1, 100_000),
+    "image_size": (int, 8, 2048), "train_subset": (int, 1, _INF), "val_subset": (int, 1, _INF),
+    "max_steps": (int, 1, _INF), "save_every": (int, 0, _INF), "workers": (int, 0, 256), "seed": (int, 0, _INF),
+    "cycle_limit": (int, 1, _INF), "lr": (float, 0, _INF), "min_lr": (float, 0, _INF), "momentum": (float, 0, 1),
+    "weight_decay": (float, 0, _INF), "warmup_epochs": (float, 0, _INF), "cycle_mul": (float, 0, _INF),
+    "decay_rate": (float, 0, _INF), "label_smoothing": (float, 0, 1), "distill_alpha": (float, 0, 1),
+    "clip_grad": (float, 0, _INF),
+}
+
+
+def _check_number(name: str, value: Any) -> None:
+    """``value`` is a finite number of the option's kind within its range (``None`` is the default)."""
+    if value is None and name in ("num_classes", "image_size", "train_subset", "val_subset", "max_steps", "clip_grad"):
+        return
+    kind, low, high = _RANGES[name]
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not numeric or (kind is int and not isinstance(value, int)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a finite number'}, got {value!r}")
+    if not low <= value <= high or (name == "lr" and value == 0):
+        raise ValueError(f"{name} must be {'positive' if name == 'lr' else f'in [{low:g}, {high:g}]'}, got {value!r}")
 
 
 @dataclasses.dataclass
@@ -87,15 +113,27 @@ class FinetuneConfig:
                              f"{', '.join(list_methods())}")
         if not isinstance(self.method_options, dict):
             raise TypeError(f"method_options is a mapping of the method config's options, got {self.method_options!r}")
-        for name in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if not 0.0 <= self.distill_alpha <= 1.0:
-            raise ValueError(f"distill_alpha is a weight in [0, 1], got {self.distill_alpha}")
+        for name in _RANGES:
+            _check_number(name, getattr(self, name))
+        self._check_names()
         if not self.is_float:
             self.quant_config()  # the method's own checks, before anything runs
+
+    def _check_names(self) -> None:
+        from timm.optim import list_optimizers
+
+        from quantswap.hub import check_repo_id
+
+        if self.optimizer not in list_optimizers():
+            close = difflib.get_close_matches(str(self.optimizer), list_optimizers(), n=1)
+            raise ValueError(f"unknown optimizer {self.optimizer!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                             "see timm.optim.list_optimizers()")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.push_to_hub is not None:
+            check_repo_id(self.push_to_hub)
+        if Path(self.output).is_file():
+            raise ValueError(f"--output {self.output} is a file; the run needs a folder")
 
     @property
     def is_float(self) -> bool:

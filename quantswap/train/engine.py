@@ -22,7 +22,7 @@ import torch
 from quantswap.data import DATASETS, check_image_folder
 from quantswap.models import check_model_name
 from quantswap.train.config import FinetuneConfig
-from quantswap.train.distributed import Dist, setup
+from quantswap.train.distributed import Dist, resolve_device, setup
 from quantswap.train.loaders import build_loaders
 from quantswap.train.loop import Trainer, evaluate
 from quantswap.train.parent import Parent, build_parent, build_student, build_teacher
@@ -47,6 +47,12 @@ def check_inputs(cfg: FinetuneConfig) -> None:
         if value and value.upper() not in ("DEFAULT", "NONE") and not Path(value).is_file():
             raise FileNotFoundError(f"--{name.replace('_', '-')} {value}: no such file; pass a .safetensors file or "
                                     "a torch state dict, DEFAULT (the builder's pretrained weights) or none")
+    try:
+        device = resolve_device(cfg.device)
+    except RuntimeError:
+        raise ValueError(f"--device {cfg.device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {cfg.device}: this machine has no CUDA device; use --device cpu (or auto)")
     source, _, path = cfg.data.partition(":")
     if source == "imagefolder":
         check_image_folder(path)
@@ -76,11 +82,19 @@ def _result_metrics(cfg: FinetuneConfig, final: dict, parent: dict | None) -> di
 
 
 def finetune(cfg: FinetuneConfig) -> RunResult:
-    """Run one fine-tuning job as ``cfg`` says; see the module docstring."""
+    """Run one fine-tuning job as ``cfg`` says; see the module docstring.
+
+    The run folder is locked for the whole run: a second run on the same ``output`` is refused.
+    """
     check_inputs(cfg)
     dist = setup(cfg.device)
     run = RunFolder(cfg, writer=dist.main)
-    run.check()
+    with run.lock():
+        run.check()
+        return _run(cfg, dist, run)
+
+
+def _run(cfg: FinetuneConfig, dist: Dist, run: RunFolder) -> RunResult:
     torch.manual_seed(cfg.seed)
     data = build_loaders(cfg, dist)
     parent = _parent(cfg, data.num_classes, dist)

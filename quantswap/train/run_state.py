@@ -18,11 +18,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,9 +34,16 @@ from torch import nn
 
 from quantswap.train.config import FinetuneConfig
 
-__all__ = ["RunState", "RunFolder", "STATE_NAME", "BEST_NAME", "METRICS_NAME", "ARGS_NAME"]
+__all__ = ["RunState", "RunFolder", "RunInUseError", "STATE_NAME", "BEST_NAME", "METRICS_NAME", "ARGS_NAME"]
 
-STATE_NAME, BEST_NAME, METRICS_NAME, ARGS_NAME = "last.pt", "best.pt", "metrics.jsonl", "args.yaml"
+STATE_NAME, BEST_NAME, METRICS_NAME, ARGS_NAME, LOCK_NAME = "last.pt", "best.pt", "metrics.jsonl", "args.yaml", ".lock"
+#: Options a ``--resume`` may change: where and how it runs, not what it trains.
+RESUMABLE = frozenset({"resume", "overwrite", "device", "workers", "save_every", "push_to_hub", "data_root",
+                       "eval_parent", "output"})
+
+
+class RunInUseError(FileExistsError):
+    """Another process is running in the run folder."""
 _logger = logging.getLogger(__name__)
 
 
@@ -94,15 +103,61 @@ class RunFolder:
     def __init__(self, cfg: FinetuneConfig, *, writer: bool = True):
         self.cfg, self.path, self.writer = cfg, Path(cfg.output), writer
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for the whole run (an exclusive ``flock`` on ``.lock``, which records the pid)."""
+        if not self.writer:
+            yield
+            return
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, as before
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK_NAME, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "?"
+                raise RunInUseError(f"{self.path} is in use by another quantswap finetune (pid {holder}); wait for it "
+                                    "to end, or choose another --output") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def check(self) -> None:
-        """Refuse to start over another run, or to resume nothing, before anything is written."""
+        """Refuse to start over another run, or to resume nothing or another configuration, before anything
+        is written."""
         if self.cfg.resume:
             if not (self.path / STATE_NAME).is_file():
                 raise FileNotFoundError(f"--resume: {self.path / STATE_NAME} does not exist; start the run without "
                                         "--resume")
+            self._check_same_configuration()
         elif (self.path / ARGS_NAME).exists() and not self.cfg.overwrite:
             raise FileExistsError(f"{self.path} holds another run; pass --resume to continue it, --overwrite to "
                                   "replace it, or choose another --output")
+
+    def _check_same_configuration(self) -> None:
+        try:
+            saved = yaml.safe_load((self.path / ARGS_NAME).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"--resume: {self.path / ARGS_NAME} cannot be read ({err}); start again with --overwrite") from None
+        asked = self.cfg.to_dict()
+        changed = [f"{k}: {saved[k]!r} -> {asked[k]!r}" for k in sorted(set(saved) & set(asked) - RESUMABLE)
+                   if saved[k] != asked[k]]
+        if changed:
+            raise ValueError(
+                f"--resume continues the run in {self.path} as it was configured, but these options differ: "
+                f"{'; '.join(changed)}. Resume with the run's own options (its {ARGS_NAME} is a recipe: --recipe "
+                f"{self.path / ARGS_NAME} --resume), or start a new run: another --output, or --overwrite. To train "
+                "a finished run longer, start a new run from its weights")
 
     def start(self) -> None:
         """A fresh run: the previous run's files removed, ``args.yaml`` written."""
@@ -139,7 +194,18 @@ class RunFolder:
         except Exception as err:
             raise ValueError(f"cannot resume from {path}: the checkpoint is corrupt or from another configuration "
                              f"({type(err).__name__}: {str(err)[:200]}); start again with --overwrite") from None
+        self._forget_epochs_after(state.epoch)
         return state
+
+    def _forget_epochs_after(self, epoch: int) -> None:
+        """Drop the metrics rows of epochs ``last.pt`` does not hold (a kill between a row and its ``last.pt``)."""
+        path = self.path / METRICS_NAME
+        if not self.writer or not path.is_file():
+            return
+        rows = path.read_text().splitlines()
+        kept = [row for row in rows if row.strip() and json.loads(row).get("epoch", 0) <= epoch]
+        if len(kept) != len(rows):
+            self._write_text(METRICS_NAME, "".join(row + "\n" for row in kept))
 
     def end_epoch(self, trainer: _Checkpointable, state: RunState, row: dict[str, Any], top1: float) -> None:
         """Record an epoch: its metrics row, ``last.pt``, and ``best.pt`` when ``top1`` is the best yet."""
