@@ -119,6 +119,13 @@ def theoretical_size(model: nn.Module, fp_bits: int = 32, ternary_bits: float = 
     return bits / 8, fp32_bits / 8
 
 
+def _check_summary_args(input_size: Sequence[int], fp_bits: int) -> None:
+    if fp_bits not in (16, 32):
+        raise ValueError(f"fp_bits is the width real tensors are stored at: 16 or 32, got {fp_bits}")
+    if len(input_size) != 4 or not all(isinstance(n, int) and n >= 1 for n in input_size):
+        raise ValueError(f"input_size is one input's shape (N, C, H, W) of positive integers, got {tuple(input_size)}")
+
+
 def _macs(module: nn.Module, output: torch.Tensor) -> int:
     if isinstance(module, nn.Linear):
         return output.numel() * module.in_features
@@ -140,10 +147,7 @@ def summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224), fp_b
         >>> print(str(s).splitlines()[0].split())
         ['layer', 'kind', 'W', 'A', 'params', 'BOPs', 'FLOPs']
     """
-    if fp_bits not in (16, 32):
-        raise ValueError(f"fp_bits is the width real tensors are stored at: 16 or 32, got {fp_bits}")
-    if len(input_size) != 4 or not all(isinstance(n, int) and n >= 1 for n in input_size):
-        raise ValueError(f"input_size is one input's shape (N, C, H, W) of positive integers, got {tuple(input_size)}")
+    _check_summary_args(input_size, fp_bits)
     macs: dict[str, int] = {}
     names = {m: n for n, m in model.named_modules()}
     hooks = [

@@ -52,12 +52,12 @@ class IRNetWeight(BinaryWeightQuantizer, EDEScheduled):
 
     @staticmethod
     def standardize(w: torch.Tensor) -> torch.Tensor:
-        """Per output channel ``(W − mean W) / std(W − mean W)``, in float32 whatever ``w``'s dtype.
+        """Per output channel ``(W − mean W) / std(W − mean W)``, in float32 at least (float64 stays).
 
         A filter whose spread is below float32 rounding of its values (``std <= 1e-6 · max|W|``: a
         constant filter, whatever the constant) standardizes to 0, so its quantized weight is 0.
         """
-        flat = w.flatten(1).float()
+        flat = w.flatten(1).to(torch.promote_types(w.dtype, torch.float32))
         balanced = flat - flat.mean(dim=1, keepdim=True)
         correction = 1 if flat.shape[1] > 1 else 0  # a one-weight filter: std 0, not NaN
         std = balanced.std(dim=1, correction=correction, keepdim=True)
