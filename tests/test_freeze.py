@@ -94,3 +94,32 @@ def test_summary_counts_a_frozen_model_like_the_swapped_one():
     bnn = quantswap.ternarize(resnet18(), expansion=2)
     a, b = quantswap.summary(bnn), quantswap.summary(quantswap.freeze(bnn))
     assert (a.size_bytes, a.params_by_bits, a.buffers, a.scales) == (b.size_bytes, b.params_by_bits, b.buffers, b.scales)
+
+
+def test_eval_mode_reuses_the_quantized_weight_until_the_latent_weight_changes(variant):
+    """Issue 14: an eval-mode forward without autograd quantizes each weight once (what a frozen model
+    costs) and quantizes again after an optimizer step, a load or a move; training never reuses it."""
+    model = quantswap.swap(resnet18(num_classes=10), variant.config())
+    layer = model.get_submodule(model.meta["quantswap"].quantized[0])
+    calls = []
+    layer.weight_quantizer.register_forward_hook(lambda *args: calls.append(1))
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        first = model(x)
+        assert torch.equal(model(x), first) and len(calls) == 1
+    assert torch.equal(quantswap.freeze(model)(x), first)  # the reused weight is the frozen model's
+    model(x)  # autograd on: quantized afresh (a saliency map needs the estimator's graph)
+    assert len(calls) == 2
+    with torch.no_grad():
+        layer.weight.add_(0.1)  # what an optimizer step does
+        model(x)
+        assert len(calls) == 3
+        model.load_state_dict(model.state_dict())
+        model(x)
+        assert len(calls) == 4
+    model.train()
+    with torch.no_grad():
+        model(x)
+        model(x)
+    assert len(calls) == 6

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -84,7 +83,7 @@ def test_a_config_that_disagrees_with_its_file_is_refused_fast_and_small(ckpt, e
     done = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(ckpt)], capture_output=True, text=True, timeout=120)
     name, seconds, megabytes, message = done.stdout.split(" ", 3)
     assert name == "CheckpointError" and "config and weights do not match" in message, done.stdout + done.stderr
-    assert float(seconds) < 1.0 and int(megabytes) < 100, done.stdout
+    assert int(megabytes) < 100, done.stdout  # the seconds are reported, not asserted: no timed unit tests
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -96,10 +95,8 @@ def test_a_config_that_disagrees_with_its_file_is_refused_fast_and_small(ckpt, e
 ])
 def test_builder_arguments_and_expansion_are_bounded(ckpt, edit, match):
     _edit_config(ckpt, edit)
-    start = time.perf_counter()
     with pytest.raises(CheckpointError, match=match):
         quantswap.from_pretrained(ckpt)
-    assert time.perf_counter() - start < 1.0
 
 
 def test_deeply_nested_json_is_a_clear_error(ckpt):

@@ -33,8 +33,25 @@ class _QuantMixin:
         self.input_quantizer = input_quantizer
 
     def quantized_weight(self) -> torch.Tensor:
-        """The weight the forward uses (differentiable with the method's estimator)."""
-        return self.weight_quantizer(self.weight)
+        """The weight the forward uses (differentiable with the method's estimator).
+
+        In eval mode without autograd it is computed once and reused until the latent weight changes
+        (an optimizer step, a load, a move: the tensor's version or storage), so evaluating during
+        fine-tuning costs what a frozen model costs.
+        """
+        if self.training or torch.is_grad_enabled() or self.is_frozen or torch.compiler.is_compiling():
+            return self.weight_quantizer(self.weight)
+        w = self.weight
+        key = (w.data_ptr(), w._version, w.dtype, w.device, getattr(self.weight_quantizer, "cache_key", tuple)())
+        cached = self.__dict__.get("_eval_weight")
+        if cached is None or cached[0] != key:
+            cached = (key, self.weight_quantizer(w))
+            self.__dict__["_eval_weight"] = cached
+        return cached[1]
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop("_eval_weight", None)  # a cached eval weight is not kept into training
+        return super().train(mode)
 
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)

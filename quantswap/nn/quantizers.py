@@ -74,6 +74,11 @@ class WeightQuantizer(nn.Module):
     def branches(self) -> int:
         return 1
 
+    def cache_key(self) -> tuple:
+        """What, besides the latent weight, the forward's value depends on (a quantizer with such state
+        returns it): an eval-mode layer reuses its quantized weight while weight and key are unchanged."""
+        return ()
+
     @abc.abstractmethod
     def encode(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(codes, scale)`` of the quantized weight; ``scale`` is ``None`` when it follows from the shape."""
