@@ -97,20 +97,23 @@ def sign_ste(x: torch.Tensor, estimator: str = "clipped") -> torch.Tensor:
 
 class _SignEDE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, k: float, t: float) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.k, ctx.t = k, t
+    def forward(ctx, x: torch.Tensor, k: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, k, t)
         return sign(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        k, t = ctx.k, ctx.t
+        x, k, t = ctx.saved_tensors
         return grad * (k * t) * (1.0 - torch.tanh(x * t).square()), None, None
 
 
-def sign_ede(x: torch.Tensor, k: float, t: float) -> torch.Tensor:
-    """IR-Net's Error Decay Estimator: ``sign(x)`` forward, ``k·t·(1 − tanh²(t·x))`` backward."""
+def sign_ede(x: torch.Tensor, k: float | torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """IR-Net's Error Decay Estimator: ``sign(x)`` forward, ``k·t·(1 − tanh²(t·x))`` backward.
+
+    ``k`` and ``t`` may be numbers or 0-d tensors (a quantizer passes tensors, so that changing them
+    does not make torch.compile recompile).
+    """
+    k, t = (torch.as_tensor(v, device=x.device) for v in (k, t))
     return _SignEDE.apply(x, k, t)
 
 

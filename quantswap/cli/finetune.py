@@ -45,6 +45,7 @@ HELP = {
     "max_steps": "stop after this many optimizer steps",
     "save_every": "steps between mid-epoch checkpoints (0: epoch ends only)",
     "push_to_hub": "ORG/NAME: push the packed model at the end",
+    "compile": "torch.compile the training model (inductor; the first steps pay the compilation)",
 }
 
 

@@ -4,7 +4,7 @@
   ``Ŵ_std = Ŵ / std(Ŵ)`` (unbiased std, as in the code; mean and std are differentiated), scale
   ``s = 2^round(log2(mean|Ŵ_std|))`` (detached), ``Q_w = s · sign(Ŵ_std)``. The code has no ε: a
   constant filter divides by zero. quantswap computes in float32 and gives a filter whose std is
-  below ``1e-6 · max|W|`` (a constant one, whatever the constant) a zero weight; a filter of one
+  below ``1e-6 · |mean W|`` (a constant one, whatever the constant) a zero weight; a filter of one
   weight uses the biased std (0).
 * Backward through ``sign`` (weights and activations): the Error Decay Estimator
   ``k·t·(1 − tanh²(t·x))``, with ``t = T_min·10^(p·log10(T_max/T_min))`` and ``k = max(1/t, 1)`` at
@@ -54,16 +54,17 @@ class IRNetWeight(BinaryWeightQuantizer, EDEScheduled):
     def standardize(w: torch.Tensor) -> torch.Tensor:
         """Per output channel ``(W − mean W) / std(W − mean W)``, in float32 at least (float64 stays).
 
-        A filter whose spread is below float32 rounding of its values (``std <= 1e-6 · max|W|``: a
+        A filter whose spread is below float32 rounding of its values (``std <= 1e-6 · |mean W|``: a
         constant filter, whatever the constant) standardizes to 0, so its quantized weight is 0.
         """
         flat = w.flatten(1).to(torch.promote_types(w.dtype, torch.float32))
-        balanced = flat - flat.mean(dim=1, keepdim=True)
+        mean = flat.mean(dim=1, keepdim=True)
+        balanced = flat - mean
         correction = 1 if flat.shape[1] > 1 else 0  # a one-weight filter: std 0, not NaN
         std = balanced.std(dim=1, correction=correction, keepdim=True)
-        constant = std <= 1e-6 * flat.abs().amax(dim=1, keepdim=True)
-        standardized = balanced / torch.where(constant, torch.ones_like(std), std)
-        return torch.where(constant, torch.zeros_like(standardized), standardized).view(w.shape)
+        constant = std <= 1e-6 * mean.abs()
+        safe = torch.where(constant, torch.ones_like(std), std)  # per channel: cheap, and no 0 * inf backward
+        return (balanced * torch.where(constant, torch.zeros_like(std), 1.0 / safe)).view(w.shape)
 
     @staticmethod
     def power_of_two_scale(w_std: torch.Tensor) -> torch.Tensor:
@@ -71,7 +72,7 @@ class IRNetWeight(BinaryWeightQuantizer, EDEScheduled):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         w_std = self.standardize(w)
-        return (self.power_of_two_scale(w_std) * QF.sign_ede(w_std, self.k, self.t)).to(w.dtype)
+        return (self.power_of_two_scale(w_std) * QF.sign_ede(w_std, self.kt[0], self.kt[1])).to(w.dtype)
 
     @torch.no_grad()
     def binarize(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

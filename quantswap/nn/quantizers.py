@@ -51,10 +51,14 @@ class EDEScheduled(ScheduledQuantizer):
     def __init__(self, t_min: float = 0.1, t_max: float = 10.0):
         super().__init__()
         self.t_min, self.t_max = t_min, t_max
+        # (k, t) also as a tensor, which the forward reads: torch.compile guards on Python numbers, so a
+        # schedule held only in floats would recompile the model at every step. Not in the state dict.
+        self.register_buffer("kt", torch.zeros(2), persistent=False)
         self.set_progress(0.0)
 
     def set_progress(self, progress: float) -> None:
         self.k, self.t = QF.ede_schedule(progress, self.t_min, self.t_max)
+        self.kt.copy_(torch.tensor((self.k, self.t), dtype=self.kt.dtype))
 
     def extra_repr(self) -> str:
         return f"k={self.k:.4g}, t={self.t:.4g}"
@@ -165,4 +169,4 @@ class EDESignActivation(EDEScheduled):
     """``sign(x)`` with IR-Net's Error Decay Estimator, scheduled from ``t_min`` to ``t_max``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return QF.sign_ede(x, self.k, self.t)
+        return QF.sign_ede(x, self.kt[0], self.kt[1])

@@ -100,6 +100,7 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = False
+    compile: bool = False  # torch.compile the training model (the first steps pay the compilation)
     sync_bn: bool = False
     workers: int = 0
     max_steps: int | None = None

@@ -118,6 +118,8 @@ class Trainer:
         if cfg.max_steps is not None:
             self.total_steps = min(cfg.max_steps, self.total_steps)
         self.train_model = nn.parallel.DistributedDataParallel(self.model) if self.dist.distributed else self.model
+        if cfg.compile:  # the training forward only; validation and checkpoints use the module itself
+            self.train_model = torch.compile(self.train_model)
 
     # -- what last.pt holds of the trainer ----------------------------------------------------------
 

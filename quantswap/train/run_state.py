@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -38,13 +37,12 @@ __all__ = ["RunState", "RunFolder", "RunInUseError", "STATE_NAME", "BEST_NAME", 
 
 STATE_NAME, BEST_NAME, METRICS_NAME, ARGS_NAME, LOCK_NAME = "last.pt", "best.pt", "metrics.jsonl", "args.yaml", ".lock"
 #: Options a ``--resume`` may change: where and how it runs, not what it trains.
-RESUMABLE = frozenset({"resume", "overwrite", "device", "workers", "save_every", "push_to_hub", "data_root",
+RESUMABLE = frozenset({"resume", "overwrite", "device", "workers", "save_every", "push_to_hub", "data_root", "compile",
                        "eval_parent", "output"})
 
 
 class RunInUseError(FileExistsError):
     """Another process is running in the run folder."""
-_logger = logging.getLogger(__name__)
 
 
 class _Checkpointable(Protocol):
