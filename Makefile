@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/checkpoint_size.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/eval_latency.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/compile_speed.py --output BENCHMARKS.md
+	$(BIN)/python benchmarks/saved_memory.py --output BENCHMARKS.md
 
 # Every method fine-tuned from one FP parent on Fashion-MNIST (about 60 minutes on 2 CPU cores; runs are
 # cached in runs/accuracy, so an interrupted run continues), then the zoo exported from it into hub/.
