@@ -3,6 +3,7 @@ one section of BENCHMARKS.md while leaving the others as they are."""
 
 from __future__ import annotations
 
+import argparse
 import platform
 import re
 from pathlib import Path
@@ -32,6 +33,18 @@ VARIANTS = {v.config().label: {"method": v.method, **v.options} for v in quantsw
 def convert(model: nn.Module, options: dict) -> nn.Module:
     """Swap ``model`` with a variant's options."""
     return quantswap.swap(model, quantswap.config_for(**options))
+
+
+def arguments(doc: str, **numbers: int) -> argparse.Namespace:
+    """A benchmark's command line: ``--output FILE`` and an integer option per ``numbers`` (name=default);
+    seeds torch so every run starts alike."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in numbers.items():
+        parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--output", default=None, help="write the markdown section to this file")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    return args
 
 
 def publish(lines: list[str], heading: str, output: str | None) -> None:

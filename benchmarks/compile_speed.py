@@ -11,43 +11,35 @@ Usage: python benchmarks/compile_speed.py [--steps 10] [--output BENCHMARKS.md]
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
-from _common import VARIANTS, convert, machine, publish
+from _common import VARIANTS, arguments, convert, machine, publish
 from swap_overhead import step_seconds
 from torchvision.models import resnet18
 
 
-def compiled_step(model, steps):
-    """(median step seconds, seconds spent compiling) of ``torch.compile(model)``."""
-    compiled = torch.compile(model)
+def compiled(model):
+    """``(torch.compile(model), seconds it took)``: one step compiles forward and backward."""
+    model = torch.compile(model)
     start = time.perf_counter()
-    step_seconds(compiled, steps=1, warmup=1)  # compiles forward and backward
-    compile_seconds = time.perf_counter() - start
-    return step_seconds(compiled, steps), compile_seconds
+    step_seconds(model, steps=1, warmup=1)
+    return model, time.perf_counter() - start
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--output", default=None, help="write the markdown section to this file")
-    args = parser.parse_args()
-    torch.manual_seed(0)
+    args = arguments(__doc__, steps=10)
     base = resnet18()
-    fp_compiled = torch.compile(resnet18())
-    start = time.perf_counter()
-    step_seconds(fp_compiled, steps=1, warmup=1)
-    fp_compile_s = time.perf_counter() - start
+    fp_compiled, fp_compile_s = compiled(resnet18())
     rows, fp_eagers, fp_compileds = [], [], []
     for name, options in VARIANTS.items():  # each timed right after the float model: drift hits both alike
         fp_eager = step_seconds(base, args.steps)
         eager = step_seconds(convert(base, options), args.steps)
         fp_comp = step_seconds(fp_compiled, args.steps)
-        compiled, compile_s = compiled_step(convert(base, options), args.steps)
-        rows.append((name, eager / fp_eager, compiled / fp_comp, compiled / fp_eager, compile_s))
+        model, compile_s = compiled(convert(base, options))
+        comp = step_seconds(model, args.steps)
+        rows.append((name, eager / fp_eager, comp / fp_comp, comp / fp_eager, compile_s))
         fp_eagers.append(fp_eager)
         fp_compileds.append(fp_comp)
     fp_eager, fp_compiled_s = statistics.median(fp_eagers), statistics.median(fp_compileds)

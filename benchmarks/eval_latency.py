@@ -10,12 +10,11 @@ Usage: python benchmarks/eval_latency.py [--iters 20] [--output BENCHMARKS.md]
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
-from _common import VARIANTS, convert, machine, publish
+from _common import VARIANTS, arguments, convert, machine, publish
 from torchvision.models import resnet18
 
 import quantswap
@@ -44,11 +43,7 @@ def touch(model):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--output", default=None, help="write the markdown section to this file")
-    args = parser.parse_args()
-    torch.manual_seed(0)
+    args = arguments(__doc__, iters=20)
     x = torch.randn(1, 3, 224, 224)
     base = resnet18().eval()
     rows, fps = [], []

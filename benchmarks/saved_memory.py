@@ -11,10 +11,8 @@ Usage: python benchmarks/saved_memory.py [--output BENCHMARKS.md]
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from _common import VARIANTS, convert, machine, publish
+from _common import VARIANTS, arguments, convert, machine, publish
 from torchvision.models import resnet18
 
 
@@ -33,10 +31,7 @@ def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default=None, help="write the markdown section to this file")
-    args = parser.parse_args()
-    torch.manual_seed(0)
+    args = arguments(__doc__)
     x = torch.randn(32, 3, 64, 64)
     base = resnet18()
     fp = saved_bytes(base, x)

@@ -9,12 +9,11 @@ Usage: python benchmarks/swap_overhead.py [--steps 10] [--output BENCHMARKS.md]
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
-from _common import VARIANTS, convert, machine, publish
+from _common import VARIANTS, arguments, convert, machine, publish
 from torchvision.models import mobilenet_v3_large, resnet18, resnet50
 
 import quantswap
@@ -54,11 +53,7 @@ def step_seconds(model, steps, warmup=3):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--output", default=None, help="write the markdown section to this file")
-    args = parser.parse_args()
-    torch.manual_seed(0)
+    args = arguments(__doc__, steps=10)
 
     swaps = {name: swap_seconds(build) for name, build in
              [("resnet18", resnet18), ("resnet50", resnet50), ("mobilenet_v3_large", mobilenet_v3_large)]}

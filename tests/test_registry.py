@@ -43,6 +43,7 @@ def test_registering_checks_the_method_facts():
     import dataclasses
 
     from quantswap.config import QuantConfig, Variant
+    from quantswap.methods.xnor import XnorWeight
 
     @dataclasses.dataclass
     class NoKind(QuantConfig):
@@ -50,7 +51,7 @@ def test_registering_checks_the_method_facts():
         kind = "quaternary"
 
         def weight_quantizer(self, layer):
-            raise NotImplementedError
+            return XnorWeight()
 
     with pytest.raises(ValueError, match="kind must be one of"):
         quantswap.register_method(NoKind)
