@@ -52,11 +52,10 @@ def _metadata(config: CheckpointConfig, name: str) -> ModelCardData:
     base = None
     if source == "timm":
         base = data_config.get("hf_hub_id") or f"timm/{arch}"
-    tag = quant.precision if quant.kind == "binary" else f"ternary-t{quant.precision.removeprefix('t=')}"
     return ModelCardData(
         library_name="quantswap",
         license=config.license or data_config.get("license") or "other",
-        tags=["quantswap", quant.kind, quant.method, tag, source, arch, "image-classification"],
+        tags=["quantswap", quant.kind, quant.method, quant.tag, source, arch, "image-classification"],
         pipeline_tag="image-classification",
         datasets=[hub_dataset] if hub_dataset else None,
         base_model=base,

@@ -289,15 +289,13 @@ def verify(folder: str | os.PathLike) -> CheckpointConfig:
     """Check a checkpoint folder without building it for real: its config, its weights' header and
     digest, and that the file holds exactly the tensors the config's model needs (``CheckpointError``
     otherwise). Fast and small whatever the config claims; :func:`quantswap.push_to_hub` runs it."""
-    config, path, header, packed, latent_keys = _inspect(Path(folder))
-    expected = _meta_state(config, bool(latent_keys))
-    if expected is not None:
-        check_layout(path, header, packed, expected, latent_keys)
-    return config
+    return _inspect(Path(folder))[0]
 
 
-def _inspect(folder: Path) -> tuple[CheckpointConfig, Path, dict, dict, set[str]]:
-    """The config, the weights file, its header and packing, and the keys only a latent checkpoint has."""
+def _inspect(folder: Path) -> tuple[CheckpointConfig, Path, dict, dict, set[str], bool]:
+    """The config, the weights file, its header and packing, the keys only a latent checkpoint has, and
+    whether the layout was checked already (against the meta-device model; not where a builder needs
+    real tensors)."""
     if not folder.is_dir():
         raise CheckpointNotFoundError(f"no checkpoint folder at {folder}")
     config = read_config(folder)
@@ -309,7 +307,11 @@ def _inspect(folder: Path) -> tuple[CheckpointConfig, Path, dict, dict, set[str]
     layer_names = [key.removesuffix(CODES_KEY) for key in packed]  # "layer1.0.conv1." per packed layer
     latent = any(name + "weight" in header for name in layer_names)
     frozen_only = {name + CODES_KEY for name in layer_names} | {name + SCALE_KEY for name in layer_names}
-    return config, path, header, packed, frozen_only if latent else set()
+    latent_keys = frozen_only if latent else set()
+    meta = _meta_state(config, latent)
+    if meta is not None:
+        check_layout(path, header, packed, meta, latent_keys)
+    return config, path, header, packed, latent_keys, meta is not None
 
 
 def load_pretrained(folder: str | os.PathLike) -> nn.Module:
@@ -321,13 +323,10 @@ def load_pretrained(folder: str | os.PathLike) -> nn.Module:
     model. ``model.meta["quantswap_checkpoint"]`` holds its :class:`CheckpointConfig`. Use
     :func:`quantswap.from_pretrained` for Hub ids as well.
     """
-    config, path, header, packed, latent_keys = _inspect(Path(folder))
-    meta = _meta_state(config, bool(latent_keys))
-    if meta is not None:
-        check_layout(path, header, packed, meta, latent_keys)
+    config, path, header, packed, latent_keys, checked = _inspect(Path(folder))
     model = _build(config, bool(latent_keys))
     expected = model.state_dict()
-    if meta is None:
+    if not checked:
         check_layout(path, header, packed, expected, latent_keys)
     roles = {key: role for key, (_, role) in quantized_weight_keys(model).items()}
     model.load_state_dict(state_to_load(path, read_tensors(path), packed, expected, roles), strict=True)

@@ -158,6 +158,11 @@ class QuantConfig(abc.ABC):
         return f"{self.method} {self.precision}"
 
     @property
+    def tag(self) -> str:
+        """The precision as a Hub tag: ``"W1/A1"``; a ternary config says ``"ternary-t2"``."""
+        return self.precision
+
+    @property
     def description(self) -> str:
         """The precision spelled out for a model card: ``"W1/A1"``, ``"ternary t=2 (W2x2/A32)"``."""
         return self.precision

@@ -129,5 +129,9 @@ class TernaryConfig(QuantConfig):
         return f"t={self.expansion}"
 
     @property
+    def tag(self) -> str:
+        return f"ternary-t{self.expansion}"
+
+    @property
     def description(self) -> str:
         return f"ternary t={self.expansion} (W2x{self.expansion}/A32)"

@@ -44,7 +44,7 @@ _RANGES: dict[str, tuple[type, float, float]] = {
 
 def _check_number(name: str, value: Any) -> None:
     """``value`` is a finite number of the option's kind within its range (``None`` is the default)."""
-    if value is None and name in ("num_classes", "image_size", "train_subset", "val_subset", "max_steps", "clip_grad"):
+    if value is None and _DEFAULTS[name] is None:  # an option whose default is None may stay unset
         return
     kind, low, high = _RANGES[name]
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -168,6 +168,9 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
