@@ -1,0 +1,318 @@
+// quantswap's packed binary kernels: W1/A1 convolution and linear layers by XOR + popcount.
+//
+// Both operands are {-1, +1}, stored one bit each (1 for -1, the sign bit), packed along input
+// channels into 64-bit words. A dot product of K such values is K - 2 * popcount(a XOR w). A
+// zero-padded tap of the convolution contributes 0 (PyTorch pads sign(x) with zeros, not with -1
+// or +1), so every output position counts only its valid taps: K = valid taps * channels per group.
+// The result is exact integer arithmetic; the output transform y = float(K - 2 * acc) * alpha + bias
+// rounds twice, as the pure-PyTorch reference (quantswap/kernels/reference.py) does.
+//
+// Layouts (see quantswap/kernels/layout.py, which packs the weights):
+//   weights     int64 [G, OB, KH, KW, WG, 8]: group, block of 8 output channels, tap, word, lane
+//   activations int64 [N, H, W, G, WG], packed here from float32 x (any strides)
+//
+// The inner loop is compiled three times (AVX-512 VPOPCNTDQ, AVX2, portable C++) and picked at run
+// time from the CPU's features; `set_isa` lowers the choice (for tests and benchmarks). Work is split
+// with at::parallel_for, so it uses the threads torch.get_num_threads() reports.
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace quantswap {
+namespace {
+
+enum Isa : int64_t { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+constexpr int kLanes = 8;  // output channels per weight block
+
+int64_t best_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq")) return kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) return kAvx2;
+  return kPortable;
+}
+
+std::atomic<int64_t> g_isa{-1};
+
+int64_t active_isa() {
+  int64_t isa = g_isa.load(std::memory_order_relaxed);
+  if (isa < 0) {
+    isa = best_isa();
+    g_isa.store(isa, std::memory_order_relaxed);
+  }
+  return isa;
+}
+
+// Sets the instruction set the kernels use (at most what the CPU has; -1: the best it has) and returns it.
+int64_t set_isa(int64_t isa) {
+  const int64_t best = best_isa();
+  const int64_t chosen = isa < 0 ? best : std::min(isa, best);
+  g_isa.store(chosen, std::memory_order_relaxed);
+  return chosen;
+}
+
+int64_t isa() { return active_isa(); }
+
+// ---------------------------------------------------------------------------------------------------
+// Dot products of one activation word run against a block of 8 weight words (8 output channels).
+
+struct Geometry {
+  int64_t H, W, G, WG, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw;
+};
+
+// The valid taps of output position (oh, ow): `tap` indexes the kernel, `pos` the input position.
+// (A macro, not a lambda: a lambda would not inherit the ISA's target attribute below.)
+#define QUANTSWAP_FOR_EACH_TAP(g, oh, ow, tap, pos)                                     \
+  for (int64_t kh = 0, ih = (oh) * (g).sh - (g).ph; kh < (g).KH; ++kh, ih += (g).dh)    \
+    if (ih >= 0 && ih < (g).H)                                                          \
+      for (int64_t kw = 0, iw = (ow) * (g).sw - (g).pw; kw < (g).KW; ++kw, iw += (g).dw) \
+        if (iw >= 0 && iw < (g).W)                                                      \
+          for (int64_t tap = kh * (g).KW + kw, pos = ih * (g).W + iw, once = 1; once; once = 0)
+
+// Each row kernel fills acc[ow * 8 + lane] with the popcount sums of output row `oh` for one block
+// of 8 output channels, and taps[ow] with the number of valid taps at each position.
+
+void row_portable(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int64_t grp, int64_t oh,
+                  int64_t* acc, int32_t* taps) {
+  const int64_t tap_words = g.WG * kLanes;
+  for (int64_t ow = 0; ow < g.OW; ++ow) {
+    int64_t sum[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int32_t n = 0;
+    QUANTSWAP_FOR_EACH_TAP(g, oh, ow, tap, pos) {
+      ++n;
+      const uint64_t* a = act + (pos * g.G + grp) * g.WG;
+      const uint64_t* w = wblk + tap * tap_words;
+      for (int64_t j = 0; j < g.WG; ++j)
+        for (int l = 0; l < kLanes; ++l) sum[l] += __builtin_popcountll(a[j] ^ w[j * kLanes + l]);
+    }
+    std::memcpy(acc + ow * kLanes, sum, sizeof(sum));
+    taps[ow] = n;
+  }
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx2,popcnt")
+
+// Popcount of 4 x 64 bits by nibble lookup (Mula, Kurz, Lemire), summed per 64-bit lane.
+inline __m256i popcount_avx2(__m256i v) {
+  const __m256i lookup = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1,
+                                          2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i lo = _mm256_shuffle_epi8(lookup, _mm256_and_si256(v, low));
+  const __m256i hi = _mm256_shuffle_epi8(lookup, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+  return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
+}
+
+void row_avx2(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int64_t grp, int64_t oh, int64_t* acc,
+              int32_t* taps) {
+  const int64_t tap_words = g.WG * kLanes;
+  for (int64_t ow = 0; ow < g.OW; ++ow) {
+    __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+    int32_t n = 0;
+    QUANTSWAP_FOR_EACH_TAP(g, oh, ow, tap, pos) {
+      ++n;
+      const uint64_t* a = act + (pos * g.G + grp) * g.WG;
+      const uint64_t* w = wblk + tap * tap_words;
+      for (int64_t j = 0; j < g.WG; ++j) {
+        const __m256i x = _mm256_set1_epi64x(static_cast<long long>(a[j]));
+        const __m256i* wj = reinterpret_cast<const __m256i*>(w + j * kLanes);
+        s0 = _mm256_add_epi64(s0, popcount_avx2(_mm256_xor_si256(x, _mm256_loadu_si256(wj))));
+        s1 = _mm256_add_epi64(s1, popcount_avx2(_mm256_xor_si256(x, _mm256_loadu_si256(wj + 1))));
+      }
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + ow * kLanes), s0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + ow * kLanes + 4), s1);
+    taps[ow] = n;
+  }
+}
+
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vpopcntdq")
+
+void row_avx512(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int64_t grp, int64_t oh, int64_t* acc,
+                int32_t* taps) {
+  const int64_t tap_words = g.WG * kLanes;
+  for (int64_t ow = 0; ow < g.OW; ++ow) {
+    __m512i s = _mm512_setzero_si512();
+    int32_t n = 0;
+    QUANTSWAP_FOR_EACH_TAP(g, oh, ow, tap, pos) {
+      ++n;
+      const uint64_t* a = act + (pos * g.G + grp) * g.WG;
+      const uint64_t* w = wblk + tap * tap_words;
+      for (int64_t j = 0; j < g.WG; ++j) {
+        const __m512i x = _mm512_set1_epi64(static_cast<long long>(a[j]));
+        s = _mm512_add_epi64(s, _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_loadu_si512(w + j * kLanes))));
+      }
+    }
+    _mm512_storeu_si512(acc + ow * kLanes, s);
+    taps[ow] = n;
+  }
+}
+
+#pragma GCC pop_options
+#undef QUANTSWAP_FOR_EACH_TAP
+
+using RowFn = void (*)(const Geometry&, const uint64_t*, const uint64_t*, int64_t, int64_t, int64_t*, int32_t*);
+
+RowFn row_kernel(int64_t isa) {
+  switch (isa) {
+    case kAvx512: return row_avx512;
+    case kAvx2: return row_avx2;
+    default: return row_portable;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Packing sign(x): bit c % 64 of word c / 64 is 1 where x < 0 (or NaN, as quantswap's float sign).
+
+inline uint64_t negative_bit(float v, int64_t bit) { return static_cast<uint64_t>(!(v >= 0.f)) << bit; }
+
+// x float32 [N, C, H, W] with any strides -> words [N, H, W, G, WG].
+at::Tensor pack_signs(const at::Tensor& x, int64_t groups) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t cg = C / groups, WG = (cg + 63) / 64;
+  auto out = at::zeros({N, H, W, groups, WG}, x.options().dtype(at::kLong));
+  const float* src = x.data_ptr<float>();
+  uint64_t* dst = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
+  const int64_t words = groups * WG;
+  at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / H, h = row % H;
+      const float* xr = src + n * sn + h * sh;
+      uint64_t* d = dst + row * W * words;
+      if (sc == 1) {  // channels_last: each position's channels are contiguous
+        for (int64_t w = 0; w < W; ++w) {
+          const float* px = xr + w * sw;
+          for (int64_t grp = 0; grp < groups; ++grp)
+            for (int64_t j = 0; j < WG; ++j) {
+              uint64_t word = 0;
+              const int64_t c0 = grp * cg + j * 64, c1 = std::min(c0 + 64, (grp + 1) * cg);
+              for (int64_t c = c0; c < c1; ++c) word |= negative_bit(px[c], c - c0);
+              d[w * words + grp * WG + j] = word;
+            }
+        }
+      } else {  // one channel plane row at a time, setting one bit in every position's word
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t grp = c / cg, k = c % cg;
+          const float* pc = xr + c * sc;
+          uint64_t* dw = d + grp * WG + k / 64;
+          const int64_t bit = k % 64;
+          for (int64_t w = 0; w < W; ++w) dw[w * words] |= negative_bit(pc[w * sw], bit);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+void check_operands(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
+                    const std::optional<at::Tensor>& bias, int64_t out_channels) {
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() && alpha.device().is_cpu(),
+              "quantswap packed kernels run on the CPU; move the model with .cpu(), or freeze(model, backend='float')");
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "packed binary layers take float32 input, got ", x.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == at::kLong && weight.dim() == 6 && weight.size(5) == kLanes && weight.is_contiguous(),
+              "weight must be the int64 [G, OB, KH, KW, WG, 8] layout of quantswap.kernels.pack_weight");
+  TORCH_CHECK(alpha.scalar_type() == at::kFloat && alpha.dim() == 1 && alpha.size(0) == out_channels &&
+                  alpha.is_contiguous(),
+              "alpha must be a contiguous float32 vector of ", out_channels, " per-output-channel scales");
+  if (bias.has_value())
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == out_channels &&
+                    bias->is_contiguous(),
+                "bias must be a contiguous float32 vector of ", out_channels, " values");
+}
+
+at::Tensor bconv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
+                   const std::optional<at::Tensor>& bias, int64_t in_channels, at::IntArrayRef stride,
+                   at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const int64_t out_channels = alpha.numel();
+  check_operands(x, weight, alpha, bias, out_channels);
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == in_channels, "expected input [N, ", in_channels, ", H, W], got ",
+              x.sizes());
+  const int64_t G = weight.size(0), OB = weight.size(1), KH = weight.size(2), KW = weight.size(3),
+                WG = weight.size(4);
+  TORCH_CHECK(in_channels % G == 0 && out_channels % G == 0, "channels must divide into ", G, " groups");
+  const int64_t cg = in_channels / G, og = out_channels / G;
+  TORCH_CHECK(WG == (cg + 63) / 64 && OB == (og + kLanes - 1) / kLanes, "weight layout does not fit ", in_channels,
+              " -> ", out_channels, " channels in ", G, " groups");
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, "stride, padding, dilation: 2 ints each");
+  Geometry g{x.size(2), x.size(3), G, WG, KH, KW, 0, 0, stride[0], stride[1], padding[0], padding[1],
+             dilation[0], dilation[1]};
+  TORCH_CHECK(g.sh > 0 && g.sw > 0 && g.dh > 0 && g.dw > 0 && g.ph >= 0 && g.pw >= 0, "invalid stride/padding/dilation");
+  g.OH = (g.H + 2 * g.ph - g.dh * (KH - 1) - 1) / g.sh + 1;
+  g.OW = (g.W + 2 * g.pw - g.dw * (KW - 1) - 1) / g.sw + 1;
+  TORCH_CHECK(g.OH > 0 && g.OW > 0, "input ", x.sizes(), " is smaller than the kernel");
+  const int64_t N = x.size(0);
+
+  const at::Tensor packed = pack_signs(x, G);
+  const bool channels_last = x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
+  at::Tensor out = at::empty({N, out_channels, g.OH, g.OW},
+                             x.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
+                                                                     : at::MemoryFormat::Contiguous));
+  const uint64_t* act = reinterpret_cast<const uint64_t*>(packed.data_ptr<int64_t>());
+  const uint64_t* wts = reinterpret_cast<const uint64_t*>(weight.data_ptr<int64_t>());
+  const float* a = alpha.data_ptr<float>();
+  const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* y = out.data_ptr<float>();
+  const int64_t so = out.stride(1), sy = out.stride(2), sx = out.stride(3), sn = out.stride(0);
+  const int64_t block_words = KH * KW * WG * kLanes;
+  const RowFn row = row_kernel(active_isa());
+
+  // One task: an output row of one block of 8 output channels in one image.
+  at::parallel_for(0, N * G * OB * g.OH, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> acc(g.OW * kLanes);
+    std::vector<int32_t> taps(g.OW);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t oh = task % g.OH, ob = (task / g.OH) % OB, grp = (task / (g.OH * OB)) % G,
+                    n = task / (g.OH * OB * G);
+      row(g, act + n * g.H * g.W * G * WG, wts + (grp * OB + ob) * block_words, grp, oh, acc.data(), taps.data());
+      const int64_t lanes = std::min<int64_t>(kLanes, og - ob * kLanes);
+      for (int64_t l = 0; l < lanes; ++l) {
+        const int64_t o = grp * og + ob * kLanes + l;
+        float* yo = y + n * sn + o * so + oh * sy;
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const float dot = static_cast<float>(taps[ow] * cg - 2 * acc[ow * kLanes + l]);
+          float v = dot * a[o];
+          if (b != nullptr) v = v + b[o];
+          yo[ow * sx] = v;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor blinear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
+                   const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2, "blinear takes a 2-D input [N, in_features], got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 6 && weight.size(0) == 1 && weight.size(2) == 1 && weight.size(3) == 1,
+              "blinear's weight is the layout of a 1x1, one-group convolution");
+  const at::Tensor y = bconv2d(x.reshape({x.size(0), x.size(1), 1, 1}), weight, alpha, bias, x.size(1), {1, 1}, {0, 0},
+                               {1, 1});
+  return y.view({x.size(0), alpha.numel()});
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(quantswap, CPU, m) {
+  m.impl("bconv2d", &bconv2d);
+  m.impl("blinear", &blinear);
+}
+
+TORCH_LIBRARY_FRAGMENT(quantswap_native, m) {
+  m.def("set_isa(int isa) -> int", &set_isa);
+  m.def("isa() -> int", &isa);
+}
+
+}  // namespace quantswap

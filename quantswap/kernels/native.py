@@ -1,0 +1,127 @@
+"""Building and loading the native CPU kernels (``binary.cpp``), once, at first use.
+
+The C++ source is compiled by ``torch.utils.cpp_extension`` (with ninja and the system's C++
+compiler) into PyTorch's extension cache (``$TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``) and rebuilt only when the source or PyTorch changes. Where it cannot
+be built (no compiler, no ninja, another CPU architecture) or ``QUANTSWAP_KERNELS=reference`` is
+set, the ops keep their pure-PyTorch reference kernels and one warning says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+import quantswap.kernels.ops  # noqa: F401 - the op schemas must exist before the library registers kernels
+
+__all__ = ["KernelInfo", "info", "load", "set_isa", "ISAS"]
+
+logger = logging.getLogger("quantswap")
+
+SOURCE = Path(__file__).with_name("binary.cpp")
+ISAS = ("portable", "avx2", "avx512-vpopcntdq")  # index = the native library's ISA level
+_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]  # no FMA: bit-equal to the reference
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelInfo:
+    """Which kernels the packed ops run on the CPU, and why.
+
+    ``backend`` is ``"native"`` (the compiled C++ kernels) or ``"reference"`` (pure PyTorch);
+    ``isa`` the instruction set the native kernels use; ``threads`` what ``torch.get_num_threads()``
+    gives them; ``reason`` why the reference is used, if it is.
+    """
+
+    backend: str
+    isa: str | None
+    threads: int
+    reason: str = ""
+    library: str | None = None
+
+    def __str__(self) -> str:
+        if self.backend == "native":
+            return f"native ({self.isa}, {self.threads} threads): {self.library}"
+        return f"reference (pure PyTorch): {self.reason}"
+
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+@contextlib.contextmanager
+def _ninja_on_path():
+    """cpp_extension runs ``ninja`` from PATH; the pip package's binary is not on it outside a venv's shell."""
+    try:
+        import ninja
+
+        extra = ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        extra = None
+    old = os.environ.get("PATH", "")
+    if extra:
+        os.environ["PATH"] = os.pathsep.join([extra, old])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
+
+
+def _build() -> str:
+    from torch.utils import cpp_extension
+
+    with _ninja_on_path():
+        cpp_extension.load(name="quantswap_kernels", sources=[str(SOURCE)], extra_cflags=_FLAGS,
+                           extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+    return str(Path(cpp_extension._get_build_directory("quantswap_kernels", False)) / "quantswap_kernels.so")
+
+
+def load() -> KernelInfo:
+    """Build (first time) and load the native kernels; never raises. Returns :func:`info`."""
+    with _lock:
+        if "library" not in _state and "reason" not in _state:
+            if os.environ.get("QUANTSWAP_KERNELS", "auto") == "reference":
+                _state["reason"] = "QUANTSWAP_KERNELS=reference is set"
+            else:
+                try:
+                    _state["library"] = _build()
+                except Exception as err:  # noqa: BLE001 - any build failure means: use the reference
+                    _state["reason"] = f"the native kernels could not be built ({type(err).__name__}: {err})".strip()
+            if "reason" in _state:
+                warnings.warn(f"quantswap packed layers use the pure-PyTorch reference kernels, about as fast as "
+                              f"float layers: {_state['reason'][:600]}. Install a C++ compiler (g++) and ninja "
+                              f"for the fast kernels", RuntimeWarning, stacklevel=3)
+    return info()
+
+
+def info() -> KernelInfo:
+    """Which kernels the packed ops use now (does not build anything; see :func:`load`).
+
+    Example:
+        >>> from quantswap import kernels
+        >>> kernels.info().backend in ("native", "reference")
+        True
+    """
+    threads = torch.get_num_threads()
+    if "library" in _state:
+        return KernelInfo("native", ISAS[torch.ops.quantswap_native.isa()], threads, library=_state["library"])
+    return KernelInfo("reference", None, threads, reason=_state.get("reason", "not loaded yet (quantswap.kernels.load())"))
+
+
+def set_isa(isa: str | None) -> str:
+    """Use at most ``isa`` (one of :data:`ISAS`; ``None``: the best the CPU has) in the native kernels.
+
+    For tests and benchmarks; returns the instruction set now in use.
+    """
+    if load().backend != "native":
+        raise RuntimeError(f"the native kernels are not loaded: {info().reason}")
+    level = -1 if isa is None else ISAS.index(isa) if isa in ISAS else None
+    if level is None:
+        raise ValueError(f"unknown instruction set {isa!r}; choose one of {ISAS} or None")
+    return ISAS[torch.ops.quantswap_native.set_isa(level)]
