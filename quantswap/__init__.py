@@ -27,7 +27,10 @@ from quantswap.config import QuantConfig as QuantConfig
 from quantswap.config import Variant as Variant
 from quantswap.config import config_for as config_for
 from quantswap.config import config_from_dict as config_from_dict
+from quantswap import kernels as kernels
+from quantswap.frozen import FreezeReport as FreezeReport
 from quantswap.frozen import freeze as freeze
+from quantswap.frozen import get_freeze_report as get_freeze_report
 from quantswap.frozen import is_frozen as is_frozen
 from quantswap.fx.tracer import UntraceableModelError as UntraceableModelError
 from quantswap.fx.tracer import register_leaf_module as register_leaf_module
@@ -51,6 +54,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointSize",
     "FinetuneConfig",
+    "FreezeReport",
     "IRNetConfig",
     "McDonnellConfig",
     "ModelSummary",
@@ -68,9 +72,11 @@ __all__ = [
     "finetune",
     "freeze",
     "from_pretrained",
+    "get_freeze_report",
     "get_swap_report",
     "is_frozen",
     "is_method",
+    "kernels",
     "list_methods",
     "list_variants",
     "push_to_hub",

@@ -53,7 +53,7 @@ from quantswap.checkpoint_config import (
     StorageConfig,
 )
 from quantswap.checkpoint_file import check_layout, read_header, read_tensors, sha256, state_to_load
-from quantswap.frozen import freeze, is_frozen
+from quantswap.frozen import BACKENDS, freeze, is_frozen
 from quantswap.models import BaseModelSpec, identify_base_model
 from quantswap.nn.layers import CODES_KEY, SCALE_KEY, quantized_weight_keys
 from quantswap.packing import pack
@@ -96,7 +96,7 @@ def _packed_state(
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]], nn.Module]:
     """The tensors to write (codes packed, real tensors in ``storage.fp_dtype``), the packing metadata
     and the frozen model they come from."""
-    frozen = model if is_frozen(model) else freeze(model)
+    frozen = model if is_frozen(model) else freeze(model, backend="float")
     tensors: dict[str, torch.Tensor] = {}
     packed: dict[str, dict[str, Any]] = {}
     roles = quantized_weight_keys(frozen)
@@ -272,7 +272,7 @@ def _build(config: CheckpointConfig, latent: bool) -> nn.Module:
     model = swap(base, config.quantization, inplace=True, leaf_modules=config.leaf_modules)
     if config.data_config is not None:
         model.pretrained_cfg = config.data_config  # timm.data.resolve_data_config(model=...) reads it
-    return model if latent else freeze(model, inplace=True)
+    return model if latent else freeze(model, backend="float", inplace=True)
 
 
 def _meta_state(config: CheckpointConfig, latent: bool) -> dict[str, torch.Tensor] | None:
@@ -314,15 +314,18 @@ def _inspect(folder: Path) -> tuple[CheckpointConfig, Path, dict, dict, set[str]
     return config, path, header, packed, latent_keys, meta is not None
 
 
-def load_pretrained(folder: str | os.PathLike) -> nn.Module:
+def load_pretrained(folder: str | os.PathLike, *, backend: str = "packed") -> nn.Module:
     """Rebuild, unpack and load a checkpoint folder; the model is returned in eval mode.
 
     The file's layout is checked against the model the config describes, built on the meta device,
     before anything is allocated; every value is checked before it is loaded. Without latent weights
-    the result is the frozen inference form; with them (``keep_latent=True``) the trainable swapped
-    model. ``model.meta["quantswap_checkpoint"]`` holds its :class:`CheckpointConfig`. Use
-    :func:`quantswap.from_pretrained` for Hub ids as well.
+    the result is the frozen inference form, its W1/A1 layers on the packed kernels (weights kept as
+    bits) unless ``backend="float"`` (see :func:`quantswap.freeze`); with them (``keep_latent=True``)
+    the trainable swapped model. ``model.meta["quantswap_checkpoint"]`` holds its
+    :class:`CheckpointConfig`. Use :func:`quantswap.from_pretrained` for Hub ids as well.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     config, path, header, packed, latent_keys, checked = _inspect(Path(folder))
     model = _build(config, bool(latent_keys))
     expected = model.state_dict()
@@ -330,5 +333,7 @@ def load_pretrained(folder: str | os.PathLike) -> nn.Module:
         check_layout(path, header, packed, expected, latent_keys)
     roles = {key: role for key, (_, role) in quantized_weight_keys(model).items()}
     model.load_state_dict(state_to_load(path, read_tensors(path), packed, expected, roles), strict=True)
+    if not latent_keys:
+        freeze(model, backend=backend, inplace=True)
     model.meta["quantswap_checkpoint"] = config
     return model.eval()

@@ -1,46 +1,131 @@
-""":func:`freeze`: the inference form of a swapped model."""
+""":func:`freeze`: the inference form of a swapped model, with W1/A1 layers on packed kernels."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 
-from torch import nn
+from torch import fx, nn
 
+from quantswap import kernels
 from quantswap.nn.layers import QuantLayer
+from quantswap.nn.packed import is_packed, pack_layer, packing_obstacle, unpack_layer
 
-__all__ = ["freeze", "is_frozen"]
+__all__ = ["BACKENDS", "FreezeReport", "freeze", "is_frozen", "get_freeze_report"]
+
+logger = logging.getLogger("quantswap")
+
+#: ``"packed"``: W1/A1 layers run the XOR-popcount ops, weights kept as bits; ``"float"``: every
+#: layer keeps a decoded float weight and runs PyTorch's own convolution.
+BACKENDS = ("packed", "float")
 
 
-def freeze(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+@dataclasses.dataclass
+class FreezeReport:
+    """What :func:`freeze` did; stored as ``model.meta["quantswap_freeze"]``.
+
+    ``packed``: the layers running the packed ops; ``decoded``: the other quantized layers, each with
+    the reason it keeps a decoded float weight; ``kernels``: which kernels the packed ops run on.
+    """
+
+    backend: str
+    packed: list[str] = dataclasses.field(default_factory=list)
+    decoded: dict[str, str] = dataclasses.field(default_factory=dict)
+    kernels: kernels.KernelInfo | None = None
+
+    def __str__(self) -> str:
+        lines = [f"freeze(backend={self.backend!r}): {len(self.packed)} layers packed, {len(self.decoded)} decoded"]
+        if self.kernels is not None and self.packed:
+            lines.append(f"  kernels: {self.kernels}")
+        lines += [f"  packed   {name}" for name in self.packed]
+        lines += [f"  decoded  {name}: {why}" for name, why in self.decoded.items()]
+        return "\n".join(lines)
+
+
+def freeze(model: nn.Module, *, backend: str = "packed", inplace: bool = False) -> nn.Module:
     """The inference form of a swapped model: quantized weights computed once, latent weights dropped.
 
-    Every quantized layer keeps its method's integer codes and scales (its state dict) and a weight
-    decoded from them once, so no forward re-quantizes anything. Outputs equal the eval-mode
-    swapped model's bit for bit. The result is in eval mode; it cannot be trained further (swap the
-    float model again for that, or save with ``keep_latent=True``).
+    Every quantized layer keeps its method's integer codes and scales (its state dict). With
+    ``backend="packed"`` (the default) each layer whose weights and inputs are both binary (W1/A1)
+    keeps its weight as bits and runs the packed XOR-popcount op (:mod:`quantswap.kernels`); its
+    output equals the float-decoded layer's up to float32 rounding of the scale (its integer dot
+    products are exact: where one is exactly 0 the float layer may give ±1e-7, whose sign the next
+    binary layer then reads; the packed value is the exact one). Every other layer,
+    and every layer with ``backend="float"``, keeps a weight decoded once to float and gives the
+    eval-mode swapped model's outputs bit for bit. :func:`get_freeze_report` says which layer went
+    which way and why. The result is in eval mode; it cannot be trained further (swap the float model
+    again for that, or save with ``keep_latent=True``). Freezing a frozen model again switches its
+    backend.
 
     Example:
         >>> import torch, quantswap
         >>> from torchvision.models import resnet18
         >>> bnn = quantswap.binarize(resnet18(num_classes=10), method="irnet").eval()
-        >>> fast = quantswap.freeze(bnn)
+        >>> decoded = quantswap.freeze(bnn, backend="float")
         >>> x = torch.randn(2, 3, 32, 32)
-        >>> torch.equal(fast(x), bnn(x)), fast.layer1[0].conv1.weight.requires_grad
+        >>> torch.equal(decoded(x), bnn(x)), decoded.layer1[0].conv1.weight.requires_grad
         (True, False)
-        >>> sorted(k for k in fast.state_dict() if k.startswith("layer1.0.conv1."))
+        >>> sorted(k for k in decoded.state_dict() if k.startswith("layer1.0.conv1."))
         ['layer1.0.conv1.weight_quantizer.codes', 'layer1.0.conv1.weight_quantizer.scale']
+        >>> packed = quantswap.freeze(bnn)
+        >>> report = quantswap.get_freeze_report(packed)
+        >>> len(report.packed), report.decoded, report.packed[0]
+        (16, {}, 'layer1.0.conv1')
+        >>> h = torch.randn(2, 64, 8, 8)
+        >>> torch.allclose(packed.layer1[0].conv1(h), decoded.layer1[0].conv1(h), atol=1e-5)
+        True
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if not any(isinstance(m, QuantLayer) for m in model.modules()):
         raise ValueError("freeze takes a model swapped by quantswap.binarize/ternarize; this one has no quantized layer")
     if not inplace:
         model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, QuantLayer):
-            module.freeze()
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayer)}
+    for layer in layers.values():
+        layer.freeze()
+    report = FreezeReport(backend)
+    if backend == "packed":
+        report.kernels = kernels.load()
+        read_outside = _weights_read_by_graph(model)
+        for name, layer in layers.items():
+            reason = packing_obstacle(layer) or (read_outside.get(name))
+            if reason is None:
+                pack_layer(layer)
+                report.packed.append(name)
+            else:
+                report.decoded[name] = reason
+    else:
+        for name, layer in layers.items():
+            if is_packed(layer):
+                unpack_layer(layer)
+            report.decoded[name] = 'backend="float"'
+    if isinstance(getattr(model, "meta", None), dict):
+        model.meta["quantswap_freeze"] = report
+    logger.debug("%s", report)
     return model.eval()
 
 
+def _weights_read_by_graph(model: nn.Module) -> dict[str, str]:
+    """Layers whose weight the traced graph reads directly (``get_attr``), e.g. torchvision's Swin: they
+    need a materialized weight."""
+    graph = getattr(model, "graph", None)
+    if not isinstance(graph, fx.Graph):
+        return {}
+    return {node.target.removesuffix(".weight"): "its weight is also read outside the layer by the model's graph"
+            for node in graph.nodes if node.op == "get_attr" and node.target.endswith(".weight")}
+
+
+def get_freeze_report(model: nn.Module) -> FreezeReport:
+    """The :class:`FreezeReport` of a model returned by :func:`freeze`; ``ValueError`` for any other."""
+    report = model.meta.get("quantswap_freeze") if isinstance(getattr(model, "meta", None), dict) else None
+    if not isinstance(report, FreezeReport):
+        raise ValueError("this model was not made by quantswap.freeze (or quantswap.from_pretrained)")
+    return report
+
+
 def is_frozen(model: nn.Module) -> bool:
-    """Whether ``model`` holds quantized layers and all of them are frozen."""
+    """Whether ``model`` holds quantized layers and all of them are frozen (packed or decoded)."""
     layers = [m for m in model.modules() if isinstance(m, QuantLayer)]
     return bool(layers) and all(m.is_frozen for m in layers)

@@ -141,6 +141,7 @@ def from_pretrained(
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
     token: str | bool | None = None,
+    backend: str = "packed",
 ) -> nn.Module:
     """Load a quantswap checkpoint from a local folder or a Hub repo id, in eval mode.
 
@@ -153,12 +154,14 @@ def from_pretrained(
         id_or_dir: a folder written by :func:`quantswap.save_pretrained`, or ``"org/name"`` on the Hub.
         revision: a branch, tag or commit sha (Hub only).
         cache_dir, local_files_only, token: as in ``huggingface_hub.hf_hub_download``.
+        backend: ``"packed"`` (W1/A1 layers run the packed XOR-popcount kernels, weights kept as
+            bits) or ``"float"`` (decoded float weights); see :func:`quantswap.freeze`.
     """
     path = Path(id_or_dir)
     name = str(id_or_dir)
     if path.is_dir():
         try:
-            return load_pretrained(path)
+            return load_pretrained(path, backend=backend)
         except CheckpointNotFoundError as err:
             if _looks_like_repo_id(name):  # a local folder shadows the Hub repo of the same name
                 raise CheckpointNotFoundError(f"{err} ({name!r} was read as the local folder {path.resolve()}, "
@@ -171,7 +174,7 @@ def from_pretrained(
     if not _looks_like_repo_id(name):
         raise CheckpointNotFoundError(f"{name!r} is neither a checkpoint folder nor a Hub repo id like 'org/name'")
     folder = download(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
-    return load_pretrained(folder)
+    return load_pretrained(folder, backend=backend)
 
 
 def _card_was_edited(source: Path, config: CheckpointConfig) -> bool:

@@ -32,7 +32,7 @@ def test_frozen_model_equals_eval_model_and_drops_latent_weights(variant):
     bnn = quantswap.swap(resnet18(num_classes=10), variant.config()).train()
     bnn(torch.randn(4, 3, 32, 32))  # move BatchNorm statistics off their initial values
     bnn.eval()
-    fast = quantswap.freeze(bnn)
+    fast = quantswap.freeze(bnn, backend="float")
     x = torch.randn(3, 3, 32, 32)
     assert torch.equal(fast(x), bnn(x))
     assert not fast.training and bnn.layer1[0].conv1.weight.requires_grad  # the input model is untouched
@@ -81,8 +81,8 @@ def test_freeze_is_idempotent_and_inplace_works():
     bnn = quantswap.binarize(resnet18(num_classes=10), method="xnor").eval()
     x = torch.randn(2, 3, 32, 32)
     expected = bnn(x)
-    fast = quantswap.freeze(bnn, inplace=True)
-    assert fast is bnn and torch.equal(quantswap.freeze(fast)(x), expected)
+    fast = quantswap.freeze(bnn, backend="float", inplace=True)
+    assert fast is bnn and torch.equal(quantswap.freeze(fast, backend="float")(x), expected)
 
 
 def test_freeze_refuses_a_float_model():
@@ -108,7 +108,7 @@ def test_eval_mode_reuses_the_quantized_weight_until_the_latent_weight_changes(v
     with torch.no_grad():
         first = model(x)
         assert torch.equal(model(x), first) and len(calls) == 1
-    assert torch.equal(quantswap.freeze(model)(x), first)  # the reused weight is the frozen model's
+    assert torch.equal(quantswap.freeze(model, backend="float")(x), first)  # the reused weight is the frozen model's
     model(x)  # autograd on: quantized afresh (a saliency map needs the estimator's graph)
     assert len(calls) == 2
     with torch.no_grad():

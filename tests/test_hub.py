@@ -113,7 +113,7 @@ def test_cli_push_and_download(minihub, tmp_path, capsys):
     assert main(["download", "testorg/r18-xnor", "--revision", "dev", "--cache-dir", str(tmp_path / "c")]) == 0
     snapshot = capsys.readouterr().out.strip()
     assert sorted(os.listdir(snapshot)) == ["README.md", "config.json", "model.safetensors"]
-    assert torch.equal(quantswap.from_pretrained(snapshot)(X), model(X))
+    assert torch.equal(quantswap.from_pretrained(snapshot, backend="float")(X), model(X))
     assert main(["download", "testorg/does-not-exist", "--cache-dir", str(tmp_path / "c")]) == 2
     assert "no model repo 'testorg/does-not-exist'" in capsys.readouterr().err
 

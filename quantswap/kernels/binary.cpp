@@ -77,25 +77,50 @@ struct Geometry {
         if (iw >= 0 && iw < (g).W)                                                      \
           for (int64_t tap = kh * (g).KW + kw, pos = ih * (g).W + iw, once = 1; once; once = 0)
 
-// Each row kernel fills acc[ow * 8 + lane] with the popcount sums of output row `oh` for one block
-// of 8 output channels, and taps[ow] with the number of valid taps at each position.
+// Each row kernel fills acc[(ow * NB + b) * 8 + lane] with the popcount sums of output row `oh` for
+// NB (1..4) consecutive blocks of 8 output channels, and taps[ow] with the valid taps at each
+// position. Several blocks per pass reuse each activation word and give the CPU NB independent
+// accumulator chains.
 
-void row_portable(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int64_t grp, int64_t oh,
-                  int64_t* acc, int32_t* taps) {
+template <int NB>
+void row_portable(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int64_t block_words, int64_t grp,
+                  int64_t oh, int32_t* acc, int32_t* taps) {
   const int64_t tap_words = g.WG * kLanes;
   for (int64_t ow = 0; ow < g.OW; ++ow) {
-    int64_t sum[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t sum[NB * kLanes] = {};
     int32_t n = 0;
     QUANTSWAP_FOR_EACH_TAP(g, oh, ow, tap, pos) {
       ++n;
       const uint64_t* a = act + (pos * g.G + grp) * g.WG;
-      const uint64_t* w = wblk + tap * tap_words;
-      for (int64_t j = 0; j < g.WG; ++j)
-        for (int l = 0; l < kLanes; ++l) sum[l] += __builtin_popcountll(a[j] ^ w[j * kLanes + l]);
+      for (int b = 0; b < NB; ++b) {
+        const uint64_t* w = wblk + b * block_words + tap * tap_words;
+        for (int64_t j = 0; j < g.WG; ++j)
+          for (int l = 0; l < kLanes; ++l) sum[b * kLanes + l] += __builtin_popcountll(a[j] ^ w[j * kLanes + l]);
+      }
     }
-    std::memcpy(acc + ow * kLanes, sum, sizeof(sum));
+    for (int i = 0; i < NB * kLanes; ++i) acc[ow * NB * kLanes + i] = static_cast<int32_t>(sum[i]);
     taps[ow] = n;
   }
+}
+
+// The output transform of one row: y = float(taps * cg - 2 * acc) * alpha + bias, rounded twice as in
+// the reference. `y` points at out[n, o0, oh, 0]; lanes = output channels of this row that exist.
+struct Emit {
+  const int32_t* acc;
+  const int32_t* taps;
+  int64_t OW, nb, cg, lanes;
+  const float* alpha;
+  const float* bias;
+  float* y;
+  int64_t so, sx;
+};
+
+void emit_portable(const Emit& e) {
+  for (int64_t l = 0; l < e.lanes; ++l)
+    for (int64_t ow = 0; ow < e.OW; ++ow) {
+      const float v = static_cast<float>(e.taps[ow] * e.cg - 2 * e.acc[ow * e.nb * kLanes + l]) * e.alpha[l];
+      e.y[l * e.so + ow * e.sx] = e.bias != nullptr ? v + e.bias[l] : v;
+    }
 }
 
 #pragma GCC push_options
@@ -111,11 +136,57 @@ inline __m256i popcount_avx2(__m256i v) {
   return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
 }
 
-void row_avx2(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int64_t grp, int64_t oh, int64_t* acc,
-              int32_t* taps) {
+// emit_portable, 8 positions x 8 channels at a time: rows of 8 channels, transposed 8 x 8 into
+// rows of 8 positions where the output is NCHW.
+void emit_avx2(const Emit& e) {
+  if (e.sx != 1 && e.so != 1) return emit_portable(e);
+  for (int64_t b = 0; b * kLanes < e.lanes; ++b) {
+    const int64_t nl = std::min<int64_t>(kLanes, e.lanes - b * kLanes);
+    const __m256i lane_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(nl)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 alpha = _mm256_maskload_ps(e.alpha + b * kLanes, lane_mask);
+    const __m256 bias = e.bias != nullptr ? _mm256_maskload_ps(e.bias + b * kLanes, lane_mask) : _mm256_setzero_ps();
+    for (int64_t ow = 0; ow < e.OW; ow += 8) {
+      const int64_t nw = std::min<int64_t>(8, e.OW - ow);
+      __m256 r[8];
+      for (int64_t i = 0; i < 8; ++i) {
+        if (i >= nw) { r[i] = _mm256_setzero_ps(); continue; }
+        const __m256i acc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.acc + ((ow + i) * e.nb + b) * kLanes));
+        const __m256i dot = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(e.taps[ow + i] * e.cg)), _mm256_slli_epi32(acc, 1));
+        r[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), alpha);
+        if (e.bias != nullptr) r[i] = _mm256_add_ps(r[i], bias);
+      }
+      float* y = e.y + b * kLanes * e.so + ow * e.sx;
+      if (e.so == 1) {  // channels_last: a row of channels is contiguous
+        for (int64_t i = 0; i < nw; ++i) _mm256_maskstore_ps(y + i * e.sx, lane_mask, r[i]);
+        continue;
+      }
+      __m256 t[8], u[8];
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+      }
+      const __m256i pos_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(nw)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      for (int64_t l = 0; l < nl; ++l) {
+        const __m256 column = _mm256_permute2f128_ps(u[l % 4], u[l % 4 + 4], l < 4 ? 0x20 : 0x31);
+        _mm256_maskstore_ps(y + l * e.so, pos_mask, column);
+      }
+    }
+  }
+}
+
+template <int NB>
+void row_avx2(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int64_t block_words, int64_t grp,
+              int64_t oh, int32_t* acc, int32_t* taps) {
   const int64_t tap_words = g.WG * kLanes;
   for (int64_t ow = 0; ow < g.OW; ++ow) {
-    __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+    __m256i s[2 * NB];
+    for (int i = 0; i < 2 * NB; ++i) s[i] = _mm256_setzero_si256();
     int32_t n = 0;
     QUANTSWAP_FOR_EACH_TAP(g, oh, ow, tap, pos) {
       ++n;
@@ -123,13 +194,19 @@ void row_avx2(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int6
       const uint64_t* w = wblk + tap * tap_words;
       for (int64_t j = 0; j < g.WG; ++j) {
         const __m256i x = _mm256_set1_epi64x(static_cast<long long>(a[j]));
-        const __m256i* wj = reinterpret_cast<const __m256i*>(w + j * kLanes);
-        s0 = _mm256_add_epi64(s0, popcount_avx2(_mm256_xor_si256(x, _mm256_loadu_si256(wj))));
-        s1 = _mm256_add_epi64(s1, popcount_avx2(_mm256_xor_si256(x, _mm256_loadu_si256(wj + 1))));
+        for (int b = 0; b < NB; ++b) {
+          const __m256i* wj = reinterpret_cast<const __m256i*>(w + b * block_words + j * kLanes);
+          s[2 * b] = _mm256_add_epi64(s[2 * b], popcount_avx2(_mm256_xor_si256(x, _mm256_loadu_si256(wj))));
+          s[2 * b + 1] = _mm256_add_epi64(s[2 * b + 1], popcount_avx2(_mm256_xor_si256(x, _mm256_loadu_si256(wj + 1))));
+        }
       }
     }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + ow * kLanes), s0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + ow * kLanes + 4), s1);
+    const __m256i low_dwords = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    for (int b = 0; b < NB; ++b) {  // int64 lanes -> int32: the low halves of both vectors
+      const __m256i lo = _mm256_permutevar8x32_epi32(s[2 * b], low_dwords);
+      const __m256i hi = _mm256_permutevar8x32_epi32(s[2 * b + 1], low_dwords);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + (ow * NB + b) * kLanes), _mm256_permute2x128_si256(lo, hi, 0x20));
+    }
     taps[ow] = n;
   }
 }
@@ -138,36 +215,141 @@ void row_avx2(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int6
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vpopcntdq")
 
-void row_avx512(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int64_t grp, int64_t oh, int64_t* acc,
-                int32_t* taps) {
+template <int NB>
+inline void border_avx512(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int64_t block_words,
+                          int64_t grp, int64_t oh, int64_t ow, int32_t* acc, int32_t* taps) {
   const int64_t tap_words = g.WG * kLanes;
-  for (int64_t ow = 0; ow < g.OW; ++ow) {
-    __m512i s = _mm512_setzero_si512();
-    int32_t n = 0;
-    QUANTSWAP_FOR_EACH_TAP(g, oh, ow, tap, pos) {
-      ++n;
-      const uint64_t* a = act + (pos * g.G + grp) * g.WG;
-      const uint64_t* w = wblk + tap * tap_words;
-      for (int64_t j = 0; j < g.WG; ++j) {
-        const __m512i x = _mm512_set1_epi64(static_cast<long long>(a[j]));
-        s = _mm512_add_epi64(s, _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_loadu_si512(w + j * kLanes))));
+  __m512i s[NB];
+  for (int b = 0; b < NB; ++b) s[b] = _mm512_setzero_si512();
+  int32_t n = 0;
+  QUANTSWAP_FOR_EACH_TAP(g, oh, ow, tap, pos) {
+    ++n;
+    const uint64_t* a = act + (pos * g.G + grp) * g.WG;
+    const uint64_t* w = wblk + tap * tap_words;
+    for (int64_t j = 0; j < g.WG; ++j) {
+      const __m512i x = _mm512_set1_epi64(static_cast<long long>(a[j]));
+      for (int b = 0; b < NB; ++b)
+        s[b] = _mm512_add_epi64(
+            s[b], _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_loadu_si512(w + b * block_words + j * kLanes))));
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + (ow * NB + b) * kLanes), _mm512_cvtepi64_epi32(s[b]));
+  taps[ow] = n;
+}
+
+// Positions whose taps all lie inside the input take no bounds checks and go two at a time, each
+// weight vector loaded once for both.
+template <int NB>
+void row_avx512(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int64_t block_words, int64_t grp,
+                int64_t oh, int32_t* acc, int32_t* taps) {
+  const int64_t ih0 = oh * g.sh - g.ph;
+  const bool rows_inside = ih0 >= 0 && ih0 + (g.KH - 1) * g.dh < g.H;
+  const int64_t lo = std::min(g.OW, (g.pw + g.sw - 1) / g.sw);
+  const int64_t last = g.W - 1 - (g.KW - 1) * g.dw + g.pw;  // ow * sw may reach this (C++ division truncates)
+  const int64_t hi = rows_inside && last >= 0 ? std::max(lo, std::min(g.OW, last / g.sw + 1)) : lo;
+  const int64_t pos_words = g.G * g.WG, tap_words = g.WG * kLanes, ntaps = g.KH * g.KW;
+  int64_t offset[64];  // word offset of each tap from the position's first tap (kernels up to 8 x 8)
+  const bool fast = ntaps <= 64;
+  for (int64_t kh = 0; fast && kh < g.KH; ++kh)
+    for (int64_t kw = 0; kw < g.KW; ++kw) offset[kh * g.KW + kw] = (kh * g.dh * g.W + kw * g.dw) * pos_words;
+  int64_t ow = 0;
+  for (; ow < lo; ++ow) border_avx512<NB>(g, act, wblk, block_words, grp, oh, ow, acc, taps);
+  if (fast) {
+    for (; ow + 2 <= hi; ow += 2) {
+      const uint64_t* a0 = act + (ih0 * g.W + ow * g.sw - g.pw) * pos_words + grp * g.WG;
+      const uint64_t* a1 = a0 + g.sw * pos_words;
+      __m512i s0[NB], s1[NB];
+      for (int b = 0; b < NB; ++b) s0[b] = s1[b] = _mm512_setzero_si512();
+      for (int64_t t = 0; t < ntaps; ++t) {
+        const uint64_t* w = wblk + t * tap_words;
+        for (int64_t j = 0; j < g.WG; ++j) {
+          const __m512i x0 = _mm512_set1_epi64(static_cast<long long>(a0[offset[t] + j]));
+          const __m512i x1 = _mm512_set1_epi64(static_cast<long long>(a1[offset[t] + j]));
+          for (int b = 0; b < NB; ++b) {
+            const __m512i wv = _mm512_loadu_si512(w + b * block_words + j * kLanes);
+            s0[b] = _mm512_add_epi64(s0[b], _mm512_popcnt_epi64(_mm512_xor_si512(x0, wv)));
+            s1[b] = _mm512_add_epi64(s1[b], _mm512_popcnt_epi64(_mm512_xor_si512(x1, wv)));
+          }
+        }
+      }
+      for (int b = 0; b < NB; ++b) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + (ow * NB + b) * kLanes), _mm512_cvtepi64_epi32(s0[b]));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + ((ow + 1) * NB + b) * kLanes), _mm512_cvtepi64_epi32(s1[b]));
+      }
+      taps[ow] = taps[ow + 1] = static_cast<int32_t>(ntaps);
+    }
+  }
+  for (; ow < g.OW; ++ow) border_avx512<NB>(g, act, wblk, block_words, grp, oh, ow, acc, taps);
+}
+
+// Sign bits of one input row (see pack_signs) with AVX-512 compares: 16 floats give 16 bits at once.
+// Channels contiguous (channels_last): 4 compares per word. Positions contiguous (NCHW): one compare
+// per channel sets that channel's bit in the words of 16 positions.
+void pack_row_avx512(const float* xr, int64_t sc, int64_t sw, int64_t C, int64_t W, int64_t cg, int64_t WG,
+                     uint64_t* d) {
+  const __m512 zero = _mm512_setzero_ps();
+  const int64_t G = C / cg, words = G * WG;
+  for (int64_t grp = 0; grp < G; ++grp)
+    for (int64_t j = 0; j < WG; ++j) {
+      const int64_t c0 = grp * cg + j * 64, width = std::min<int64_t>(64, cg - j * 64);
+      if (sc == 1) {
+        for (int64_t w = 0; w < W; ++w) {
+          const float* px = xr + w * sw + c0;
+          uint64_t word = 0;
+          for (int64_t k = 0; k < width; k += 16) {
+            const __mmask16 valid = width - k >= 16 ? 0xffff : static_cast<__mmask16>((1u << (width - k)) - 1);
+            const __mmask16 neg = _mm512_mask_cmp_ps_mask(valid, _mm512_maskz_loadu_ps(valid, px + k), zero, _CMP_NGE_UQ);
+            word |= static_cast<uint64_t>(neg) << k;
+          }
+          d[w * words + grp * WG + j] = word;
+        }
+      } else {  // sw == 1
+        alignas(64) uint64_t tmp[16];
+        for (int64_t w = 0; w < W; w += 16) {
+          const __mmask16 valid = W - w >= 16 ? 0xffff : static_cast<__mmask16>((1u << (W - w)) - 1);
+          __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+          for (int64_t k = 0; k < width; ++k) {
+            const __m512 v = _mm512_maskz_loadu_ps(valid, xr + (c0 + k) * sc + w);
+            const __mmask16 neg = _mm512_mask_cmp_ps_mask(valid, v, zero, _CMP_NGE_UQ);
+            const __m512i bit = _mm512_set1_epi64(static_cast<long long>(1ull << k));
+            lo = _mm512_mask_or_epi64(lo, static_cast<__mmask8>(neg), lo, bit);
+            hi = _mm512_mask_or_epi64(hi, static_cast<__mmask8>(neg >> 8), hi, bit);
+          }
+          _mm512_store_si512(tmp, lo);
+          _mm512_store_si512(tmp + 8, hi);
+          for (int64_t i = 0; i < 16 && w + i < W; ++i) d[(w + i) * words + grp * WG + j] = tmp[i];
+        }
       }
     }
-    _mm512_storeu_si512(acc + ow * kLanes, s);
-    taps[ow] = n;
-  }
 }
 
 #pragma GCC pop_options
 #undef QUANTSWAP_FOR_EACH_TAP
 
-using RowFn = void (*)(const Geometry&, const uint64_t*, const uint64_t*, int64_t, int64_t, int64_t*, int32_t*);
 
-RowFn row_kernel(int64_t isa) {
+using RowFn = void (*)(const Geometry&, const uint64_t*, const uint64_t*, int64_t, int64_t, int64_t, int32_t*,
+                       int32_t*);
+constexpr int kMaxBlocks = 4;  // blocks of 8 output channels per pass: 4 zmm accumulators
+
+template <template <int> class Kernel>
+RowFn pick(int64_t nb) {
+  switch (nb) {
+    case 4: return Kernel<4>::run;
+    case 3: return Kernel<3>::run;
+    case 2: return Kernel<2>::run;
+    default: return Kernel<1>::run;
+  }
+}
+template <int NB> struct Portable { static constexpr RowFn run = row_portable<NB>; };
+template <int NB> struct Avx2 { static constexpr RowFn run = row_avx2<NB>; };
+template <int NB> struct Avx512 { static constexpr RowFn run = row_avx512<NB>; };
+
+RowFn row_kernel(int64_t isa, int64_t nb) {
   switch (isa) {
-    case kAvx512: return row_avx512;
-    case kAvx2: return row_avx2;
-    default: return row_portable;
+    case kAvx512: return pick<Avx512>(nb);
+    case kAvx2: return pick<Avx2>(nb);
+    default: return pick<Portable>(nb);
   }
 }
 
@@ -185,12 +367,15 @@ at::Tensor pack_signs(const at::Tensor& x, int64_t groups) {
   uint64_t* dst = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
   const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
   const int64_t words = groups * WG;
+  const bool vector = active_isa() == kAvx512;
   at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / H, h = row % H;
       const float* xr = src + n * sn + h * sh;
       uint64_t* d = dst + row * W * words;
-      if (sc == 1) {  // channels_last: each position's channels are contiguous
+      if (vector && (sc == 1 || sw == 1)) {
+        pack_row_avx512(xr, sc, sw, C, W, cg, WG, d);
+      } else if (sc == 1) {  // channels_last: each position's channels are contiguous
         for (int64_t w = 0; w < W; ++w) {
           const float* px = xr + w * sw;
           for (int64_t grp = 0; grp < groups; ++grp)
@@ -267,27 +452,23 @@ at::Tensor bconv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   float* y = out.data_ptr<float>();
   const int64_t so = out.stride(1), sy = out.stride(2), sx = out.stride(3), sn = out.stride(0);
   const int64_t block_words = KH * KW * WG * kLanes;
-  const RowFn row = row_kernel(active_isa());
+  const int64_t isa = active_isa();
+  const int64_t OBB = (OB + kMaxBlocks - 1) / kMaxBlocks;  // groups of up to kMaxBlocks blocks
 
-  // One task: an output row of one block of 8 output channels in one image.
-  at::parallel_for(0, N * G * OB * g.OH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> acc(g.OW * kLanes);
+  // One task: an output row of up to 4 blocks of 8 output channels, in one group of one image.
+  at::parallel_for(0, N * G * OBB * g.OH, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> acc(g.OW * kMaxBlocks * kLanes);
     std::vector<int32_t> taps(g.OW);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t oh = task % g.OH, ob = (task / g.OH) % OB, grp = (task / (g.OH * OB)) % G,
-                    n = task / (g.OH * OB * G);
-      row(g, act + n * g.H * g.W * G * WG, wts + (grp * OB + ob) * block_words, grp, oh, acc.data(), taps.data());
-      const int64_t lanes = std::min<int64_t>(kLanes, og - ob * kLanes);
-      for (int64_t l = 0; l < lanes; ++l) {
-        const int64_t o = grp * og + ob * kLanes + l;
-        float* yo = y + n * sn + o * so + oh * sy;
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const float dot = static_cast<float>(taps[ow] * cg - 2 * acc[ow * kLanes + l]);
-          float v = dot * a[o];
-          if (b != nullptr) v = v + b[o];
-          yo[ow * sx] = v;
-        }
-      }
+      const int64_t oh = task % g.OH, obb = (task / g.OH) % OBB, grp = (task / (g.OH * OBB)) % G,
+                    n = task / (g.OH * OBB * G);
+      const int64_t ob0 = obb * kMaxBlocks, nb = std::min<int64_t>(kMaxBlocks, OB - ob0);
+      row_kernel(isa, nb)(g, act + n * g.H * g.W * G * WG, wts + (grp * OB + ob0) * block_words, block_words, grp,
+                          oh, acc.data(), taps.data());
+      const int64_t o0 = grp * og + ob0 * kLanes;
+      const Emit e{acc.data(), taps.data(), g.OW, nb, cg, std::min<int64_t>(nb * kLanes, og - ob0 * kLanes), a + o0,
+                   b != nullptr ? b + o0 : nullptr, y + n * sn + o0 * so + oh * sy, so, sx};
+      isa == kPortable ? emit_portable(e) : emit_avx2(e);
     }
   });
   return out;

@@ -73,10 +73,23 @@ def _ninja_on_path():
         os.environ["PATH"] = old
 
 
-def _build() -> str:
-    from torch.utils import cpp_extension
+@contextlib.contextmanager
+def _quiet_cpp_extension():
+    """cpp_extension logs a warning about CUDA_HOME at import on CPU-only machines: not ours to show."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
-    with _ninja_on_path():
+
+def _build() -> str:
+    with _quiet_cpp_extension():
+        from torch.utils import cpp_extension
+
+    with _ninja_on_path(), _quiet_cpp_extension():
         cpp_extension.load(name="quantswap_kernels", sources=[str(SOURCE)], extra_cflags=_FLAGS,
                            extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
     return str(Path(cpp_extension._get_build_directory("quantswap_kernels", False)) / "quantswap_kernels.so")

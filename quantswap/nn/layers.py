@@ -86,7 +86,7 @@ class _QuantMixin:
 
 def _redecode_frozen_weight(layer: _QuantMixin, incompatible_keys) -> None:
     """After ``load_state_dict`` replaced a frozen layer's codes and scales, decode its weight again."""
-    if layer.is_frozen:
+    if layer.is_frozen and "weight" in layer._buffers:  # a packed layer reloads its bits itself
         layer.weight = layer.weight_quantizer.decode(layer.weight.dtype).to(layer.weight.device)
 
 

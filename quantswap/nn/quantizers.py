@@ -152,6 +152,9 @@ class FrozenWeight(nn.Module):
 class SignActivation(nn.Module):
     """``sign(x)`` with a straight-through estimator (``"clipped"``, ``"approx"`` or ``"identity"``)."""
 
+    #: The forward is exactly :func:`quantswap.functional.sign`: a packed layer may binarize for it.
+    plain_sign = True
+
     def __init__(self, estimator: str = "clipped"):
         super().__init__()
         if estimator not in QF.ESTIMATORS:
@@ -167,6 +170,8 @@ class SignActivation(nn.Module):
 
 class EDESignActivation(EDEScheduled):
     """``sign(x)`` with IR-Net's Error Decay Estimator, scheduled from ``t_min`` to ``t_max``."""
+
+    plain_sign = True  # as SignActivation's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return QF.sign_ede(x, self.kt[0], self.kt[1])

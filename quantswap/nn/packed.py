@@ -1,0 +1,178 @@
+"""Packed W1/A1 layers: frozen binary layers that run the XOR-popcount ops of :mod:`quantswap.kernels`.
+
+:func:`quantswap.freeze` turns every frozen layer whose weights *and* inputs are binary into a
+:class:`PackedConv2d` or :class:`PackedLinear` (the same object, its class switched): its weight
+stays in memory as bits (``int64`` words, 1 bit per weight, see :mod:`quantswap.kernels.layout`)
+plus one float32 scale per output channel, and its forward is one call of
+``quantswap::bconv2d`` / ``quantswap::blinear``, which binarize the input themselves. Its state
+dict is the frozen layer's (``weight_quantizer.codes`` as ``int8``, unpacked on demand, and
+``weight_quantizer.scale``), so a packed model saves, loads and compares like a frozen one.
+
+``layer.weight`` of a packed layer is decoded on each access (a float tensor, not stored): read it
+to inspect a layer, not in a loop.
+
+Example:
+    >>> import torch, quantswap
+    >>> from torchvision.models import resnet18
+    >>> bnn = quantswap.binarize(resnet18(num_classes=10), method="xnor").eval()
+    >>> packed = quantswap.freeze(bnn)
+    >>> type(packed.layer1[0].conv1).__name__, packed.layer1[0].conv1.weight_quantizer.words.dtype
+    ('PackedConv2d', torch.int64)
+    >>> h = torch.randn(2, 64, 8, 8)
+    >>> torch.allclose(packed.layer1[0].conv1(h), bnn.layer1[0].conv1(h), atol=1e-5)
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from quantswap.kernels import layout
+from quantswap.nn.layers import QuantConv2d, QuantLinear
+from quantswap.nn.quantizers import FrozenWeight, WeightQuantizer
+
+__all__ = ["PackedWeight", "PackedConv2d", "PackedLinear", "is_packed", "pack_layer", "unpack_layer", "packing_obstacle"]
+
+
+class PackedWeight(FrozenWeight):
+    """A :class:`FrozenWeight` that keeps its binary codes as kernel words (1 bit each).
+
+    ``words`` (the kernel's layout) and ``alpha`` (the per-output-channel scale as float32) are
+    derived state; ``codes`` and ``scale`` are what the state dict holds, as in a frozen layer.
+    """
+
+    def __init__(self, codec: WeightQuantizer, codes: torch.Tensor, scale: torch.Tensor | None, groups: int):
+        nn.Module.__init__(self)
+        self.codec, self.groups, self.code_shape = codec, groups, tuple(codes.shape)
+        self.register_buffer("scale", scale)
+        self.register_buffer("words", layout.pack_weight(codes, groups), persistent=False)
+        self.register_buffer("alpha", self._alpha(codes, scale), persistent=False)
+        self.register_state_dict_post_hook(_codes_into_state_dict)
+        self.register_load_state_dict_pre_hook(_codes_from_state_dict)
+
+    def _alpha(self, codes: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        # |scale · code| is the scale exactly, whatever the codec's granularity (channel, tensor, constant)
+        return self.codec.decode(codes, scale, torch.float32).abs().flatten(1)[:, 0].contiguous()
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """The ``int8`` codes, unpacked from the words (8 x the memory: for saving, not for running)."""
+        return layout.unpack_weight(self.words, self.code_shape[0], self.code_shape[1]).view(self.code_shape)
+
+    def extra_repr(self) -> str:
+        return f"codes={list(self.code_shape)}, groups={self.groups}, {self.words.numel() * 8} bytes"
+
+
+def _codes_into_state_dict(module: PackedWeight, state_dict: dict, prefix: str, local_metadata) -> None:
+    scale = state_dict.pop(prefix + "scale", None)  # keep a frozen layer's order: codes, then scale
+    state_dict[prefix + "codes"] = module.codes
+    if scale is not None:
+        state_dict[prefix + "scale"] = scale
+
+
+def _codes_from_state_dict(module: PackedWeight, state_dict: dict, prefix: str, local_metadata, strict,
+                           missing_keys, unexpected_keys, error_msgs) -> None:
+    codes = state_dict.pop(prefix + "codes", None)
+    if codes is None:
+        missing_keys.append(prefix + "codes")
+        return
+    if tuple(codes.shape) != module.code_shape:
+        error_msgs.append(f"size mismatch for {prefix}codes: copying codes of shape {tuple(codes.shape)}, the packed "
+                          f"layer holds {module.code_shape}")
+        return
+    codes = codes.to(torch.int8)
+    scale = state_dict.get(prefix + "scale", module.scale)
+    module.words = layout.pack_weight(codes, module.groups).to(module.words.device)
+    module.alpha = module._alpha(codes, scale).to(module.alpha.device)
+
+
+def _float32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.float()
+
+
+class PackedConv2d(QuantConv2d):
+    """A frozen W1/A1 :class:`QuantConv2d` running ``quantswap::bconv2d`` (see the module docstring)."""
+
+    @property
+    def weight(self) -> torch.Tensor:  # decoded on access; the layer keeps only the bits
+        return self.weight_quantizer.decode()
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight_quantizer
+        y = torch.ops.quantswap.bconv2d(x.float(), w.words, w.alpha, _float32(self.bias), self.in_channels,
+                                        list(self.stride), list(self.padding), list(self.dilation))
+        return y.to(x.dtype)
+
+
+class PackedLinear(QuantLinear):
+    """A frozen W1/A1 :class:`QuantLinear` running ``quantswap::blinear`` (see the module docstring)."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weight_quantizer.decode()
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight_quantizer
+        y = torch.ops.quantswap.blinear(x.float().reshape(-1, self.in_features), w.words, w.alpha, _float32(self.bias))
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
+_PACKED = {QuantConv2d: PackedConv2d, QuantLinear: PackedLinear}
+
+
+def is_packed(layer: nn.Module) -> bool:
+    return isinstance(layer, (PackedConv2d, PackedLinear))
+
+
+def packing_obstacle(layer: nn.Module) -> str | None:
+    """Why ``layer`` cannot run packed (``None`` if it can): it needs binary weights, a plain ``sign``
+    on its input and, for a convolution, zero padding given as numbers."""
+    if is_packed(layer):
+        return None
+    if type(layer) not in _PACKED:
+        return f"{type(layer).__name__} is not a quantswap QuantConv2d/QuantLinear"
+    codec = layer.codec
+    if codec.code_levels != 2 or codec.branches != 1:
+        return f"its weights are not binary ({codec.code_levels}-level codes, {codec.branches} branches)"
+    if layer.input_quantizer is None:
+        return "its activations are real (W1/A32)"
+    if not getattr(layer.input_quantizer, "plain_sign", False):
+        return f"its input quantizer {type(layer.input_quantizer).__name__} is not a plain sign"
+    if isinstance(layer, nn.Conv2d) and (isinstance(layer.padding, str) or layer.padding_mode != "zeros"):
+        return f"padding={layer.padding!r} with padding_mode={layer.padding_mode!r} (the kernel pads with zeros)"
+    return None
+
+
+@torch.no_grad()
+def pack_layer(layer: QuantConv2d | QuantLinear) -> None:
+    """Turn a frozen layer into its packed form in place; ``ValueError`` naming why it cannot be."""
+    if is_packed(layer):
+        return
+    reason = packing_obstacle(layer)
+    if reason is not None:
+        raise ValueError(f"cannot pack this layer: {reason}")
+    if not layer.is_frozen:
+        raise ValueError("pack_layer takes a frozen layer; freeze it first (quantswap.freeze)")
+    frozen = layer.weight_quantizer
+    groups = getattr(layer, "groups", 1)
+    packed = PackedWeight(frozen.codec, frozen.codes, frozen.scale, groups).to(frozen.codes.device)
+    del layer.weight  # the decoded float weight: the bits replace it
+    layer.weight_quantizer = packed
+    layer.__class__ = _PACKED[type(layer)]
+
+
+@torch.no_grad()
+def unpack_layer(layer: PackedConv2d | PackedLinear) -> None:
+    """Turn a packed layer back into a frozen layer with a decoded float32 weight, in place."""
+    packed = layer.weight_quantizer
+    weight = packed.decode(torch.float32)
+    layer.__class__ = next(base for base, cls in _PACKED.items() if cls is type(layer))
+    layer.weight_quantizer = FrozenWeight(packed.codec, packed.codes, packed.scale)
+    layer.register_buffer("weight", weight, persistent=False)
