@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/eval_latency.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/compile_speed.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/saved_memory.py --output BENCHMARKS.md
+	$(BIN)/python benchmarks/inference.py --output BENCHMARKS.md
 
 # Every method fine-tuned from one FP parent on Fashion-MNIST (about 60 minutes on 2 CPU cores; runs are
 # cached in runs/accuracy, so an interrupted run continues), then the zoo exported from it into hub/.

@@ -50,7 +50,7 @@ def main():
     for name, options in VARIANTS.items():
         model = convert(base, options).eval()
         fresh = convert(base, options).eval()
-        t = latencies({"float": base, "frozen": quantswap.freeze(model), "swapped": model, "fresh": fresh}, x,
+        t = latencies({"float": base, "frozen": quantswap.freeze(model, backend="float"), "swapped": model, "fresh": fresh}, x,
                       args.iters, before={"fresh": touch(fresh)})
         fps.append(t["float"])
         rows.append((name, t["swapped"] / t["frozen"], t["fresh"] / t["frozen"], t["swapped"] / t["float"],

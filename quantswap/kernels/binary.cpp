@@ -479,9 +479,11 @@ at::Tensor blinear(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   TORCH_CHECK(x.dim() == 2, "blinear takes a 2-D input [N, in_features], got ", x.sizes());
   TORCH_CHECK(weight.dim() == 6 && weight.size(0) == 1 && weight.size(2) == 1 && weight.size(3) == 1,
               "blinear's weight is the layout of a 1x1, one-group convolution");
-  const at::Tensor y = bconv2d(x.reshape({x.size(0), x.size(1), 1, 1}), weight, alpha, bias, x.size(1), {1, 1}, {0, 0},
-                               {1, 1});
-  return y.view({x.size(0), alpha.numel()});
+  // The batch as the width of a 1 x N image (each sample's features are its channels, contiguous):
+  // the convolution's row kernel then reuses every weight vector for two samples at a time.
+  const at::Tensor image = x.contiguous().t().unsqueeze(0).unsqueeze(2);  // [1, C, 1, N]
+  const at::Tensor y = bconv2d(image, weight, alpha, bias, x.size(1), {1, 1}, {0, 0}, {1, 1});
+  return y.select(2, 0).select(0, 0).t().contiguous();  // [N, O]
 }
 
 }  // namespace
