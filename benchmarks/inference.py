@@ -64,7 +64,8 @@ def per_conv(iters: int) -> list[str]:
         words, alpha, weight = kernels.pack_weight(c), torch.rand(channels), c.float()
         for batch in (1, 8):
             x = torch.randn(batch, channels, size, size)
-            t = medians({"packed": lambda: kernels.bconv2d(x, words, alpha, in_channels=channels, padding=1),
+            t = medians({"packed": lambda: torch.ops.quantswap.bconv2d(x, words, alpha, None, channels, [1, 1], [1, 1],
+                                                                        [1, 1]),  # as PackedConv2d calls it
                          "float": lambda: F.conv2d(x, weight, None, 1, 1)}, iters)
             lines.append(f"| {channels}, {size}×{size} px | {batch} | {t['packed'] * 1e3:.3f} ms | "
                          f"{t['float'] * 1e3:.3f} ms | **{t['float'] / t['packed']:.1f}×** |")
@@ -87,7 +88,7 @@ def per_linear(iters: int) -> list[str]:
         words, alpha, bias = kernels.pack_weight(c), torch.rand(cout), torch.randn(cout)
         linear = nn.Linear(cin, cout).eval()
         x = torch.randn(batch, cin)
-        calls = {"packed": lambda: kernels.blinear(x, words, alpha, bias), "float": lambda: linear(x)}
+        calls = {"packed": lambda: torch.ops.quantswap.blinear(x, words, alpha, bias), "float": lambda: linear(x)}
         peer = bnn_lab_linear(c.float() * alpha[:, None], bias)
         if peer is not None:
             calls["bnn-lab"] = lambda: peer(x)

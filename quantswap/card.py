@@ -65,6 +65,19 @@ def _metadata(config: CheckpointConfig, name: str) -> ModelCardData:
     )
 
 
+def _speed(w1a1: bool) -> str:
+    """What the card says about inference speed: only W1/A1 layers have packed kernels."""
+    if w1a1:
+        return ("On the CPU, `quantswap.from_pretrained` keeps the binary layers' weights packed in memory (one bit\n"
+                "each) and runs them on quantswap's XOR-popcount kernels (compiled at first use; AVX-512 VPOPCNTDQ,\n"
+                "AVX2 or portable C++): a W1/A1 ResNet-18 at 224 px, batch 1, ran 2.4-4.4x faster than the FP32\n"
+                "model on a 2-core AVX-512 CPU (quantswap's `benchmarks/inference.py`). The first conv, BatchNorm,\n"
+                "pooling and real layers run as float32. `backend=\"float\"` decodes every layer to float instead.")
+    return ("`quantswap.from_pretrained` decodes them into float tensors. **PyTorch inference of this model is not\n"
+            "faster than the FP model**: quantswap's packed kernels serve layers whose weights *and* activations\n"
+            "are binary (W1/A1), which this model's are not; the gain is the file size.")
+
+
 def _rows(config: CheckpointConfig) -> list[tuple[str, str]]:
     """The card's table: base, method, precision, layers, storage, size, accuracy, preprocessing."""
     quant, storage, size, metrics = config.quantization, config.storage, config.size, config.metrics
@@ -123,9 +136,7 @@ model = quantswap.from_pretrained("{repo_id or "ORG/NAME"}")  # rebuilt from the
 
 The weights are bit-packed in `model.safetensors`: {"one bit" if binary else "two bits (or 1.6)"} per
 quantized weight, plus one float32 scale per {"output channel" if binary else "branch"}.
-`quantswap.from_pretrained` unpacks them into float tensors. **PyTorch inference of this model is not
-faster than the FP model**: PyTorch has no binary or ternary convolution kernels, so the gain is the
-file size here, and speed only on runtimes with XNOR/popcount or ternary kernels.
+{_speed(binary and bool(quant.activations))}
 
 ## Citation
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from quantswap.kernels.layout import pack_weight, unpack_weight
-from quantswap.kernels.native import ISAS, KernelInfo, info, load, set_isa
+from quantswap.kernels.native import ISAS, KernelInfo, ensure_loaded, info, load, set_isa
 
 __all__ = ["ISAS", "KernelInfo", "bconv2d", "blinear", "info", "load", "pack_weight", "set_isa", "unpack_weight"]
 
@@ -39,12 +39,12 @@ def bconv2d(x: torch.Tensor, weight: torch.Tensor, alpha: torch.Tensor, bias: to
             in_channels: int, stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
             dilation: int | Sequence[int] = 1) -> torch.Tensor:
     """``alpha · conv2d(sign(x), codes) + bias`` with ``codes`` packed by :func:`pack_weight`."""
-    load()
+    ensure_loaded()
     return torch.ops.quantswap.bconv2d(x, weight, alpha, bias, in_channels, _pair(stride), _pair(padding),
                                        _pair(dilation))
 
 
 def blinear(x: torch.Tensor, weight: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``alpha · linear(sign(x), codes) + bias`` for ``x`` ``[N, C]`` and codes ``[O, C]`` packed by :func:`pack_weight`."""
-    load()
+    ensure_loaded()
     return torch.ops.quantswap.blinear(x, weight, alpha, bias)

@@ -21,7 +21,7 @@ import torch
 
 import quantswap.kernels.ops  # noqa: F401 - the op schemas must exist before the library registers kernels
 
-__all__ = ["KernelInfo", "info", "load", "set_isa", "ISAS"]
+__all__ = ["KernelInfo", "info", "load", "ensure_loaded", "set_isa", "ISAS"]
 
 logger = logging.getLogger("quantswap")
 
@@ -97,6 +97,14 @@ def _build() -> str:
 
 def load() -> KernelInfo:
     """Build (first time) and load the native kernels; never raises. Returns :func:`info`."""
+    ensure_loaded()
+    return info()
+
+
+def ensure_loaded() -> None:
+    """:func:`load` without building the report: cheap after the first call (the ops call it)."""
+    if _state:
+        return
     with _lock:
         if "library" not in _state and "reason" not in _state:
             if os.environ.get("QUANTSWAP_KERNELS", "auto") == "reference":
@@ -109,8 +117,7 @@ def load() -> KernelInfo:
             if "reason" in _state:
                 warnings.warn(f"quantswap packed layers use the pure-PyTorch reference kernels, about as fast as "
                               f"float layers: {_state['reason'][:600]}. Install a C++ compiler (g++) and ninja "
-                              f"for the fast kernels", RuntimeWarning, stacklevel=3)
-    return info()
+                              f"for the fast kernels", RuntimeWarning, stacklevel=4)
 
 
 def info() -> KernelInfo:
