@@ -8,6 +8,7 @@ Example:
     torch.Size([1, 1000])
 """
 
+from quantswap import kernels as kernels
 from quantswap._registry import is_method as is_method
 from quantswap._registry import list_methods as list_methods
 from quantswap._registry import list_variants as list_variants
@@ -27,7 +28,6 @@ from quantswap.config import QuantConfig as QuantConfig
 from quantswap.config import Variant as Variant
 from quantswap.config import config_for as config_for
 from quantswap.config import config_from_dict as config_from_dict
-from quantswap import kernels as kernels
 from quantswap.frozen import FreezeReport as FreezeReport
 from quantswap.frozen import freeze as freeze
 from quantswap.frozen import get_freeze_report as get_freeze_report
