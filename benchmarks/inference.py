@@ -16,6 +16,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -64,9 +65,8 @@ def per_conv(iters: int) -> list[str]:
         words, alpha, weight = kernels.pack_weight(c), torch.rand(channels), c.float()
         for batch in (1, 8):
             x = torch.randn(batch, channels, size, size)
-            t = medians({"packed": lambda: torch.ops.quantswap.bconv2d(x, words, alpha, None, channels, [1, 1], [1, 1],
-                                                                        [1, 1]),  # as PackedConv2d calls it
-                         "float": lambda: F.conv2d(x, weight, None, 1, 1)}, iters)
+            packed = partial(torch.ops.quantswap.bconv2d, x, words, alpha, None, channels, [1, 1], [1, 1], [1, 1])
+            t = medians({"packed": packed, "float": partial(F.conv2d, x, weight, None, 1, 1)}, iters)
             lines.append(f"| {channels}, {size}×{size} px | {batch} | {t['packed'] * 1e3:.3f} ms | "
                          f"{t['float'] * 1e3:.3f} ms | **{t['float'] / t['packed']:.1f}×** |")
     return lines
@@ -88,10 +88,10 @@ def per_linear(iters: int) -> list[str]:
         words, alpha, bias = kernels.pack_weight(c), torch.rand(cout), torch.randn(cout)
         linear = nn.Linear(cin, cout).eval()
         x = torch.randn(batch, cin)
-        calls = {"packed": lambda: torch.ops.quantswap.blinear(x, words, alpha, bias), "float": lambda: linear(x)}
+        calls = {"packed": partial(torch.ops.quantswap.blinear, x, words, alpha, bias), "float": partial(linear, x)}
         peer = bnn_lab_linear(c.float() * alpha[:, None], bias)
         if peer is not None:
-            calls["bnn-lab"] = lambda: peer(x)
+            calls["bnn-lab"] = partial(peer, x)
         t = medians(calls, iters)
         peer_cols = (f"{t['bnn-lab'] * 1e3:.3f} ms | **{t['bnn-lab'] / t['packed']:.1f}×**" if peer is not None
                      else "not installed | –")
@@ -123,7 +123,7 @@ def end_to_end(iters: int) -> tuple[list[str], dict]:
             for batch in (1, 8):
                 x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=fmt)
                 ms = {k: m.to(memory_format=fmt) for k, m in models.items()}
-                t = medians({k: (lambda m=m: m(x)) for k, m in ms.items()}, iters)
+                t = medians({k: partial(m, x) for k, m in ms.items()}, iters)
                 cells = " | ".join(f"{t[m] * 1e3:.1f} ms (**{t['FP32'] / t[m]:.2f}×**)" for m in W1A1)
                 lines.append(f"| {n_threads} | {batch} | {layout} | {t['FP32'] * 1e3:.1f} ms | {cells} |")
     torch.set_num_threads(threads)

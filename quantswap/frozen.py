@@ -85,26 +85,33 @@ def freeze(model: nn.Module, *, backend: str = "packed", inplace: bool = False) 
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayer)}
     for layer in layers.values():
         layer.freeze()
+    report = _route(model, layers, backend)
+    if isinstance(getattr(model, "meta", None), dict):
+        model.meta["quantswap_freeze"] = report
+    logger.debug("%s", report)
+    return model.eval()
+
+
+def _route(model: nn.Module, layers: dict[str, QuantLayer], backend: str) -> FreezeReport:
+    """Packs every frozen layer the packed op can serve (``backend="packed"``) or unpacks every one
+    (``"float"``); says which went which way and why."""
     report = FreezeReport(backend)
     if backend == "packed":
         report.kernels = kernels.load()
         read_outside = _weights_read_by_graph(model)
         for name, layer in layers.items():
-            reason = packing_obstacle(layer) or (read_outside.get(name))
+            reason = packing_obstacle(layer) or read_outside.get(name)
             if reason is None:
                 pack_layer(layer)
                 report.packed.append(name)
             else:
                 report.decoded[name] = reason
-    else:
-        for name, layer in layers.items():
-            if is_packed(layer):
-                unpack_layer(layer)
-            report.decoded[name] = 'backend="float"'
-    if isinstance(getattr(model, "meta", None), dict):
-        model.meta["quantswap_freeze"] = report
-    logger.debug("%s", report)
-    return model.eval()
+        return report
+    for name, layer in layers.items():
+        if is_packed(layer):
+            unpack_layer(layer)
+        report.decoded[name] = 'backend="float"'
+    return report
 
 
 def _weights_read_by_graph(model: nn.Module) -> dict[str, str]:

@@ -123,7 +123,15 @@ def test_model_card(tmp_path):
     card = ModelCard.load(tmp_path / "r18" / "README.md")
     assert card.data.library_name == "quantswap" and {"irnet", "binary", "W1/A1", "resnet18"} <= set(card.data.tags)
     assert card.data.eval_results[0].metric_value == 90.25
-    assert f"{size.file_bytes / 1e6:.2f} MB" in card.text and "not\nfaster than the FP model" in card.text
+    assert f"{size.file_bytes / 1e6:.2f} MB" in card.text and "XOR-popcount kernels" in card.text
+    assert "not\nfaster" not in card.text  # W1/A1: the packed kernels serve it
+
+
+def test_model_card_says_a_model_without_binary_activations_is_not_faster(tmp_path):
+    model = quantswap.binarize(resnet18(num_classes=10), method="irnet", activations=False)
+    quantswap.save_pretrained(model, tmp_path / "w1a32")
+    card = ModelCard.load(tmp_path / "w1a32" / "README.md")
+    assert "not\nfaster than the FP model" in card.text and "XOR-popcount kernels" not in card.text
 
 
 # -- bad input ------------------------------------------------------------------------------------
