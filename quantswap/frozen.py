@@ -98,7 +98,7 @@ def _route(model: nn.Module, layers: dict[str, QuantLayer], backend: str) -> Fre
     report = FreezeReport(backend)
     if backend == "packed":
         report.kernels = kernels.load()
-        read_outside = _weights_read_by_graph(model)
+        read_outside = weights_read_by_graph(model)
         for name, layer in layers.items():
             reason = packing_obstacle(layer) or read_outside.get(name)
             if reason is None:
@@ -114,7 +114,7 @@ def _route(model: nn.Module, layers: dict[str, QuantLayer], backend: str) -> Fre
     return report
 
 
-def _weights_read_by_graph(model: nn.Module) -> dict[str, str]:
+def weights_read_by_graph(model: nn.Module) -> dict[str, str]:
     """Layers whose weight the traced graph reads directly (``get_attr``), e.g. torchvision's Swin: they
     need a materialized weight."""
     graph = getattr(model, "graph", None)

@@ -70,6 +70,9 @@ class TernaryWeight(WeightQuantizer):
     def decode(self, codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         return QF.ternary_combine(codes != 0, scale.unbind(), (codes < 0).any(0), dtype or scale.dtype)
 
+    def dequantize_terms(self, codes: torch.Tensor, scale: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(branch, alpha.float()) for branch, alpha in zip(codes.unbind(), scale.unbind(), strict=True)]
+
     def extra_repr(self) -> str:
         return f"thresholds={self.thresholds}"
 

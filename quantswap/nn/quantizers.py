@@ -91,6 +91,16 @@ class WeightQuantizer(nn.Module):
     def decode(self, codes: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The quantized weight from :meth:`encode`'s output, in ``dtype`` (default: the scale's)."""
 
+    def dequantize_terms(self, codes: torch.Tensor, scale: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The quantized weight as ``Σ scale_b · codes_b``: per term, ``int8`` codes shaped like the weight
+        and a float scale, either 0-d (per layer) or one per output channel (``[C_out]``).
+
+        This is how ONNX stores the weight (:func:`quantswap.export_onnx`: one ``DequantizeLinear`` per
+        term); the sum must equal :meth:`decode` in float32. A codec that cannot be written so raises
+        ``NotImplementedError``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not say how to write its weight as codes × scales")
+
 
 class BinaryWeightQuantizer(WeightQuantizer):
     """Base of the binary weight quantizers: ``W_q = scale · sign(transform(W))``.
@@ -118,6 +128,11 @@ class BinaryWeightQuantizer(WeightQuantizer):
         if self.scale_granularity == "constant":
             return codes, None
         return codes, scale.reshape(-1) if self.scale_granularity == "channel" else scale.reshape(())
+
+    def dequantize_terms(self, codes: torch.Tensor, scale: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if scale is None:
+            scale = self.constant_scale(codes, torch.float32)
+        return [(codes, scale.float())]
 
     def decode(self, codes: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor:
         if scale is None:

@@ -1,0 +1,17 @@
+"""Exporting swapped models for other runtimes: ONNX files with 2-bit weights (:func:`export_onnx`).
+
+Example:
+    >>> import quantswap
+    >>> from torchvision.models import resnet18
+    >>> bnn = quantswap.binarize(resnet18(num_classes=10), method="xnor")
+    >>> export = quantswap.export_onnx(bnn, getfixture("tmp_path") / "bnn.onnx", input_size=(3, 32, 32))
+    >>> export.int2_tensors, export.int2_weights
+    (16, 10960896)
+"""
+
+from quantswap.export.onnx import OPSET as OPSET
+from quantswap.export.onnx import OnnxExport as OnnxExport
+from quantswap.export.onnx import OnnxExportError as OnnxExportError
+from quantswap.export.onnx import export_onnx as export_onnx
+
+__all__ = ["OPSET", "OnnxExport", "OnnxExportError", "export_onnx"]

@@ -1,0 +1,225 @@
+"""``export_onnx``: a swapped model as an ONNX file whose quantized weights are 2-bit integers.
+
+Built on PyTorch's ONNX exporter (``torch.onnx.export(dynamo=True)``): the model's export form
+(:mod:`quantswap.export.dequantize`) is exported with a translation of ``quantswap::dequantize`` into
+``DequantizeLinear``; then every code tensor that ``DequantizeLinear`` reads is stored as INT2 (ONNX
+1.20, opset 25), and, when asked, the real layers' weights as float16 behind a ``Cast``. Binary
+activations are ``Where(x >= 0, 1, -1)`` (not ``Sign``, which maps 0 to 0); the structure a method
+adds (Bi-Real's shortcuts, Hardtanh, ...) is made of ordinary modules and exports as ordinary ops.
+The batch axis is dynamic; the file is checked (``onnx.checker``, and onnxruntime against PyTorch)
+before it replaces anything at ``path``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from quantswap.export.dequantize import dequantize, export_form
+
+__all__ = ["OPSET", "OnnxExport", "OnnxExportError", "export_onnx"]
+
+#: The opset of the files: DequantizeLinear reads INT2 from opset 25 on.
+OPSET = 25
+INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
+FP_DTYPES = ("float32", "float16")
+#: onnxruntime against PyTorch on the check input, relative to the output's largest magnitude.
+CHECK_RTOL = 1e-4
+_EXTRA = "pip install 'quantswap[onnx]'"
+
+
+class OnnxExportError(RuntimeError):
+    """The exporter could not express the model; the message names the part and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxExport:
+    """What :func:`export_onnx` wrote.
+
+    Attributes:
+        path: the ONNX file.
+        file_bytes: its size.
+        int2_tensors, int2_weights: code tensors stored as INT2, and the weights they hold.
+        max_abs_diff: largest difference between onnxruntime's and PyTorch's outputs on the check
+            input (``None`` when not checked).
+    """
+
+    path: Path
+    file_bytes: int
+    int2_tensors: int
+    int2_weights: int
+    max_abs_diff: float | None
+
+
+def _require(*modules: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"ONNX export needs {', '.join(missing)}, which is not installed: {_EXTRA}")
+
+
+def _input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
+    """``(C, H, W)`` from an int (H = W), an ``(H, W)`` or ``(C, H, W)`` tuple, or ``None``: the
+    checkpoint's training size (else 224) and the first convolution's channels (else 3)."""
+    convs = (m for m in model.modules() if isinstance(m, nn.Conv2d))
+    channels = next((m.in_channels for m in convs), 3)
+    if input_size is None:
+        checkpoint = getattr(model, "meta", {}).get("quantswap_checkpoint") if isinstance(getattr(model, "meta", None), dict) else None
+        input_size = (checkpoint.metrics.get("image_size") if checkpoint is not None else None) or 224
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if len(size) == 2:
+        size = (channels, *size)
+    if len(size) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        raise ValueError(f"input_size must be an image size, (H, W) or (C, H, W) of positive integers, got {input_size!r}")
+    return size
+
+
+def _translations() -> dict:
+    from onnxscript import opset23 as op
+
+    def dequantize_linear(codes, scale):
+        return op.DequantizeLinear(codes, scale, axis=0)  # axis is ignored for a 0-d (per-layer) scale
+
+    return {dequantize.default: dequantize_linear}
+
+
+def _to_onnx(model: nn.Module, example: torch.Tensor):
+    """The ONNX exporter's program for ``model``, with a dynamic batch axis."""
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the exporter's progress and deprecation chatter
+            return torch.onnx.export(
+                model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                custom_translation_table=_translations(), verbose=False,
+            )
+    except Exception as err:  # the exporter raises its own error types, with long reports
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OnnxExportError(f"the ONNX exporter could not express this model: {first}\nif a quantized layer "
+                              "is named, keep it real (swap again with exclude=[...]); if a module of the "
+                              "base model is, it does not export with torch.onnx.export either") from err
+
+
+def _codes_as_int2(graph) -> tuple[int, int]:
+    """Store every int8 constant that ``DequantizeLinear`` reads as INT2; returns (tensors, weights)."""
+    import ml_dtypes
+    import onnx_ir as ir
+
+    tensors = weights = 0
+    for node in graph:
+        if node.op_type != "DequantizeLinear":
+            continue
+        codes = node.inputs[0]
+        if codes.const_value is None or codes.dtype != ir.DataType.INT8:
+            continue
+        array = codes.const_value.numpy()
+        if array.size and (array.min() < -2 or array.max() > 1):
+            raise OnnxExportError(f"{codes.name}: codes outside the INT2 range [-2, 1]")
+        codes.const_value = ir.Tensor(array.astype(ml_dtypes.int2), dtype=ir.DataType.INT2, name=codes.name)
+        codes.dtype = ir.DataType.INT2
+        tensors, weights = tensors + 1, weights + array.size
+    return tensors, weights
+
+
+def _real_weights_as_float16(graph) -> None:
+    """Store the float32 constants of real layers (not the scales of ``DequantizeLinear``) as float16,
+    each read through one ``Cast`` back to float32."""
+    import onnx_ir as ir
+
+    scales = {id(node.inputs[1]) for node in graph if node.op_type == "DequantizeLinear"}
+    for value in list(graph.initializers.values()):
+        if value.dtype != ir.DataType.FLOAT or id(value) in scales or value.const_value.size < 16:
+            continue
+        uses = list(value.uses())
+        half = ir.Tensor(value.const_value.numpy().astype("float16"), name=value.name)
+        value.const_value, value.dtype = half, ir.DataType.FLOAT16
+        cast = ir.node("Cast", [value], attributes={"to": ir.DataType.FLOAT}, name=f"{value.name}_to_float32")
+        cast.outputs[0].name = f"{value.name}_float32"
+        graph.append(cast)
+        for user, index in uses:
+            user.replace_input_with(index, cast.outputs[0])
+    graph.sort()
+
+
+def _check(path: Path, model: nn.Module, example: torch.Tensor) -> float:
+    """``onnx.checker`` on the file, then onnxruntime against ``model``: the largest difference."""
+    import onnx
+    import onnxruntime
+
+    onnx.checker.check_model(str(path), full_check=True)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: example.numpy()})[0])
+    with torch.no_grad():
+        want = model(example)
+    if got.shape != want.shape:
+        raise OnnxExportError(f"onnxruntime gives an output of shape {tuple(got.shape)}, PyTorch {tuple(want.shape)}")
+    diff = (got - want).abs().max().item()
+    if not diff <= CHECK_RTOL * max(want.abs().max().item(), 1.0):
+        warnings.warn(f"onnxruntime's output differs from PyTorch's by up to {diff:.3g} on a random input; with binary "
+                      "activations a value at exactly 0 can take another sign in another runtime (common in untrained "
+                      "models): compare the two on real data", UserWarning, stacklevel=3)
+    return diff
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    input_size: int | tuple[int, ...] | None = None,
+    fp_dtype: str = "float32",
+    check: bool = True,
+) -> OnnxExport:
+    """Write ``model`` (swapped, frozen or loaded) as an ONNX file with 2-bit quantized weights.
+
+    Every quantized layer's weight is INT2 codes (binary ``{-1, +1}``, ternary ``{-1, 0, +1}``, one
+    tensor per residual-expansion branch) with float32 scales (per output channel or per layer),
+    dequantized by ``DequantizeLinear`` (opset 25, onnxruntime 1.23 and later). The input is
+    ``pixel_values`` ``[batch, C, H, W]`` (batch dynamic), the output ``logits``.
+
+    Args:
+        model: a model from :func:`quantswap.binarize` / :func:`quantswap.ternarize`,
+            :func:`quantswap.freeze` or :func:`quantswap.from_pretrained` (not changed).
+        path: the ``.onnx`` file; replaced only once the new file is complete and checked.
+        input_size: ``(C, H, W)``, ``(H, W)`` or one size; default: the checkpoint's training size
+            (224 when unknown) and the first convolution's channels.
+        fp_dtype: ``"float16"`` stores the real layers' weights in half precision (computed in float32).
+        check: run ``onnx.checker`` and compare onnxruntime with PyTorch on a random input (a
+            warning when they differ by more than 1e-4 of the output's magnitude).
+
+    Raises:
+        ImportError: the ``onnx`` extra is missing (``pip install 'quantswap[onnx]'``).
+        ValueError: bad arguments, or a quantized layer whose weight ONNX cannot hold (named, with
+            the ``exclude=`` that keeps it real).
+        OnnxExportError: the exporter could not express a part of the model.
+    """
+    _require("onnx", "onnxscript", *(("onnxruntime",) if check else ()))
+    import onnx_ir as ir
+
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ValueError(f"{path}: name the file *.onnx")
+    if not path.parent.is_dir():
+        raise ValueError(f"{path.parent} is not a folder; create it first")
+    if fp_dtype not in FP_DTYPES:
+        raise ValueError(f"fp_dtype must be one of {FP_DTYPES}, got {fp_dtype!r}")
+    size = _input_size(model, input_size)
+    exportable = export_form(model)
+    example = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))  # batch 2: 1 would be specialized
+    program = _to_onnx(exportable, example)
+    tensors, weights = _codes_as_int2(program.model.graph)
+    if fp_dtype == "float16":
+        _real_weights_as_float16(program.model.graph)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        staged = Path(tmp) / path.name
+        ir.save(program.model, staged)
+        diff = _check(staged, exportable, example) if check else None
+        os.chmod(staged, 0o644)
+        os.replace(staged, path)
+    return OnnxExport(path, path.stat().st_size, tensors, weights, diff)
