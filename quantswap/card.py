@@ -108,8 +108,32 @@ def _rows(config: CheckpointConfig) -> list[tuple[str, str]]:
     return rows
 
 
-def model_card(config: CheckpointConfig, *, name: str | None = None, repo_id: str | None = None) -> ModelCard:
-    """The model card of a checkpoint, from its config alone (``repo_id`` goes in the usage snippet)."""
+def _onnx(repo_id: str | None, input_size: tuple[int, int, int]) -> str:
+    """The card's ONNX section, for a repo that holds ``model.onnx`` (see :func:`quantswap.export_onnx`)."""
+    shape = ", ".join(str(v) for v in (1, *input_size))
+    return f"""
+## ONNX
+
+`model.onnx` holds the same model for onnxruntime (1.23 or later) and other ONNX runtimes: each
+quantized weight is an INT2 code with its float32 scale, dequantized by `DequantizeLinear` (opset 25);
+binary activations are `x >= 0 ? 1 : -1`; the batch axis is dynamic.
+
+```python
+import numpy as np
+import onnxruntime
+from huggingface_hub import hf_hub_download
+
+session = onnxruntime.InferenceSession(hf_hub_download("{repo_id or "ORG/NAME"}", "model.onnx"))
+pixel_values = np.random.rand({shape}).astype(np.float32)  # an image batch, preprocessed as in the table above
+logits = session.run(["logits"], {{"pixel_values": pixel_values}})[0]
+```
+"""
+
+
+def model_card(config: CheckpointConfig, *, name: str | None = None, repo_id: str | None = None,
+               onnx_input_size: tuple[int, int, int] | None = None) -> ModelCard:
+    """The model card of a checkpoint, from its config alone (``repo_id`` goes in the usage snippet);
+    with ``onnx_input_size`` (C, H, W) it also says how to run the repo's ``model.onnx``."""
     quant = config.quantization
     arch = config.base_model.name.partition(":")[2]
     name = name or (repo_id.split("/")[-1] if repo_id else f"{arch}-{quant.method}")
@@ -137,7 +161,7 @@ model = quantswap.from_pretrained("{repo_id or "ORG/NAME"}")  # rebuilt from the
 The weights are bit-packed in `model.safetensors`: {"one bit" if binary else "two bits (or 1.6)"} per
 quantized weight, plus one float32 scale per {"output channel" if binary else "branch"}.
 {_speed(binary and bool(quant.activations))}
-
+{_onnx(repo_id, onnx_input_size) if onnx_input_size else ""}
 ## Citation
 
 {quant.citation or quant.paper or quant.method}

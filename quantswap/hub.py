@@ -34,6 +34,7 @@ from quantswap.version import __version__
 __all__ = ["from_pretrained", "push_to_hub", "download", "check_repo_id", "check_revision"]
 
 _LIBRARY = {"library_name": "quantswap", "library_version": __version__}
+ONNX_NAME = "model.onnx"  # what push_to_hub(..., onnx=True) adds
 
 
 _REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
@@ -209,6 +210,13 @@ def _stage_folder(source: Path, folder: Path, regenerate_card: bool) -> bool:
     return True
 
 
+def _export_onnx(folder: Path) -> tuple[int, int, int]:
+    """Add ``model.onnx`` to a staged checkpoint folder; returns the input size it was traced with."""
+    from quantswap.export import export_onnx
+
+    return export_onnx(load_pretrained(folder, backend="float"), folder / ONNX_NAME).input_size
+
+
 def push_to_hub(
     model_or_dir: nn.Module | str | os.PathLike,
     repo_id: str,
@@ -218,6 +226,7 @@ def push_to_hub(
     commit_message: str | None = None,
     token: str | None = None,
     regenerate_card: bool = False,
+    onnx: bool = False,
     **save_kwargs: Any,
 ):
     """Upload a checkpoint to the Hub in one commit, creating the repo (and branch) when missing.
@@ -230,6 +239,9 @@ def push_to_hub(
         regenerate_card: replace a folder's ``README.md`` that its user edited with a fresh card. By
             default an edited card is uploaded as it is, and an untouched one is rendered again with
             ``repo_id`` in its usage snippet.
+        onnx: also upload ``model.onnx``, the checkpoint exported by :func:`quantswap.export_onnx` (at
+            its training image size, else 224; needs ``pip install 'quantswap[onnx]'``); the card
+            says how to run it.
 
     Returns:
         huggingface_hub's ``CommitInfo`` (``.commit_url``, ``.oid``).
@@ -248,8 +260,9 @@ def push_to_hub(
             if save_kwargs:
                 raise TypeError(f"save options {sorted(save_kwargs)} apply when pushing a model, not a folder")
             kept_card = _stage_folder(Path(model_or_dir), folder, regenerate_card)
-        if not kept_card:
-            model_card(read_config(folder), repo_id=repo_id).save(folder / CARD_NAME)  # the card names the repo
+        onnx_size = _export_onnx(folder) if onnx else None
+        if not kept_card:  # the card names the repo
+            model_card(read_config(folder), repo_id=repo_id, onnx_input_size=onnx_size).save(folder / CARD_NAME)
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision is not None:
             api.create_branch(repo_id, branch=revision, exist_ok=True)

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from quantswap.cli import evaluate as _evaluate
+from quantswap.cli import export as _export
 from quantswap.cli import finetune as _finetune
 from quantswap.cli import hub as _hub
 from quantswap.cli import summary as _summary
@@ -14,7 +15,7 @@ from quantswap.version import __version__
 
 __all__ = ["main"]
 
-_COMMANDS = (_finetune, _evaluate, _summary, _hub)  # each adds its subcommand(s) with add_parser
+_COMMANDS = (_finetune, _evaluate, _summary, _hub, _export)  # each adds its subcommand(s) with add_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, OSError, ImportError) as err:
         print(f"quantswap {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 __all__ = ["add_parser"]
 
@@ -38,15 +37,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    import quantswap
+    from quantswap.cli._args import load_model
     from quantswap.data import build_datasets
     from quantswap.train import evaluate
     from quantswap.train.distributed import resolve_device
 
-    source = Path(args.model)
-    if (source / "model" / "config.json").is_file():  # a run folder written by quantswap finetune
-        source = source / "model"
-    model = quantswap.from_pretrained(source if source.is_dir() else args.model, revision=args.revision)
+    model = load_model(args.model, args.revision)
     trained_size = model.meta["quantswap_checkpoint"].metrics.get("image_size")
     if args.image_size is None and trained_size is not None and not (isinstance(trained_size, int) and 8 <= trained_size <= 2048):
         raise ValueError(f"the checkpoint's metrics claim image_size {trained_size!r}, not a size from 8 to 2048; "

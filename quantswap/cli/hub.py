@@ -10,7 +10,8 @@ __all__ = ["add_parser"]
 def add_parser(sub) -> None:
     push = sub.add_parser(
         "push", help="upload a checkpoint folder to the Hugging Face Hub in one commit",
-        epilog="example:\n  quantswap push out/resnet18-irnet my-org/resnet18-irnet --private",
+        epilog="examples:\n  quantswap push out/resnet18-irnet my-org/resnet18-irnet --private\n"
+               "  quantswap push out/resnet18-irnet my-org/resnet18-irnet --onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     push.add_argument("folder", help="a folder written by quantswap.save_pretrained (or quantswap finetune)")
@@ -21,6 +22,8 @@ def add_parser(sub) -> None:
     push.add_argument("--token", default=None, help="Hub token (default: the logged-in one or HF_TOKEN)")
     push.add_argument("--regenerate-card", action="store_true",
                       help="replace a README.md you edited in the folder with a fresh model card")
+    push.add_argument("--onnx", action="store_true",
+                      help="also upload model.onnx (2-bit weights; needs pip install 'quantswap[onnx]')")
     push.set_defaults(run=run_push)
 
     dl = sub.add_parser(
@@ -40,7 +43,8 @@ def run_push(args: argparse.Namespace) -> int:
     from quantswap.hub import push_to_hub
 
     info = push_to_hub(args.folder, args.repo_id, private=args.private, revision=args.revision,
-                       commit_message=args.message, token=args.token, regenerate_card=args.regenerate_card)
+                       commit_message=args.message, token=args.token, regenerate_card=args.regenerate_card,
+                       onnx=args.onnx)
     print(f"pushed {args.folder} to {args.repo_id}: {info.commit_url}")
     return 0
 

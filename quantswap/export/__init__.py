@@ -3,10 +3,10 @@
 Example:
     >>> import quantswap
     >>> from torchvision.models import resnet18
-    >>> bnn = quantswap.binarize(resnet18(num_classes=10), method="xnor")
-    >>> export = quantswap.export_onnx(bnn, getfixture("tmp_path") / "bnn.onnx", input_size=(3, 32, 32))
-    >>> export.int2_tensors, export.int2_weights
-    (16, 10960896)
+    >>> tnn = quantswap.ternarize(resnet18(num_classes=10), expansion=2)
+    >>> export = quantswap.export_onnx(tnn, getfixture("tmp_path") / "tnn.onnx", input_size=(3, 32, 32))
+    >>> export.int2_tensors, export.int2_weights, export.input_size
+    (38, 22315008, (3, 32, 32))
 """
 
 from quantswap.export.onnx import OPSET as OPSET

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantswap.export.dequantize import dequantize, export_form
+from quantswap.export.dequantize import DequantizedWeight, dequantize, export_form
 
 __all__ = ["OPSET", "OnnxExport", "OnnxExportError", "export_onnx"]
 
@@ -34,7 +34,7 @@ CHECK_RTOL = 1e-4
 _EXTRA = "pip install 'quantswap[onnx]'"
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(ValueError):
     """The exporter could not express the model; the message names the part and what to do."""
 
 
@@ -44,6 +44,7 @@ class OnnxExport:
 
     Attributes:
         path: the ONNX file.
+        input_size: ``(C, H, W)`` it was traced with (the batch is dynamic).
         file_bytes: its size.
         int2_tensors, int2_weights: code tensors stored as INT2, and the weights they hold.
         max_abs_diff: largest difference between onnxruntime's and PyTorch's outputs on the check
@@ -51,6 +52,7 @@ class OnnxExport:
     """
 
     path: Path
+    input_size: tuple[int, int, int]
     file_bytes: int
     int2_tensors: int
     int2_weights: int
@@ -76,8 +78,10 @@ def _input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if len(size) == 2:
         size = (channels, *size)
-    if len(size) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
-        raise ValueError(f"input_size must be an image size, (H, W) or (C, H, W) of positive integers, got {input_size!r}")
+    if len(size) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size) or not (
+            1 <= size[0] <= 64 and all(8 <= v <= 2048 for v in size[1:])):
+        raise ValueError(f"input_size must be one image size, (H, W) or (C, H, W): 1 to 64 channels, sides from 8 to "
+                         f"2048 px; got {input_size!r}")
     return size
 
 
@@ -129,16 +133,22 @@ def _codes_as_int2(graph) -> tuple[int, int]:
 
 
 def _real_weights_as_float16(graph) -> None:
-    """Store the float32 constants of real layers (not the scales of ``DequantizeLinear``) as float16,
-    each read through one ``Cast`` back to float32."""
+    """Store the float32 constants of real layers as float16, each read through one ``Cast`` back to
+    float32: those whose values float16 holds exactly (the model's tensors, rounded by
+    :func:`_round_real_to_float16`), not the ones the exporter computed from them (a BatchNorm folded
+    into the convolution before it) and not the scales of ``DequantizeLinear``."""
+    import numpy as np
     import onnx_ir as ir
 
     scales = {id(node.inputs[1]) for node in graph if node.op_type == "DequantizeLinear"}
     for value in list(graph.initializers.values()):
         if value.dtype != ir.DataType.FLOAT or id(value) in scales or value.const_value.size < 16:
             continue
+        array = value.const_value.numpy()
+        if not np.array_equal(array.astype(np.float16).astype(np.float32), array):
+            continue
         uses = list(value.uses())
-        half = ir.Tensor(value.const_value.numpy().astype("float16"), name=value.name)
+        half = ir.Tensor(array.astype(np.float16), name=value.name)
         value.const_value, value.dtype = half, ir.DataType.FLOAT16
         cast = ir.node("Cast", [value], attributes={"to": ir.DataType.FLOAT}, name=f"{value.name}_to_float32")
         cast.outputs[0].name = f"{value.name}_float32"
@@ -146,6 +156,19 @@ def _real_weights_as_float16(graph) -> None:
         for user, index in uses:
             user.replace_input_with(index, cast.outputs[0])
     graph.sort()
+
+
+@torch.no_grad()
+def _round_real_to_float16(model: nn.Module) -> None:
+    """Round the real layers' float tensors to float16 values, as the file will hold them, so that
+    the check compares like with like; refuse a value float16 cannot hold."""
+    quantized = {id(t) for m in model.modules() if isinstance(m, DequantizedWeight) for t in m.buffers()}
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if not tensor.is_floating_point() or id(tensor) in quantized:
+            continue
+        if tensor.abs().max() > torch.finfo(torch.float16).max:
+            raise ValueError(f"{name} holds values beyond float16's range (±65504): export with fp_dtype='float32'")
+        tensor.copy_(tensor.half().float())
 
 
 def _check(path: Path, model: nn.Module, example: torch.Tensor) -> float:
@@ -211,6 +234,8 @@ def export_onnx(
         raise ValueError(f"fp_dtype must be one of {FP_DTYPES}, got {fp_dtype!r}")
     size = _input_size(model, input_size)
     exportable = export_form(model)
+    if fp_dtype == "float16":
+        _round_real_to_float16(exportable)
     example = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))  # batch 2: 1 would be specialized
     program = _to_onnx(exportable, example)
     tensors, weights = _codes_as_int2(program.model.graph)
@@ -222,4 +247,4 @@ def export_onnx(
         diff = _check(staged, exportable, example) if check else None
         os.chmod(staged, 0o644)
         os.replace(staged, path)
-    return OnnxExport(path, path.stat().st_size, tensors, weights, diff)
+    return OnnxExport(path, size, path.stat().st_size, tensors, weights, diff)
