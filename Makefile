@@ -48,7 +48,7 @@ test: $(STAMP) data
 	$(BIN)/python -m pytest -q
 
 test-giants: $(STAMP)
-	$(BIN)/python -m pytest -q -m giant tests/test_zoo.py
+	$(BIN)/python -m pytest -q -m giant tests/test_zoo.py tests/test_export.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check quantswap tests benchmarks
@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/swap_overhead.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/checkpoint_size.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/eval_latency.py --output BENCHMARKS.md
+	$(BIN)/python benchmarks/onnx_export.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/compile_speed.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/saved_memory.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/inference.py --output BENCHMARKS.md
