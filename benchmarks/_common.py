@@ -16,9 +16,17 @@ import quantswap
 TITLE = "# Benchmarks\n"
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the architecture."""
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (info.read_text().splitlines() if info.exists() else [])
+             if line.startswith("model name")]
+    return names[0] if names else (platform.processor() or platform.machine())
+
+
 def machine(cuda: bool = False) -> str:
     """The machine a number was measured on, as the README and BENCHMARKS.md state it."""
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     if cuda:
         gpus = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
         return f"{gpus}, CUDA {torch.version.cuda}, torch {torch.__version__}, {cpu} ({platform.system()})"
