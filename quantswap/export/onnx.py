@@ -222,7 +222,7 @@ def export_onnx(
             the ``exclude=`` that keeps it real).
         OnnxExportError: the exporter could not express a part of the model.
     """
-    _require("onnx", "onnxscript", *(("onnxruntime",) if check else ()))
+    _require("onnx", "onnxscript", "onnx_ir", "ml_dtypes", *(("onnxruntime",) if check else ()))
     import onnx_ir as ir
 
     path = Path(path)
@@ -239,6 +239,10 @@ def export_onnx(
     example = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))  # batch 2: 1 would be specialized
     program = _to_onnx(exportable, example)
     tensors, weights = _codes_as_int2(program.model.graph)
+    terms = sum(m.terms for m in exportable.modules() if isinstance(m, DequantizedWeight))
+    if tensors != terms:  # e.g. an optimizer folded a DequantizeLinear into a float constant
+        raise OnnxExportError(f"the exported graph reads {tensors} INT2 weight tensors where the model has {terms}; "
+                              "the file would hold quantized weights as floats")
     if fp_dtype == "float16":
         _real_weights_as_float16(program.model.graph)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
