@@ -43,6 +43,7 @@ from quantswap.hub import push_to_hub as push_to_hub
 from quantswap.methods import BiRealConfig as BiRealConfig
 from quantswap.methods import IRNetConfig as IRNetConfig
 from quantswap.methods import McDonnellConfig as McDonnellConfig
+from quantswap.methods import ReActConfig as ReActConfig
 from quantswap.methods import TernaryConfig as TernaryConfig
 from quantswap.methods import XnorConfig as XnorConfig
 from quantswap.summary import ModelSummary as ModelSummary
@@ -64,6 +65,7 @@ __all__ = [
     "OnnxExport",
     "OnnxExportError",
     "QuantConfig",
+    "ReActConfig",
     "SwapReport",
     "TernaryConfig",
     "UntraceableModelError",

@@ -129,8 +129,8 @@ class QuantConfig(abc.ABC):
     def weight_quantizer(self, layer: nn.Module) -> nn.Module:
         """A fresh module mapping the layer's latent weight to its quantized weight."""
 
-    def input_quantizer(self) -> nn.Module | None:
-        """A fresh module quantizing the layer input, or ``None`` for real activations."""
+    def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
+        """A fresh module quantizing ``layer``'s input, or ``None`` for real activations."""
         return None
 
     def activation_replacement(self) -> Callable[[], nn.Module] | None:

@@ -132,7 +132,7 @@ def test_binarize_gives_exactly_what_the_forward_uses(quantizer, w):
 def test_binary_activations_in_a_swapped_conv(method, derivative):
     conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=True)
     config = quantswap.config_from_dict({"method": method})
-    layer = QuantConv2d.from_float(conv, config.weight_quantizer(conv), config.input_quantizer())
+    layer = QuantConv2d.from_float(conv, config.weight_quantizer(conv), config.input_quantizer(conv))
     x = torch.randn(2, 4, 5, 5) * 1.5
     g = torch.randn(2, 6, 5, 5)
     x1 = x.clone().requires_grad_(True)
@@ -144,6 +144,75 @@ def test_binary_activations_in_a_swapped_conv(method, derivative):
     # input gradient: conv-transpose of g, times the estimator's derivative
     upstream = torch.nn.grad.conv2d_input(x.shape, w_q, g, padding=1)
     torch.testing.assert_close(x1.grad, upstream * derivative(x), atol=1e-5, rtol=0)
+
+
+def test_react_rsign_forward_and_approxsign_gradient_to_input_and_threshold():
+    """RSign: sign(x + b_c) forward; ApproxSign max(0, 2 - 2|x + b|) backward, to x and (summed) to b."""
+    from quantswap.methods.react import RSign
+
+    rsign = RSign(4)
+    with torch.no_grad():
+        rsign.bias.copy_(torch.tensor([0.0, 0.5, -0.3, 1.2]))
+    x = (torch.randn(2, 4, 5, 5) * 1.5).requires_grad_(True)
+    g = torch.randn(2, 4, 5, 5)
+    y = rsign(x)
+    y.backward(g)
+    shifted = x.detach() + rsign.bias.detach().view(1, -1, 1, 1)
+    assert torch.equal(y, torch.where(shifted >= 0, 1.0, -1.0))
+    derivative = (2 - 2 * shifted.abs()).clamp_min(0)
+    torch.testing.assert_close(x.grad, g * derivative, atol=ATOL, rtol=0)
+    torch.testing.assert_close(rsign.bias.grad, (g * derivative).sum((0, 2, 3)), atol=1e-5, rtol=0)
+    linear = RSign(3, channel_dim=-1)  # a Linear layer's input: channels last, [N, C] or [N, L, C]
+    with torch.no_grad():
+        linear.bias.copy_(torch.tensor([0.0, 0.5, -0.5]))
+    x = torch.tensor([[-1e-9, -0.5, 0.4]]).expand(2, 4, 3)
+    assert torch.equal(linear(x), torch.tensor([[-1.0, 1.0, -1.0]]).expand(2, 4, 3))
+
+
+def test_react_rprelu_forward_and_gradients():
+    """RPReLU: x - γ + ζ where x > γ, β(x - γ) + ζ elsewhere, per channel; gradients by the same cases."""
+    from quantswap.nn.blocks import RPReLU
+
+    act = RPReLU(3)
+    assert act.slope.tolist() == [0.25] * 3 and act.shift_in.abs().sum() == 0 == act.shift_out.abs().sum()
+    with torch.no_grad():
+        act.shift_in.copy_(torch.tensor([0.1, -0.2, 0.3])), act.shift_out.copy_(torch.tensor([-0.5, 0.0, 0.7]))
+        act.slope.copy_(torch.tensor([0.25, 0.1, -0.3]))
+    x = torch.randn(2, 3, 4, 4).requires_grad_(True)
+    g = torch.randn(2, 3, 4, 4)
+    y = act(x)
+    y.backward(g)
+    gamma, zeta, beta = (t.detach().view(1, -1, 1, 1) for t in (act.shift_in, act.shift_out, act.slope))
+    d = x.detach() - gamma
+    torch.testing.assert_close(y, torch.where(d > 0, d, beta * d) + zeta, atol=ATOL, rtol=0)
+    torch.testing.assert_close(x.grad, g * torch.where(d > 0, 1.0, beta), atol=ATOL, rtol=0)
+    torch.testing.assert_close(act.shift_out.grad, g.sum((0, 2, 3)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(act.shift_in.grad, -(g * torch.where(d > 0, 1.0, beta)).sum((0, 2, 3)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(act.slope.grad, (g * torch.where(d > 0, 0.0, d)).sum((0, 2, 3)), atol=1e-5, rtol=0)
+
+
+def test_react_structure_on_resnet18():
+    """Every binary conv: RSign on its input (per input channel), Bi-Real's weights, a shortcut around
+    conv and BN, and an RPReLU over its output channels after the sum."""
+    from torchvision.models import resnet18
+
+    from quantswap.methods.react import RSign
+    from quantswap.nn.blocks import RPReLU
+
+    bnn = quantswap.binarize(resnet18(), method="react")
+    report = quantswap.get_swap_report(bnn)
+    assert len(report.quantized) == 16 and report.shortcuts == report.quantized
+    for name in report.quantized:
+        layer = bnn.get_submodule(name)
+        assert isinstance(layer.input_quantizer, RSign) and layer.input_quantizer.bias.numel() == layer.in_channels
+        assert isinstance(layer.weight_quantizer, BiRealWeight)
+        rprelu = bnn.get_submodule(f"{name}_rprelu")
+        assert isinstance(rprelu, RPReLU) and rprelu.slope.numel() == layer.out_channels
+    users = {n.target: [u.target for u in n.users] for n in bnn.graph.nodes}
+    bn_sum = users["layer1.0.bn1"][0]  # BN -> (+ shortcut) -> RPReLU
+    add = next(n for n in bnn.graph.nodes if n.target == bn_sum)
+    assert [u.target for u in add.users] == ["layer1.0.conv1_rprelu"]
+    assert quantswap.get_freeze_report(quantswap.freeze(bnn)).decoded["layer1.0.conv1"].endswith("is not a plain sign")
 
 
 def test_linear_layer_keeps_bias_and_quantizes_weight():

@@ -21,6 +21,13 @@ import quantswap
 #: quantswap's own methods, each with its default options (a method registered by the tests is covered by
 #: the ``variant`` tests; the sweep's cost grows with every method, so it stays with the library's).
 METHODS = [m for m in quantswap.list_methods() if quantswap.config_for(m).__module__.startswith("quantswap.")]
+#: The seed methods, whose rewrites (layer swap, activation replacement, Bi-Real shortcuts, BN freezing)
+#: every later method reuses, sweep every model; a later method (ReActNet: Bi-Real's shortcuts plus
+#: per-channel RSign/RPReLU) runs on one model of each layout, which is what its own parts depend on.
+SEED_METHODS = ("xnor", "irnet", "bireal", "mcdonnell", "ternary")
+LATER_METHODS = [m for m in METHODS if m not in SEED_METHODS]
+LAYOUTS = ["resnet18", "mobilenet_v2", "efficientnet_b0", "googlenet", "regnet_x_400mf", "densenet121",
+           "squeezenet1_0", "shufflenet_v2_x0_5", "convnext_tiny", "swin_t", "vit_b_16", "maxvit_t"]
 TORCHVISION_MODELS = list_models(module=torchvision.models)
 GIANT = 100e6
 # builder arguments and input sizes that keep each model small enough for a CPU test
@@ -80,8 +87,8 @@ def check_swap(model, method, x):
 CASES = [
     pytest.param(name, method, marks=[pytest.mark.zoo] + ([pytest.mark.giant] if _params(name) >= GIANT else []),
                  id=f"{name}-{method}")
-    for name in TORCHVISION_MODELS for method in METHODS
-]
+    for name in TORCHVISION_MODELS for method in SEED_METHODS
+] + [pytest.param(name, method, marks=pytest.mark.zoo, id=f"{name}-{method}") for name in LAYOUTS for method in LATER_METHODS]
 
 
 @pytest.mark.parametrize("name, method", CASES)
@@ -94,7 +101,8 @@ def test_torchvision_model_converts(name, method):
 def test_the_sweep_covers_every_torchvision_classification_model():
     assert len(TORCHVISION_MODELS) >= 80
     assert {c.values[0] for c in CASES} == set(TORCHVISION_MODELS)
-    assert len(CASES) == len(TORCHVISION_MODELS) * len(METHODS)
+    assert len(CASES) == len(TORCHVISION_MODELS) * len(SEED_METHODS) + len(LAYOUTS) * len(LATER_METHODS)
+    assert set(SEED_METHODS) <= set(METHODS) and set(LAYOUTS) <= set(TORCHVISION_MODELS)
 
 
 TIMM_MODELS = {

@@ -43,5 +43,5 @@ class ThrowawayConfig(QuantConfig):
     def weight_quantizer(self, layer: nn.Module) -> nn.Module:
         return ThrowawayWeight()
 
-    def input_quantizer(self) -> nn.Module | None:
+    def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
         return SignActivation("clipped") if self.activations else None

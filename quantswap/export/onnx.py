@@ -111,8 +111,9 @@ def _to_onnx(model: nn.Module, example: torch.Tensor):
                               "base model is, it does not export with torch.onnx.export either") from err
 
 
-def _codes_as_int2(graph) -> tuple[int, int]:
-    """Store every int8 constant that ``DequantizeLinear`` reads as INT2; returns (tensors, weights)."""
+def _codes_as_int2(graph, terms: int) -> tuple[int, int]:
+    """Store every int8 constant that ``DequantizeLinear`` reads as INT2; returns (tensors, weights).
+    ``terms``: how many the model has (fewer means the exporter folded one into a float constant)."""
     import ml_dtypes
     import onnx_ir as ir
 
@@ -129,6 +130,9 @@ def _codes_as_int2(graph) -> tuple[int, int]:
         codes.const_value = ir.Tensor(array.astype(ml_dtypes.int2), dtype=ir.DataType.INT2, name=codes.name)
         codes.dtype = ir.DataType.INT2
         tensors, weights = tensors + 1, weights + array.size
+    if tensors != terms:
+        raise OnnxExportError(f"the exported graph reads {tensors} INT2 weight tensors where the model has {terms}; "
+                              "the file would hold quantized weights as floats")
     return tensors, weights
 
 
@@ -238,11 +242,8 @@ def export_onnx(
         _round_real_to_float16(exportable)
     example = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))  # batch 2: 1 would be specialized
     program = _to_onnx(exportable, example)
-    tensors, weights = _codes_as_int2(program.model.graph)
     terms = sum(m.terms for m in exportable.modules() if isinstance(m, DequantizedWeight))
-    if tensors != terms:  # e.g. an optimizer folded a DequantizeLinear into a float constant
-        raise OnnxExportError(f"the exported graph reads {tensors} INT2 weight tensors where the model has {terms}; "
-                              "the file would hold quantized weights as floats")
+    tensors, weights = _codes_as_int2(program.model.graph, terms)
     if fp_dtype == "float16":
         _real_weights_as_float16(program.model.graph)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:

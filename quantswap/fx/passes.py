@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from quantswap.fx.analysis import reaches, weight_layer_sites
 from quantswap.fx.utils import get_module, parent_name, set_module
-from quantswap.nn.blocks import bireal_shortcut
+from quantswap.nn.blocks import RPReLU, bireal_shortcut
 from quantswap.nn.layers import QuantConv2d, QuantLayer, QuantLinear
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ __all__ = [
     "quantize_weight_reads",
     "replace_activations",
     "add_bireal_shortcuts",
+    "add_react_shortcuts",
     "freeze_bn_affine",
 ]
 
@@ -44,7 +45,7 @@ def swap_layers(ctx: SwapContext) -> None:
             warnings.warn(f"{target}.weight holds inf or NaN: its quantized weight will too; check the weights "
                           "you loaded", stacklevel=2)
         cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
-        set_module(ctx.model, target, cls.from_float(layer, config.weight_quantizer(layer), config.input_quantizer()))
+        set_module(ctx.model, target, cls.from_float(layer, config.weight_quantizer(layer), config.input_quantizer(layer)))
 
 
 def quantize_weight_reads(ctx: SwapContext) -> None:
@@ -142,6 +143,22 @@ def add_bireal_shortcuts(ctx: SwapContext) -> None:
         _wire_shortcuts(graph, modules, shortcut_targets)
 
 
+def add_react_shortcuts(ctx: SwapContext) -> None:
+    """Bi-Real's shortcuts (:func:`add_bireal_shortcuts`), each sum followed by an RPReLU over the conv's
+    output channels (module ``<conv>_rprelu``): ReActNet's ``RPReLU(BN(conv(x)) + shortcut(x))``."""
+    shortcut_targets, ctx.report.shortcuts_skipped = _make_shortcuts(ctx.model, ctx.report.quantized)
+    ctx.report.shortcuts = list(shortcut_targets)
+    activations = {}
+    for target in shortcut_targets:
+        conv = get_module(ctx.model, target)
+        parent, name = parent_name(target)
+        activations[target] = f"{parent}.{name}_rprelu" if parent else f"{name}_rprelu"
+        set_module(ctx.model, activations[target], RPReLU(conv.out_channels).to(conv.weight.device))
+    modules = ctx.modules
+    for graph in ctx.graphs:
+        _wire_shortcuts(graph, modules, shortcut_targets, activations)
+
+
 def _make_shortcuts(root: nn.Module, convs: Sequence[str]) -> tuple[dict[str, str | None], dict[str, str]]:
     """Per binary conv, the shortcut module's name (``None``: the identity); and the convs none fits."""
     skipped = {}
@@ -168,7 +185,10 @@ def _make_shortcuts(root: nn.Module, convs: Sequence[str]) -> tuple[dict[str, st
     return shortcut_targets, skipped
 
 
-def _wire_shortcuts(graph: fx.Graph, modules: dict[str, nn.Module], shortcut_targets: dict[str, str | None]) -> None:
+def _wire_shortcuts(graph: fx.Graph, modules: dict[str, nn.Module], shortcut_targets: dict[str, str | None],
+                    activations: dict[str, str] | None = None) -> None:
+    """Wire each shortcut's sum in place of the conv's (or its BatchNorm's) output; with ``activations``
+    (conv -> module name), that module follows the sum."""
     for node in list(graph.nodes):
         if node.op != "call_module" or node.target not in shortcut_targets:
             continue
@@ -183,6 +203,10 @@ def _wire_shortcuts(graph: fx.Graph, modules: dict[str, nn.Module], shortcut_tar
         with graph.inserting_after(shortcut if sc_target else out):
             add = graph.call_function(operator.add, (out, shortcut))
         out.replace_all_uses_with(add, delete_user_cb=lambda user, add=add: user is not add)
+        if activations and node.target in activations:
+            with graph.inserting_after(add):
+                act = graph.call_module(activations[node.target], (add,))
+            add.replace_all_uses_with(act, delete_user_cb=lambda user, act=act: user is not act)
 
 
 def freeze_bn_affine(ctx: SwapContext) -> None:

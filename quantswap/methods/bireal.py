@@ -66,7 +66,7 @@ class BiRealConfig(QuantConfig):
     def weight_quantizer(self, layer: nn.Module) -> nn.Module:
         return BiRealWeight()
 
-    def input_quantizer(self) -> nn.Module | None:
+    def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
         return SignActivation("approx") if self.activations else None
 
     def activation_replacement(self):

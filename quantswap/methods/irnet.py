@@ -111,7 +111,7 @@ class IRNetConfig(QuantConfig):
     def weight_quantizer(self, layer: nn.Module) -> nn.Module:
         return IRNetWeight(self.t_min, self.t_max)
 
-    def input_quantizer(self) -> nn.Module | None:
+    def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
         return EDESignActivation(self.t_min, self.t_max) if self.activations else None
 
     def activation_replacement(self):

@@ -59,7 +59,7 @@ class XnorConfig(QuantConfig):
     def weight_quantizer(self, layer: nn.Module) -> nn.Module:
         return XnorWeight()
 
-    def input_quantizer(self) -> nn.Module | None:
+    def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
         return SignActivation("clipped") if self.activations else None
 
     def activation_replacement(self):

@@ -1,11 +1,12 @@
-"""Modules the structural rewrites insert: Bi-Real shortcuts and McDonnell's shifted ReLU."""
+"""Modules the structural rewrites insert: Bi-Real shortcuts, McDonnell's shifted ReLU, ReActNet's RPReLU."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-__all__ = ["ShiftedReLU", "bireal_shortcut"]
+__all__ = ["RPReLU", "ShiftedReLU", "bireal_shortcut"]
 
 
 class ShiftedReLU(nn.Module):
@@ -13,6 +14,28 @@ class ShiftedReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.clamp_min(x, -1.0)
+
+
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU, per channel ``c`` (dimension 1): ``PReLU_β(x − γ) + ζ``, i.e. ``x − γ + ζ`` where
+    ``x > γ`` and ``β·(x − γ) + ζ`` elsewhere (docs/methods.md#reactnet).
+
+    ``γ`` (``shift_in``) and ``ζ`` (``shift_out``) start at 0 and the slope ``β`` at 0.25, as in the
+    authors' code (``nn.PReLU``'s default).
+    """
+
+    def __init__(self, channels: int, slope: float = 0.25):
+        super().__init__()
+        self.shift_in = nn.Parameter(torch.zeros(channels))
+        self.slope = nn.Parameter(torch.full((channels,), slope))
+        self.shift_out = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return F.prelu(x - self.shift_in.view(shape), self.slope) + self.shift_out.view(shape)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.slope.numel()}"
 
 
 def bireal_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:

@@ -1,0 +1,101 @@
+"""ReActNet (Liu et al., ECCV 2020), as in liuzechun/ReActNet (docs/methods.md#reactnet).
+
+* Activations, **RSign**: ``sign(x + b_c)`` with a learnable per-input-channel bias ``b`` (init 0;
+  the paper's threshold ``α_c = −b_c``), ApproxSign backward ``max(0, 2 − 2|x + b|)`` to both ``x``
+  and ``b``. ``sign(0) = +1`` as everywhere in quantswap (the paper writes ``x > α``).
+* Weights: Bi-Real's binarizer, ``α · sign(W)`` with ``α = mean|W|`` per output channel, detached,
+  magnitude-aware gradient (quantswap's Bi-Real; the authors' ReActNet code drops ``α`` from the
+  gradient, as their Bi-Real code does).
+* Structure: the Bi-Real layout (a shortcut around every binary conv and its BatchNorm; ReLUs feeding
+  binary layers removed; downsample convs kept real), and after each shortcut's sum an **RPReLU**:
+  ``PReLU_β(x − γ_c) + ζ_c`` per output channel (``γ = ζ = 0``, ``β = 0.25`` at the start).
+* Training: the distributional loss (cross-entropy to a real teacher's softmax) is
+  ``quantswap finetune``'s default distillation; the two-step recipe (binary activations with real
+  weights, then binary weights) is not here yet.
+
+RSign is not a plain ``sign``, so :func:`quantswap.freeze` keeps these layers decoded (float) and its
+report says so; the packed kernels would need the per-channel bias folded into the input packing.
+
+Example:
+    >>> import quantswap
+    >>> from torchvision.models import resnet18
+    >>> bnn = quantswap.binarize(resnet18(), method="react")
+    >>> type(bnn.layer1[0].conv1.input_quantizer).__name__, bnn.layer1[0].conv1_rprelu
+    ('RSign', RPReLU(channels=64))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from quantswap import functional as QF
+from quantswap._registry import register_method
+from quantswap.config import QuantConfig, Variant
+from quantswap.fx.passes import add_react_shortcuts
+from quantswap.methods.bireal import BiRealWeight
+from quantswap.methods.irnet import is_downsample_conv
+
+__all__ = ["ReActConfig", "RSign"]
+
+
+class RSign(nn.Module):
+    """``sign(x + b)``, ``b`` learnable per input channel, ApproxSign backward.
+
+    The channels are dimension 1 of a convolution's input (``channel_dim=1``) and the last dimension of
+    a Linear layer's (``channel_dim=-1``: ``[N, C]``, or ``[N, ..., C]`` in a transformer).
+    """
+
+    def __init__(self, channels: int, channel_dim: int = 1):
+        super().__init__()
+        if channel_dim not in (1, -1):
+            raise ValueError(f"channel_dim must be 1 (convolution input) or -1 (Linear input), got {channel_dim}")
+        self.channel_dim = channel_dim
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias if self.channel_dim == -1 else self.bias.view((1, -1) + (1,) * (x.dim() - 2))
+        return QF.sign_ste(x + bias, "approx")
+
+    def extra_repr(self) -> str:
+        return f"channels={self.bias.numel()}, channel_dim={self.channel_dim}"
+
+
+@register_method
+@dataclasses.dataclass
+class ReActConfig(QuantConfig):
+    """ReActNet: W1/A1 with RSign, RPReLU and the Bi-Real structure.
+
+    Args:
+        keep_downsample: keep 1×1 stride-2 projection convs real (they get no shortcut).
+    """
+
+    method = "react"
+    paper = "ReActNet (Liu et al., ECCV 2020)"
+    citation = ("Liu, Shen, Savvides, Cheng. ReActNet: Towards Precise Binary Neural Network with Generalized "
+                "Activation Functions. ECCV 2020. arXiv:2003.03488")
+    code = "liuzechun/ReActNet"
+    default_activations = True
+    supports_binary_activations = True
+    variants = (Variant("react", "react", benchmark=False),)  # a benchmark row once measured (issue 13)
+
+    keep_downsample: bool = True
+
+    def weight_quantizer(self, layer: nn.Module) -> nn.Module:
+        return BiRealWeight()
+
+    def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
+        if not self.activations:
+            return None
+        return RSign(layer.in_channels, 1) if isinstance(layer, nn.Conv2d) else RSign(layer.in_features, -1)
+
+    def activation_replacement(self):
+        return nn.Identity if self.activations else None
+
+    def keep_real(self, layer: nn.Module) -> bool:
+        return self.keep_downsample and is_downsample_conv(layer)
+
+    def graph_passes(self):
+        return (add_react_shortcuts,)
