@@ -44,6 +44,7 @@ from quantswap.methods import BiRealConfig as BiRealConfig
 from quantswap.methods import IRNetConfig as IRNetConfig
 from quantswap.methods import McDonnellConfig as McDonnellConfig
 from quantswap.methods import ReActConfig as ReActConfig
+from quantswap.methods import ReCUConfig as ReCUConfig
 from quantswap.methods import TernaryConfig as TernaryConfig
 from quantswap.methods import XnorConfig as XnorConfig
 from quantswap.summary import ModelSummary as ModelSummary
@@ -66,6 +67,7 @@ __all__ = [
     "OnnxExportError",
     "QuantConfig",
     "ReActConfig",
+    "ReCUConfig",
     "SwapReport",
     "TernaryConfig",
     "UntraceableModelError",

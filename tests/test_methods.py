@@ -215,6 +215,82 @@ def test_react_structure_on_resnet18():
     assert quantswap.get_freeze_report(quantswap.freeze(bnn)).decoded["layer1.0.conv1"].endswith("is not a plain sign")
 
 
+def test_recu_tau_rises_exponentially_from_tau_min_to_tau_max():
+    from quantswap.methods.recu import recu_tau
+
+    a = (0.99 - 0.85) / (math.e - 1)
+    assert recu_tau(0.0) == 0.85 and recu_tau(1.0) == 0.99
+    assert recu_tau(0.5) == pytest.approx(a * math.exp(0.5) + 0.85 - a, abs=1e-12)
+    with pytest.raises(ValueError, match="0 < tau_min <= tau_max < 1"):
+        quantswap.config_for("recu", tau_max=1.0)
+
+
+@pytest.mark.parametrize("progress", [0.0, 1.0])
+def test_recu_weight_forward_and_rectified_clamp_gradient(w, progress):
+    """Forward: sign of the standardized weight (±1; the scale is the layer's ChannelScale). Backward:
+    identity through sign, zero beyond the clamp ±Q_τ, then through the standardization."""
+    from quantswap.methods.recu import ReCUWeight
+
+    quantizer = ReCUWeight()
+    quantizer.set_progress(progress)
+    tau = 0.85 if progress == 0 else 0.99
+    g = torch.randn_like(w)
+    w = w.clone()
+    w[:, 0, 0, 0] = 6.0  # one outlier per filter, beyond the clamp even at tau = 0.99
+    q, grad = weight_and_grad(quantizer, w, g)
+
+    def reference(v):  # the formulas of docs/methods.md#recu, written again
+        flat = v.flatten(1)
+        centred = flat - flat.mean(1, keepdim=True)
+        std = torch.sqrt(centred.var(1, unbiased=True, keepdim=True) + 1e-5) / (2 * math.sqrt(2))
+        w_std = (centred / std).view(v.shape)
+        limit = -w_std.detach().abs().mean() * math.log(2 - 2 * tau)
+        return w_std, torch.clamp(w_std, -limit, limit), limit
+
+    v = w.clone().requires_grad_(True)
+    w_std, clamped, limit = reference(v)
+    (clamped * g).sum().backward()
+    assert torch.equal(q, torch.where(w_std.detach() >= 0, 1.0, -1.0))
+    assert (w_std.abs() > limit).any()  # the clamp is exercised
+    torch.testing.assert_close(grad, v.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_recu_sign_takes_approxsign_at_the_normalized_input_in_training_only():
+    from quantswap.methods.recu import ReCUSign
+
+    sign = ReCUSign()
+    x = torch.randn(3, 4, 5, 5) * 2.5
+    g = torch.randn_like(x)
+    for training in (True, False):
+        x1 = x.clone().requires_grad_(True)
+        y = sign.train(training)(x1)
+        y.backward(g)
+        assert torch.equal(y, torch.where(x >= 0, 1.0, -1.0))
+        x2 = x.clone().requires_grad_(True)
+        at = x2 / torch.sqrt(x2.var(dim=(1, 2, 3), keepdim=True) + 1e-5) if training else x2
+        (surrogate_sign(at, lambda t: torch.where(t.abs() < 1, 2 * t - t * t.abs(), t.sign())) * g).sum().backward()
+        torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_recu_structure_scales_each_binary_output_and_runs_packed_when_frozen():
+    from torchvision.models import resnet18
+
+    from quantswap.nn.blocks import ChannelScale
+
+    fp = resnet18()
+    bnn = quantswap.binarize(fp, method="recu")
+    report = quantswap.get_swap_report(bnn)
+    for name in report.quantized:
+        scale = bnn.get_submodule(f"{name}_scale")
+        assert isinstance(scale, ChannelScale)
+        torch.testing.assert_close(scale.scale.detach(), fp.get_submodule(name).weight.abs().flatten(1).mean(1))
+        assert isinstance(bnn.get_submodule(f"{name}_hardtanh"), torch.nn.Hardtanh)
+    users = {n.target: [u.target for u in n.users] for n in bnn.graph.nodes}
+    assert users["layer1.0.conv1"] == ["layer1.0.conv1_scale"] and users["layer1.0.conv1_scale"] == ["layer1.0.bn1"]
+    frozen = quantswap.freeze(bnn.eval())
+    assert quantswap.get_freeze_report(frozen).packed == report.quantized  # ReCUSign's forward is a plain sign
+
+
 def test_linear_layer_keeps_bias_and_quantizes_weight():
     lin = torch.nn.Linear(5, 3)
     layer = QuantLinear.from_float(lin, XnorWeight())

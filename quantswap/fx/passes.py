@@ -16,10 +16,11 @@ from torch.nn import functional as F
 
 from quantswap.fx.analysis import reaches, weight_layer_sites
 from quantswap.fx.utils import get_module, parent_name, set_module
-from quantswap.nn.blocks import RPReLU, bireal_shortcut
+from quantswap.nn.blocks import ChannelScale, RPReLU, bireal_shortcut
 from quantswap.nn.layers import QuantConv2d, QuantLayer, QuantLinear
 
 if TYPE_CHECKING:
+    from quantswap.config import GraphPass
     from quantswap.fx.pipeline import SwapContext
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "replace_activations",
     "add_bireal_shortcuts",
     "add_react_shortcuts",
+    "shortcuts_followed_by",
+    "scale_quantized_outputs",
     "freeze_bn_affine",
 ]
 
@@ -143,20 +146,52 @@ def add_bireal_shortcuts(ctx: SwapContext) -> None:
         _wire_shortcuts(graph, modules, shortcut_targets)
 
 
-def add_react_shortcuts(ctx: SwapContext) -> None:
-    """Bi-Real's shortcuts (:func:`add_bireal_shortcuts`), each sum followed by an RPReLU over the conv's
-    output channels (module ``<conv>_rprelu``): ReActNet's ``RPReLU(BN(conv(x)) + shortcut(x))``."""
-    shortcut_targets, ctx.report.shortcuts_skipped = _make_shortcuts(ctx.model, ctx.report.quantized)
-    ctx.report.shortcuts = list(shortcut_targets)
-    activations = {}
-    for target in shortcut_targets:
-        conv = get_module(ctx.model, target)
-        parent, name = parent_name(target)
-        activations[target] = f"{parent}.{name}_rprelu" if parent else f"{name}_rprelu"
-        set_module(ctx.model, activations[target], RPReLU(conv.out_channels).to(conv.weight.device))
-    modules = ctx.modules
+def _sibling(target: str, suffix: str) -> str:
+    """The name of a module inserted next to ``target``: ``<target>_<suffix>`` in the same parent."""
+    parent, name = parent_name(target)
+    return f"{parent}.{name}_{suffix}" if parent else f"{name}_{suffix}"
+
+
+def shortcuts_followed_by(factory: Callable[[int], nn.Module], suffix: str) -> GraphPass:
+    """A pass making Bi-Real's shortcuts (:func:`add_bireal_shortcuts`) with each sum followed by
+    ``factory(out_channels)`` (module ``<conv>_<suffix>``): ReActNet's RPReLU, ReCU's Hardtanh."""
+
+    def add_shortcuts(ctx: SwapContext) -> None:
+        shortcut_targets, ctx.report.shortcuts_skipped = _make_shortcuts(ctx.model, ctx.report.quantized)
+        ctx.report.shortcuts = list(shortcut_targets)
+        activations = {}
+        for target in shortcut_targets:
+            conv = get_module(ctx.model, target)
+            activations[target] = _sibling(target, suffix)
+            set_module(ctx.model, activations[target], factory(conv.out_channels).to(conv.weight.device))
+        modules = ctx.modules
+        for graph in ctx.graphs:
+            _wire_shortcuts(graph, modules, shortcut_targets, activations)
+
+    add_shortcuts.__name__ = f"add_shortcuts_with_{suffix}"
+    return add_shortcuts
+
+
+#: ReActNet's structure: ``RPReLU(BN(conv(x)) + shortcut(x))``.
+add_react_shortcuts = shortcuts_followed_by(RPReLU, "rprelu")
+
+
+def scale_quantized_outputs(ctx: SwapContext) -> None:
+    """Multiply each quantized layer's output by a learnable per-channel scale (module ``<layer>_scale``,
+    a :class:`~quantswap.nn.blocks.ChannelScale` starting at the latent weight's ``mean|W|`` per output
+    channel), for methods whose binary weights are a plain ``±1`` (ReCU)."""
+    scales = {}
+    for target in ctx.report.quantized:
+        layer = get_module(ctx.model, target)
+        init = layer.weight.detach().abs().flatten(1).mean(1)
+        scales[target] = _sibling(target, "scale")
+        set_module(ctx.model, scales[target], ChannelScale(init, 1 if isinstance(layer, nn.Conv2d) else -1))
     for graph in ctx.graphs:
-        _wire_shortcuts(graph, modules, shortcut_targets, activations)
+        for node in list(graph.nodes):
+            if node.op == "call_module" and node.target in scales:
+                with graph.inserting_after(node):
+                    scaled = graph.call_module(scales[node.target], (node,))
+                node.replace_all_uses_with(scaled, delete_user_cb=lambda user, scaled=scaled: user is not scaled)
 
 
 def _make_shortcuts(root: nn.Module, convs: Sequence[str]) -> tuple[dict[str, str | None], dict[str, str]]:

@@ -6,5 +6,6 @@ from quantswap.methods.bireal import BiRealConfig as BiRealConfig  # isort: skip
 from quantswap.methods.mcdonnell import McDonnellConfig as McDonnellConfig  # isort: skip
 from quantswap.methods.ternary import TernaryConfig as TernaryConfig  # isort: skip
 from quantswap.methods.react import ReActConfig as ReActConfig  # isort: skip
+from quantswap.methods.recu import ReCUConfig as ReCUConfig  # isort: skip
 
-__all__ = ["BiRealConfig", "IRNetConfig", "McDonnellConfig", "ReActConfig", "TernaryConfig", "XnorConfig"]
+__all__ = ["BiRealConfig", "IRNetConfig", "McDonnellConfig", "ReActConfig", "ReCUConfig", "TernaryConfig", "XnorConfig"]

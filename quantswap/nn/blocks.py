@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["RPReLU", "ShiftedReLU", "bireal_shortcut"]
+__all__ = ["ChannelScale", "RPReLU", "ShiftedReLU", "bireal_shortcut"]
 
 
 class ShiftedReLU(nn.Module):
@@ -14,6 +14,24 @@ class ShiftedReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.clamp_min(x, -1.0)
+
+
+class ChannelScale(nn.Module):
+    """A learnable scale per channel: ``x · α_c`` over dimension 1 (a convolution's output) or the last
+    one (a Linear layer's, ``channel_dim=-1``). ReCU's scaling factor (docs/methods.md#recu)."""
+
+    def __init__(self, scale: torch.Tensor, channel_dim: int = 1):
+        super().__init__()
+        self.channel_dim = channel_dim
+        self.scale = nn.Parameter(scale.detach().clone().flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channel_dim == -1:
+            return x * self.scale
+        return x * self.scale.view((1, -1) + (1,) * (x.dim() - 2))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.scale.numel()}, channel_dim={self.channel_dim}"
 
 
 class RPReLU(nn.Module):

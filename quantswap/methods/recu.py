@@ -1,0 +1,147 @@
+"""ReCU (Xu et al., ICCV 2021), as in z-hXu/ReCU (docs/methods.md#recu).
+
+* Weights, per output channel: standardize ``Ŵ = (W − mean W) / (sqrt(var W + 1e-5) / (2√2))``
+  (unbiased variance, as in the code), clamp at the quantile ``Q_τ = −mean|Ŵ| · ln(2 − 2τ)`` (``mean``
+  over the whole layer, detached), binarize ``sign(clamp(Ŵ, −Q_τ, Q_τ))`` with the identity
+  straight-through gradient. The clamp changes no sign, only the backward: weights beyond ``Q_τ`` get
+  no gradient, so they stop drifting ("rectified clamp unit"). ``τ`` rises from ``tau_min = 0.85`` to
+  ``tau_max = 0.99`` as ``τ = A·e^p + B`` at training progress ``p`` (``quantswap.set_progress``).
+* Scale: a learnable factor per output channel multiplies the layer's output (a ``ChannelScale``
+  module after each binary layer, before its BatchNorm). The authors initialize it uniformly in
+  [0, 1); from a pretrained model quantswap starts at ``mean|W|`` per channel (XNOR's scale), so the
+  swapped model starts near its parent.
+* Activations: ``sign(x)``; in training, the ApproxSign backward is taken at ``x / sqrt(var x + 1e-5)``
+  (variance per sample over the other dimensions, as in the code), in eval at ``x``. The forward is a
+  plain sign either way, so a frozen ReCU model runs the packed kernels.
+* Structure (the authors' ResNets): a shortcut around every binary conv and its BatchNorm, with a
+  Hardtanh after each sum (Bi-Real's layout with ReCU's nonlinearity); ReLUs feeding binary layers
+  removed; downsample convs real.
+
+Example:
+    >>> import quantswap
+    >>> from torchvision.models import resnet18
+    >>> bnn = quantswap.binarize(resnet18(), method="recu")
+    >>> quantswap.set_progress(bnn, 1.0)
+    >>> round(bnn.layer1[0].conv1.weight_quantizer.tau.item(), 4), bnn.layer1[0].conv1_scale
+    (0.99, ChannelScale(channels=64, channel_dim=1))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from quantswap import functional as QF
+from quantswap._registry import register_method
+from quantswap.config import QuantConfig, Variant
+from quantswap.fx.passes import scale_quantized_outputs, shortcuts_followed_by
+from quantswap.methods.irnet import is_downsample_conv
+from quantswap.nn.quantizers import BinaryWeightQuantizer, ScheduledQuantizer
+
+__all__ = ["ReCUConfig", "ReCUSign", "ReCUWeight", "recu_tau"]
+
+
+def recu_tau(progress: float, tau_min: float = 0.85, tau_max: float = 0.99) -> float:
+    """ReCU's clamp level at training ``progress`` in [0, 1]: ``A·e^p + B`` from ``tau_min`` to ``tau_max``.
+
+    Example:
+        >>> recu_tau(0.0), recu_tau(1.0)
+        (0.85, 0.99)
+    """
+    a = (tau_max - tau_min) / (math.e - 1)
+    return round(a * math.exp(progress) + tau_min - a, 12)
+
+
+class ReCUWeight(BinaryWeightQuantizer, ScheduledQuantizer):
+    """``sign(clamp(standardize(W), ±Q_τ))``, identity straight-through; the scale is the layer's
+    ``ChannelScale`` (``scale_granularity = "constant"``: the codes decode to ±1)."""
+
+    scale_granularity = "constant"
+
+    def __init__(self, tau_min: float = 0.85, tau_max: float = 0.99):
+        super().__init__()
+        self.tau_min, self.tau_max = tau_min, tau_max
+        self.register_buffer("tau", torch.zeros(()), persistent=False)  # a tensor: no recompile per step
+        self.set_progress(0.0)
+
+    def set_progress(self, progress: float) -> None:
+        self.tau.fill_(recu_tau(progress, self.tau_min, self.tau_max))
+
+    @staticmethod
+    def standardize(w: torch.Tensor) -> torch.Tensor:
+        flat = w.flatten(1)
+        centred = flat - flat.mean(1, keepdim=True)
+        return (centred / (torch.sqrt(centred.var(1, keepdim=True) + 1e-5) / (2 * math.sqrt(2)))).view(w.shape)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        w_std = self.standardize(w)
+        q = (-w_std.detach().abs().mean() * torch.log(2 - 2 * self.tau)).to(w_std.dtype)
+        return QF.sign_ste(torch.clamp(w_std, -q, q), "identity")
+
+    @torch.no_grad()
+    def binarize(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.standardize(w) >= 0, self.constant_scale(w, w.dtype)
+
+    def constant_scale(self, codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return torch.ones((), dtype=dtype, device=codes.device)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau.item():.4g}"
+
+
+class ReCUSign(nn.Module):
+    """``sign(x)``; ApproxSign backward, in training at ``x`` divided by its per-sample std."""
+
+    plain_sign = True  # the forward is exactly quantswap.functional.sign: a packed layer may binarize for it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            x = x / torch.sqrt(x.var(dim=tuple(range(1, x.dim())), keepdim=True) + 1e-5)
+        return QF.sign_ste(x, "approx")
+
+
+@register_method
+@dataclasses.dataclass
+class ReCUConfig(QuantConfig):
+    """ReCU: W1/A1 with a rising clamp on standardized weights and a learned output scale.
+
+    Args:
+        tau_min, tau_max: the clamp level's schedule (0 < tau_min <= tau_max < 1).
+        keep_downsample: keep 1×1 stride-2 projection convs real (they get no shortcut).
+    """
+
+    method = "recu"
+    paper = "ReCU (Xu et al., ICCV 2021)"
+    citation = ("Xu, Lin, Zhang, Wang, Chen, Chao, Ji. ReCU: Reviving the Dead Weights in Binary Neural "
+                "Networks. ICCV 2021. arXiv:2103.12369")
+    code = "z-hXu/ReCU"
+    default_activations = True
+    supports_binary_activations = True
+    variants = (Variant("recu", "recu", benchmark=False),)  # a benchmark row once measured (issue 13)
+
+    tau_min: float = 0.85
+    tau_max: float = 0.99
+    keep_downsample: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.tau_min <= self.tau_max < 1:
+            raise ValueError(f"ReCU needs 0 < tau_min <= tau_max < 1, got tau_min={self.tau_min}, tau_max={self.tau_max}")
+
+    def weight_quantizer(self, layer: nn.Module) -> nn.Module:
+        return ReCUWeight(self.tau_min, self.tau_max)
+
+    def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
+        return ReCUSign() if self.activations else None
+
+    def activation_replacement(self):
+        return nn.Identity if self.activations else None
+
+    def keep_real(self, layer: nn.Module) -> bool:
+        return self.keep_downsample and is_downsample_conv(layer)
+
+    def graph_passes(self):
+        return (shortcuts_followed_by(lambda channels: nn.Hardtanh(), "hardtanh"), scale_quantized_outputs)
