@@ -74,7 +74,8 @@ class ReCUWeight(BinaryWeightQuantizer, ScheduledQuantizer):
     def standardize(w: torch.Tensor) -> torch.Tensor:
         flat = w.flatten(1)
         centred = flat - flat.mean(1, keepdim=True)
-        return (centred / (torch.sqrt(centred.var(1, keepdim=True) + 1e-5) / (2 * math.sqrt(2)))).view(w.shape)
+        variance = centred.var(1, correction=1 if flat.shape[1] > 1 else 0, keepdim=True)  # one weight: 0, not NaN
+        return (centred / (torch.sqrt(variance + 1e-5) / (2 * math.sqrt(2)))).view(w.shape)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         w_std = self.standardize(w)
