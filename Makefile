@@ -14,7 +14,7 @@ FASHION_MNIST_LOCAL := $(CURDIR)/.data/debian$(FASHION_MNIST_SYSTEM)
 export QUANTSWAP_FASHION_MNIST ?= $(FASHION_MNIST_LOCAL)
 PARENT := runs/fashion-mnist-parent/model.safetensors
 
-.PHONY: install data demo test test-giants lint bench accuracy zoo gpu-bench clean
+.PHONY: install data demo test test-giants test-sweep lint bench accuracy zoo gpu-bench clean
 
 install: $(STAMP)
 
@@ -48,7 +48,12 @@ test: $(STAMP) data
 	$(BIN)/python -m pytest -q
 
 test-giants: $(STAMP)
-	$(BIN)/python -m pytest -q -m giant tests/test_zoo.py tests/test_export.py
+	$(BIN)/python -m pytest -q -m giant tests/test_zoo.py
+
+# Every torchvision model with every seed method, every variant exported from MobileNetV2 and timm
+# (the default suite runs one method per model, in turn, and four export pairs): ~10 minutes.
+test-sweep: $(STAMP)
+	$(BIN)/python -m pytest -q -m sweep tests/test_zoo.py tests/test_export.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check quantswap tests benchmarks

@@ -5,7 +5,9 @@ latent weight, and no float Conv2d/Linear remains except those kept real on purp
 
 The 17 models of 100M parameters or more (VGG, ViT-L/H, RegNet-Y-128GF, ...) are marked
 ``giant``: on the 2-core CI machine their five conversions cost ~2 minutes each, so they run with
-``make test-giants`` rather than in the default suite.
+``make test-giants`` rather than in the default suite. Of the other models, the default suite
+converts each with one seed method, in turn (so every method meets every kind of layout); the rest of
+the product is marked ``sweep`` and runs with ``make test-sweep``.
 """
 
 import functools
@@ -84,9 +86,19 @@ def check_swap(model, method, x):
     return swapped
 
 
+#: The seed method each model below 100M parameters is converted with in the default suite, in turn.
+IN_TURN = {name: SEED_METHODS[i % len(SEED_METHODS)]
+           for i, name in enumerate(n for n in TORCHVISION_MODELS if _params(n) < GIANT)}
+
+
+def _marks(name: str, method: str) -> list:
+    if name not in IN_TURN:
+        return [pytest.mark.zoo, pytest.mark.giant]
+    return [pytest.mark.zoo] + ([] if IN_TURN[name] == method else [pytest.mark.sweep])
+
+
 CASES = [
-    pytest.param(name, method, marks=[pytest.mark.zoo] + ([pytest.mark.giant] if _params(name) >= GIANT else []),
-                 id=f"{name}-{method}")
+    pytest.param(name, method, marks=_marks(name, method), id=f"{name}-{method}")
     for name in TORCHVISION_MODELS for method in SEED_METHODS
 ] + [pytest.param(name, method, marks=pytest.mark.zoo, id=f"{name}-{method}") for name in LAYOUTS for method in LATER_METHODS]
 
@@ -103,6 +115,8 @@ def test_the_sweep_covers_every_torchvision_classification_model():
     assert {c.values[0] for c in CASES} == set(TORCHVISION_MODELS)
     assert len(CASES) == len(TORCHVISION_MODELS) * len(SEED_METHODS) + len(LAYOUTS) * len(LATER_METHODS)
     assert set(SEED_METHODS) <= set(METHODS) and set(LAYOUTS) <= set(TORCHVISION_MODELS)
+    default = [c.values for c in CASES if not {m.name for m in c.marks} & {"giant", "sweep"}]
+    assert all(sum(method == m for _, m in default) >= 10 for method in SEED_METHODS)  # each method, many layouts
 
 
 TIMM_MODELS = {

@@ -139,11 +139,22 @@ def add_bireal_shortcuts(ctx: SwapContext) -> None:
     where shapes match and ``AvgPool → 1×1 conv → BN`` (module ``<conv>_shortcut``) where they do not.
     Records the convs that got a shortcut, and those that could not, with the reason.
     """
+    _add_shortcuts(ctx)
+
+
+def _add_shortcuts(ctx: SwapContext, factory: Callable[[int], nn.Module] | None = None, suffix: str = "") -> None:
+    """Bi-Real's shortcuts; with ``factory``, each sum followed by ``factory(out_channels)`` (module
+    ``<conv>_<suffix>``)."""
     shortcut_targets, ctx.report.shortcuts_skipped = _make_shortcuts(ctx.model, ctx.report.quantized)
     ctx.report.shortcuts = list(shortcut_targets)
+    activations = {}
+    for target in shortcut_targets if factory is not None else ():
+        conv = get_module(ctx.model, target)
+        activations[target] = _sibling(target, suffix)
+        set_module(ctx.model, activations[target], factory(conv.out_channels).to(conv.weight.device))
     modules = ctx.modules
     for graph in ctx.graphs:
-        _wire_shortcuts(graph, modules, shortcut_targets)
+        _wire_shortcuts(graph, modules, shortcut_targets, activations)
 
 
 def _sibling(target: str, suffix: str) -> str:
@@ -157,16 +168,7 @@ def shortcuts_followed_by(factory: Callable[[int], nn.Module], suffix: str) -> G
     ``factory(out_channels)`` (module ``<conv>_<suffix>``): ReActNet's RPReLU, ReCU's Hardtanh."""
 
     def add_shortcuts(ctx: SwapContext) -> None:
-        shortcut_targets, ctx.report.shortcuts_skipped = _make_shortcuts(ctx.model, ctx.report.quantized)
-        ctx.report.shortcuts = list(shortcut_targets)
-        activations = {}
-        for target in shortcut_targets:
-            conv = get_module(ctx.model, target)
-            activations[target] = _sibling(target, suffix)
-            set_module(ctx.model, activations[target], factory(conv.out_channels).to(conv.weight.device))
-        modules = ctx.modules
-        for graph in ctx.graphs:
-            _wire_shortcuts(graph, modules, shortcut_targets, activations)
+        _add_shortcuts(ctx, factory, suffix)
 
     add_shortcuts.__name__ = f"add_shortcuts_with_{suffix}"
     return add_shortcuts
