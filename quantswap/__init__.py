@@ -20,6 +20,7 @@ from quantswap.api import get_swap_report as get_swap_report
 from quantswap.api import set_progress as set_progress
 from quantswap.api import swap as swap
 from quantswap.api import ternarize as ternarize
+from quantswap.calibration import recalibrate_bn as recalibrate_bn
 from quantswap.checkpoint import CheckpointError as CheckpointError
 from quantswap.checkpoint import CheckpointNotFoundError as CheckpointNotFoundError
 from quantswap.checkpoint import CheckpointSize as CheckpointSize
@@ -90,6 +91,7 @@ __all__ = [
     "list_methods",
     "list_variants",
     "push_to_hub",
+    "recalibrate_bn",
     "register_leaf_module",
     "register_method",
     "save_pretrained",

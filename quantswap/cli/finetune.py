@@ -40,6 +40,7 @@ HELP = {
     "teacher": "another teacher model name (default: the parent)",
     "distill_alpha": "weight of the distribution loss; 1 - alpha goes to the label loss",
     "output": "run folder: args.yaml, metrics.jsonl, last.pt, best.pt and the packed model/",
+    "recalibrate_bn": "after the swap, re-estimate BatchNorm statistics on N training batches (0: off)",
     "resume": "continue the run in --output from its last checkpoint",
     "overwrite": "replace the run in --output",
     "max_steps": "stop after this many optimizer steps",

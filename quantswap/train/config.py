@@ -38,7 +38,7 @@ _RANGES: dict[str, tuple[type, float, float]] = {
     "cycle_limit": (int, 1, _INF), "lr": (float, 0, _INF), "min_lr": (float, 0, _INF), "momentum": (float, 0, 1),
     "weight_decay": (float, 0, _INF), "warmup_epochs": (float, 0, _INF), "cycle_mul": (float, 0, _INF),
     "decay_rate": (float, 0, _INF), "label_smoothing": (float, 0, 1), "distill_alpha": (float, 0, 1),
-    "clip_grad": (float, 0, _INF),
+    "clip_grad": (float, 0, _INF), "recalibrate_bn": (int, 0, _INF),
 }
 
 
@@ -94,6 +94,7 @@ class FinetuneConfig:
     teacher_weights: str | None = None
     distill_alpha: float = 1.0  # weight of the distribution loss; 1 - alpha goes to the labels
     eval_parent: bool = True  # validate the float parent too (the table's first row)
+    recalibrate_bn: int = 0  # re-estimate BatchNorm statistics on this many training batches after the swap (0: off)
     output: str = "runs/finetune"
     resume: bool = False
     overwrite: bool = False

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from quantswap.calibration import recalibrate_bn
 from quantswap.data import DATASETS, check_image_folder
 from quantswap.models import check_model_name
 from quantswap.train.config import FinetuneConfig
@@ -99,6 +100,8 @@ def _run(cfg: FinetuneConfig, dist: Dist, run: RunFolder) -> RunResult:
     data = build_loaders(cfg, dist)
     parent = _parent(cfg, data.num_classes, dist)
     model = build_student(cfg, parent.model).to(dist.device)
+    if cfg.recalibrate_bn and not cfg.resume and not cfg.is_float:
+        recalibrate_bn(model, data.train, batches=cfg.recalibrate_bn, device=dist.device)
     teacher = build_teacher(cfg, parent, data.num_classes, dist.device)
     if not cfg.resume:
         run.start()
