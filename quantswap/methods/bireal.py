@@ -33,7 +33,7 @@ from quantswap.fx.passes import add_bireal_shortcuts
 from quantswap.methods.irnet import is_downsample_conv
 from quantswap.nn.quantizers import BinaryWeightQuantizer, SignActivation
 
-__all__ = ["BiRealConfig", "BiRealWeight"]
+__all__ = ["BiRealConfig", "BiRealLayout", "BiRealWeight"]
 
 
 class BiRealWeight(BinaryWeightQuantizer):
@@ -43,37 +43,44 @@ class BiRealWeight(BinaryWeightQuantizer):
         return QF.per_channel_mean_abs(w).detach() * QF.sign_ste(w, "clipped")
 
 
-@register_method
 @dataclasses.dataclass
-class BiRealConfig(QuantConfig):
-    """Bi-Real: W1/A1 with a shortcut around every binary conv.
+class BiRealLayout(QuantConfig):
+    """What the methods built on Bi-Real's layout share (Bi-Real, ReActNet, ReCU): W1/A1 by default,
+    the ReLUs feeding binary layers removed, downsample convs real; each adds its shortcut pass.
 
     Args:
         keep_downsample: keep 1×1 stride-2 projection convs real (they get no shortcut).
     """
 
-    method = "bireal"
-    paper = "Bi-Real Net (Liu et al., ECCV 2018)"
-    citation = ("Liu, Wu, Luo, Yang, Liu, Cheng. Bi-Real Net: Enhancing the Performance of 1-bit CNNs with "
-                "Improved Representational Capability and Advanced Training Algorithm. ECCV 2018. arXiv:1808.00278")
-    code = "liuzechun/Bi-Real-net"
     default_activations = True
     supports_binary_activations = True
-    variants = (Variant("bireal", "bireal"),)
 
     keep_downsample: bool = True
-
-    def weight_quantizer(self, layer: nn.Module) -> nn.Module:
-        return BiRealWeight()
-
-    def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
-        return SignActivation("approx") if self.activations else None
 
     def activation_replacement(self):
         return nn.Identity if self.activations else None
 
     def keep_real(self, layer: nn.Module) -> bool:
         return self.keep_downsample and is_downsample_conv(layer)
+
+
+@register_method
+@dataclasses.dataclass
+class BiRealConfig(BiRealLayout):
+    """Bi-Real: W1/A1 with a shortcut around every binary conv (options: :class:`BiRealLayout`)."""
+
+    method = "bireal"
+    paper = "Bi-Real Net (Liu et al., ECCV 2018)"
+    citation = ("Liu, Wu, Luo, Yang, Liu, Cheng. Bi-Real Net: Enhancing the Performance of 1-bit CNNs with "
+                "Improved Representational Capability and Advanced Training Algorithm. ECCV 2018. arXiv:1808.00278")
+    code = "liuzechun/Bi-Real-net"
+    variants = (Variant("bireal", "bireal"),)
+
+    def weight_quantizer(self, layer: nn.Module) -> nn.Module:
+        return BiRealWeight()
+
+    def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
+        return SignActivation("approx") if self.activations else None
 
     def graph_passes(self):
         return (add_bireal_shortcuts,)

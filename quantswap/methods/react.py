@@ -33,10 +33,9 @@ from torch import nn
 
 from quantswap import functional as QF
 from quantswap._registry import register_method
-from quantswap.config import QuantConfig, Variant
+from quantswap.config import Variant
 from quantswap.fx.passes import add_react_shortcuts
-from quantswap.methods.bireal import BiRealWeight
-from quantswap.methods.irnet import is_downsample_conv
+from quantswap.methods.bireal import BiRealLayout, BiRealWeight
 
 __all__ = ["ReActConfig", "RSign"]
 
@@ -65,11 +64,11 @@ class RSign(nn.Module):
 
 @register_method
 @dataclasses.dataclass
-class ReActConfig(QuantConfig):
+class ReActConfig(BiRealLayout):
     """ReActNet: W1/A1 with RSign, RPReLU and the Bi-Real structure.
 
     Args:
-        keep_downsample: keep 1×1 stride-2 projection convs real (they get no shortcut).
+        keep_downsample: as :class:`~quantswap.methods.bireal.BiRealLayout`.
     """
 
     method = "react"
@@ -77,11 +76,7 @@ class ReActConfig(QuantConfig):
     citation = ("Liu, Shen, Savvides, Cheng. ReActNet: Towards Precise Binary Neural Network with Generalized "
                 "Activation Functions. ECCV 2020. arXiv:2003.03488")
     code = "liuzechun/ReActNet"
-    default_activations = True
-    supports_binary_activations = True
     variants = (Variant("react", "react", benchmark=False),)  # a benchmark row once measured (issue 13)
-
-    keep_downsample: bool = True
 
     def weight_quantizer(self, layer: nn.Module) -> nn.Module:
         return BiRealWeight()
@@ -90,12 +85,6 @@ class ReActConfig(QuantConfig):
         if not self.activations:
             return None
         return RSign(layer.in_channels, 1) if isinstance(layer, nn.Conv2d) else RSign(layer.in_features, -1)
-
-    def activation_replacement(self):
-        return nn.Identity if self.activations else None
-
-    def keep_real(self, layer: nn.Module) -> bool:
-        return self.keep_downsample and is_downsample_conv(layer)
 
     def graph_passes(self):
         return (add_react_shortcuts,)

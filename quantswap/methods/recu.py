@@ -36,9 +36,9 @@ from torch import nn
 
 from quantswap import functional as QF
 from quantswap._registry import register_method
-from quantswap.config import QuantConfig, Variant
+from quantswap.config import Variant
 from quantswap.fx.passes import scale_quantized_outputs, shortcuts_followed_by
-from quantswap.methods.irnet import is_downsample_conv
+from quantswap.methods.bireal import BiRealLayout
 from quantswap.nn.quantizers import BinaryWeightQuantizer, ScheduledQuantizer
 
 __all__ = ["ReCUConfig", "ReCUSign", "ReCUWeight", "recu_tau"]
@@ -106,12 +106,12 @@ class ReCUSign(nn.Module):
 
 @register_method
 @dataclasses.dataclass
-class ReCUConfig(QuantConfig):
+class ReCUConfig(BiRealLayout):
     """ReCU: W1/A1 with a rising clamp on standardized weights and a learned output scale.
 
     Args:
         tau_min, tau_max: the clamp level's schedule (0 < tau_min <= tau_max < 1).
-        keep_downsample: keep 1×1 stride-2 projection convs real (they get no shortcut).
+        keep_downsample: as :class:`~quantswap.methods.bireal.BiRealLayout`.
     """
 
     method = "recu"
@@ -119,13 +119,10 @@ class ReCUConfig(QuantConfig):
     citation = ("Xu, Lin, Zhang, Wang, Chen, Chao, Ji. ReCU: Reviving the Dead Weights in Binary Neural "
                 "Networks. ICCV 2021. arXiv:2103.12369")
     code = "z-hXu/ReCU"
-    default_activations = True
-    supports_binary_activations = True
     variants = (Variant("recu", "recu", benchmark=False),)  # a benchmark row once measured (issue 13)
 
     tau_min: float = 0.85
     tau_max: float = 0.99
-    keep_downsample: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -137,12 +134,6 @@ class ReCUConfig(QuantConfig):
 
     def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
         return ReCUSign() if self.activations else None
-
-    def activation_replacement(self):
-        return nn.Identity if self.activations else None
-
-    def keep_real(self, layer: nn.Module) -> bool:
-        return self.keep_downsample and is_downsample_conv(layer)
 
     def graph_passes(self):
         return (shortcuts_followed_by(lambda channels: nn.Hardtanh(), "hardtanh"), scale_quantized_outputs)
