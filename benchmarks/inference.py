@@ -13,6 +13,7 @@ Usage: python benchmarks/inference.py [--iters 20] [--output BENCHMARKS.md]
 
 from __future__ import annotations
 
+import copy
 import statistics
 import tempfile
 import time
@@ -29,6 +30,7 @@ import quantswap
 from quantswap import kernels
 
 W1A1 = ("xnor", "irnet", "bireal")
+LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
 CONVS = ((64, 56), (128, 28), (256, 14), (512, 7))  # ResNet-18's binary 3x3 convs: channels, size
 LINEARS = ((1, 4096, 4096), (64, 4096, 4096), (8, 2304, 512), (1, 512, 1000))  # batch, in, out
 
@@ -58,18 +60,25 @@ def codes(*shape: int) -> torch.Tensor:
     return torch.randint(0, 2, shape, dtype=torch.int8) * 2 - 1
 
 
-def per_conv(iters: int) -> list[str]:
-    lines = ["| conv (C→C, 3×3) | batch | packed op | FP32 `F.conv2d` | speed-up |", "|---|---|---|---|---|"]
+def per_conv(iters: int) -> tuple[list[str], dict]:
+    """Each conv in both layouts, packed op and float conv given the same input; returns the table and
+    the speed-ups by (channels, batch, layout)."""
+    lines = ["| conv (C→C, 3×3) | batch | layout | packed op | FP32 `F.conv2d` | speed-up |",
+             "|---|---|---|---|---|---|"]
+    speedups = {}
     for channels, size in CONVS:
         c = codes(channels, channels, 3, 3)
-        words, alpha, weight = kernels.pack_weight(c), torch.rand(channels), c.float()
+        words, alpha = kernels.pack_weight(c), torch.rand(channels)
         for batch in (1, 8):
-            x = torch.randn(batch, channels, size, size)
-            packed = partial(torch.ops.quantswap.bconv2d, x, words, alpha, None, channels, [1, 1], [1, 1], [1, 1])
-            t = medians({"packed": packed, "float": partial(F.conv2d, x, weight, None, 1, 1)}, iters)
-            lines.append(f"| {channels}, {size}×{size} px | {batch} | {t['packed'] * 1e3:.3f} ms | "
-                         f"{t['float'] * 1e3:.3f} ms | **{t['float'] / t['packed']:.1f}×** |")
-    return lines
+            for layout, fmt in LAYOUTS.items():
+                x = torch.randn(batch, channels, size, size).contiguous(memory_format=fmt)
+                weight = c.float().contiguous(memory_format=fmt)
+                packed = partial(torch.ops.quantswap.bconv2d, x, words, alpha, None, channels, [1, 1], [1, 1], [1, 1])
+                t = medians({"packed": packed, "float": partial(F.conv2d, x, weight, None, 1, 1)}, iters)
+                speedups[channels, batch, layout] = t["float"] / t["packed"]
+                lines.append(f"| {channels}, {size}×{size} px | {batch} | {layout} | {t['packed'] * 1e3:.3f} ms | "
+                             f"{t['float'] * 1e3:.3f} ms | **{speedups[channels, batch, layout]:.1f}×** |")
+    return lines, speedups
 
 
 def bnn_lab_linear(weight: torch.Tensor, bias: torch.Tensor):
@@ -80,7 +89,9 @@ def bnn_lab_linear(weight: torch.Tensor, bias: torch.Tensor):
     return PackedBinaryXNORLinear(weight, bias).eval()
 
 
-def per_linear(iters: int) -> list[str]:
+def per_linear(iters: int) -> tuple[list[str], dict]:
+    """Returns the table and, per shape, the speed-up over FP32 and over bnn-lab (None if not installed)."""
+    ratios = {}
     lines = ["| Linear (in→out) | batch | packed op | FP32 `nn.Linear` | speed-up | bnn-lab packed | quantswap / bnn-lab |",
              "|---|---|---|---|---|---|---|"]
     for batch, cin, cout in LINEARS:
@@ -93,11 +104,12 @@ def per_linear(iters: int) -> list[str]:
         if peer is not None:
             calls["bnn-lab"] = partial(peer, x)
         t = medians(calls, iters)
+        ratios[batch, cin, cout] = (t["float"] / t["packed"], t["bnn-lab"] / t["packed"] if peer is not None else None)
         peer_cols = (f"{t['bnn-lab'] * 1e3:.3f} ms | **{t['bnn-lab'] / t['packed']:.1f}×**" if peer is not None
                      else "not installed | –")
         lines.append(f"| {cin}→{cout} | {batch} | {t['packed'] * 1e3:.3f} ms | {t['float'] * 1e3:.3f} ms | "
                      f"**{t['float'] / t['packed']:.1f}×** | {peer_cols} |")
-    return lines
+    return lines, ratios
 
 
 def trained(model: nn.Module) -> nn.Module:
@@ -110,36 +122,41 @@ def trained(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def end_to_end(iters: int) -> tuple[list[str], dict]:
-    models = {"FP32": resnet18().eval()}
+def end_to_end(iters: int) -> tuple[list[str], dict, dict]:
+    """Frozen W1/A1 ResNet-18s (channels_last, as freeze makes them) against the float model in both
+    layouts, all given the same NCHW input; the speed-up is against the faster float layout."""
+    fp32 = resnet18().eval()
+    models = {"FP32 NCHW": fp32, "FP32 channels_last": copy.deepcopy(fp32).to(memory_format=torch.channels_last)}
     models |= {m: quantswap.freeze(trained(quantswap.binarize(resnet18(), method=m))) for m in W1A1}
     header = " | ".join(f"{m} packed" for m in W1A1)
-    lines = [f"| threads | batch | layout | FP32 ResNet-18 | {header} |", "|---|---|---|---|" + "---|" * len(W1A1)]
-    threads = torch.get_num_threads()
+    lines = [f"| threads | batch | FP32 NCHW | FP32 channels_last | {header} |", "|---|---|---|---|" + "---|" * len(W1A1)]
+    speedups, threads = {}, torch.get_num_threads()
     for n_threads in sorted({1, threads}, reverse=True):
         torch.set_num_threads(n_threads)
-        for layout in ("NCHW", "channels_last"):
-            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-            for batch in (1, 8):
-                x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=fmt)
-                ms = {k: m.to(memory_format=fmt) for k, m in models.items()}
-                t = medians({k: partial(m, x) for k, m in ms.items()}, iters)
-                cells = " | ".join(f"{t[m] * 1e3:.1f} ms (**{t['FP32'] / t[m]:.2f}×**)" for m in W1A1)
-                lines.append(f"| {n_threads} | {batch} | {layout} | {t['FP32'] * 1e3:.1f} ms | {cells} |")
+        for batch in (1, 8):
+            x = torch.randn(batch, 3, 224, 224)
+            t = medians({k: partial(m, x) for k, m in models.items()}, iters)
+            fp = min(t["FP32 NCHW"], t["FP32 channels_last"])
+            speedups |= {(m, n_threads, batch): fp / t[m] for m in W1A1}
+            cells = " | ".join(f"{t[m] * 1e3:.1f} ms (**{fp / t[m]:.2f}×**)" for m in W1A1)
+            lines.append(f"| {n_threads} | {batch} | {t['FP32 NCHW'] * 1e3:.1f} ms | "
+                         f"{t['FP32 channels_last'] * 1e3:.1f} ms | {cells} |")
     torch.set_num_threads(threads)
-    return lines, {k: m.to(memory_format=torch.contiguous_format) for k, m in models.items()}
+    return lines, models, speedups
 
 
-def resident(models: dict) -> list[str]:
+def resident(models: dict) -> tuple[list[str], dict]:
+    ratios = {}
     lines = ["| model | checkpoint file | weights held after `from_pretrained` | ratio |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for method in W1A1:
             size = quantswap.save_pretrained(models[method], Path(tmp) / method)
             loaded = quantswap.from_pretrained(Path(tmp) / method)
             held = sum(t.numel() * t.element_size() for t in [*loaded.parameters(), *loaded.buffers()])
+            ratios[method] = held / size.file_bytes
             lines.append(f"| {method} ResNet-18 | {size.file_bytes / 1e6:.2f} MB | {held / 1e6:.2f} MB | "
                          f"{held / size.file_bytes:.2f}× |")
-    return lines
+    return lines, ratios
 
 
 @torch.inference_mode()
@@ -157,28 +174,51 @@ def profile(model: nn.Module, rows: int = 8) -> list[str]:
     return lines
 
 
+def judged(met: bool, what: str) -> str:
+    return f"{what}: {'met' if met else 'missed'}"
+
+
+def goals(convs: dict, linears: dict, e2e: dict, held: dict) -> str:
+    """Issue 15's goals, judged on this run's numbers."""
+    batch1 = {k: v for k, v in convs.items() if k[1] == 1}
+    worst = min(batch1, key=batch1.get)
+    peers = [bnn for _, bnn in linears.values() if bnn is not None]
+    fp_linear = min(fp for fp, _ in linears.values())
+    xnor = {k[1]: v for k, v in e2e.items() if k[0] == "xnor" and k[2] == 1}
+    parts = [
+        judged(batch1[worst] >= 8, f"≥ 8× per binary 3×3 conv at batch 1 (lowest: {batch1[worst]:.1f}× at "
+               f"{worst[0]} channels, {worst[2]})"),
+        judged(fp_linear >= 1 and (not peers or min(peers) >= 1),
+               f"`blinear` never slower than FP32 (lowest {fp_linear:.1f}×)"
+               + (f" and at least as fast as bnn-lab (lowest {min(peers):.1f}×)" if peers else
+                  "; bnn-lab not installed, not compared")),
+        judged(min(xnor.values()) >= 3, "≥ 3× end to end for frozen xnor ResNet-18 at 224 px, batch 1 ("
+               + ", ".join(f"{v:.2f}× on {n} thread{'s' * (n > 1)}" for n, v in sorted(xnor.items())) + ")"),
+        judged(max(held.values()) <= 1.1, f"resident weights ≤ 1.1× the checkpoint (at most {max(held.values()):.2f}×)"),
+    ]
+    return "Goals (issue 15): " + "; ".join(parts) + "."
+
+
 def main() -> None:
     args = arguments(__doc__, iters=20)
     info = kernels.load()
-    convs, linears = per_conv(args.iters), per_linear(args.iters)
-    e2e, models = end_to_end(args.iters)
+    (convs, conv_speedups), (linears, linear_ratios) = per_conv(10 * args.iters), per_linear(10 * args.iters)
+    e2e, models, e2e_speedups = end_to_end(args.iters)
+    held, held_ratios = resident(models)
     lines = [
         f"Measured on {cpu()}, {torch.get_num_threads()} threads, torch {torch.__version__}; kernels: {info}. "
         "Produced by `benchmarks/inference.py` (in `make bench`). Speed-up = float time / packed time, "
-        "models timed in turns in one run.",
-        "", "Per binary 3×3 convolution (stride 1, padding 1), the packed op against a float32 convolution:", "",
-        *convs, "", "Linear layers (bnn-lab 1.0.0's `PackedBinaryXNORLinear` side by side when installed):", "",
-        *linears, "", "End to end, frozen W1/A1 ResNet-18 at 224 px (first conv, downsample convs where the method "
-        "keeps them real, BatchNorm, pooling and the classifier stay float32):", "", *e2e, "",
-        "Resident weights (parameters and buffers) of a loaded checkpoint, against its file:", "",
-        *resident(models), "", "Where the time of a packed xnor ResNet-18 forward goes (batch 1, 224 px, NCHW):", "",
-        *profile(models["xnor"]),
-        "", "Goals (issue 15): ≥ 8× per binary 3×3 conv at batch 1 — met from 28 px down (8-14×), missed at 56 px "
-        "(5.5-6.5× in turns with the float conv; 9× timed alone: packing the input and writing 200k outputs "
-        "cost as much as the popcounts there). `blinear` beats bnn-lab at every shape and FP32 everywhere. "
-        "≥ 3× end to end for xnor at batch 1: met in channels_last (3.7-4.4×) and on 1 thread in NCHW; "
-        "2.8× on 2 threads in NCHW, where PyTorch's float max-pool alone takes 40 % of the packed model's time. "
-        "Resident weights ≤ 1.1× the checkpoint: met (1.00×).",
+        "timed in turns in one run (medians).",
+        "", "Per binary 3×3 convolution (stride 1, padding 1), the packed op against a float32 convolution "
+        "on the same input, in either layout:", "", *convs, "",
+        "Linear layers (bnn-lab 1.0.0's `PackedBinaryXNORLinear` side by side when installed):", "", *linears, "",
+        "End to end, frozen W1/A1 ResNet-18 at 224 px, every model given the same NCHW input. `freeze` makes a "
+        "model with packed layers channels_last; the speed-up is against the float model in its faster layout. "
+        "The first conv, the downsample convs where the method keeps them real, BatchNorm, pooling and the "
+        "classifier stay float32:", "", *e2e, "",
+        "Resident weights (parameters and buffers) of a loaded checkpoint, against its file:", "", *held, "",
+        "Where the time of a frozen xnor ResNet-18 forward goes (batch 1, 224 px):", "", *profile(models["xnor"]),
+        "", goals(conv_speedups, linear_ratios, e2e_speedups, held_ratios),
     ]
     publish(lines, "Packed W1/A1 inference on the CPU", args.output)
 

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import logging
 
+import torch
 from torch import fx, nn
 
 from quantswap import kernels
@@ -26,16 +27,20 @@ class FreezeReport:
     """What :func:`freeze` did; stored as ``model.meta["quantswap_freeze"]``.
 
     ``packed``: the layers running the packed ops; ``decoded``: the other quantized layers, each with
-    the reason it keeps a decoded float weight; ``kernels``: which kernels the packed ops run on.
+    the reason it keeps a decoded float weight; ``kernels``: which kernels the packed ops run on;
+    ``channels_last``: whether the model's 4-D float weights were converted to channels_last (done
+    when any layer runs packed).
     """
 
     backend: str
     packed: list[str] = dataclasses.field(default_factory=list)
     decoded: dict[str, str] = dataclasses.field(default_factory=dict)
     kernels: kernels.KernelInfo | None = None
+    channels_last: bool = False
 
     def __str__(self) -> str:
-        lines = [f"freeze(backend={self.backend!r}): {len(self.packed)} layers packed, {len(self.decoded)} decoded"]
+        lines = [f"freeze(backend={self.backend!r}): {len(self.packed)} layers packed, {len(self.decoded)} decoded"
+                 + (", channels_last" if self.channels_last else "")]
         if self.kernels is not None and self.packed:
             lines.append(f"  kernels: {self.kernels}")
         lines += [f"  packed   {name}" for name in self.packed]
@@ -54,9 +59,12 @@ def freeze(model: nn.Module, *, backend: str = "packed", inplace: bool = False) 
     binary layer then reads; the packed value is the exact one). Every other layer,
     and every layer with ``backend="float"``, keeps a weight decoded once to float and gives the
     eval-mode swapped model's outputs bit for bit. :func:`get_freeze_report` says which layer went
-    which way and why. The result is in eval mode; it cannot be trained further (swap the float model
-    again for that, or save with ``keep_latent=True``). Freezing a frozen model again switches its
-    backend.
+    which way and why. A model with packed layers is converted to ``channels_last`` (its 4-D float
+    weights): the packed ops read and write that layout without transposing, PyTorch's convolutions
+    then pick it for NCHW inputs too, and the whole model runs faster (``benchmarks/inference.py``).
+    The result is in eval mode; it cannot be trained further (swap the float model again for that,
+    or save with ``keep_latent=True``). Freezing a frozen model again switches its backend (and,
+    back to ``"float"``, its layout).
 
     Example:
         >>> import torch, quantswap
@@ -106,7 +114,12 @@ def _route(model: nn.Module, layers: dict[str, QuantLayer], backend: str) -> Fre
                 report.packed.append(name)
             else:
                 report.decoded[name] = reason
+        if report.packed:
+            model.to(memory_format=torch.channels_last)
+            report.channels_last = True
         return report
+    if any(is_packed(layer) for layer in layers.values()):  # a packed freeze made it channels_last
+        model.to(memory_format=torch.contiguous_format)
     for name, layer in layers.items():
         if is_packed(layer):
             unpack_layer(layer)

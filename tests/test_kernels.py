@@ -158,9 +158,13 @@ def test_packed_weights_stay_packed_in_memory_and_switch_backends(tmp_path):
     loaded = quantswap.from_pretrained(tmp_path / "ckpt")
     resident = sum(t.numel() * t.element_size() for t in [*loaded.parameters(), *loaded.buffers()])
     assert resident <= 1.1 * size.file_bytes, f"{resident} bytes held for a {size.file_bytes}-byte checkpoint"
+    assert quantswap.get_freeze_report(loaded).channels_last  # the packed ops' layout, for the float convs too
+    assert loaded.conv1.weight.is_contiguous(memory_format=torch.channels_last) and not loaded.conv1.weight.is_contiguous()
     x = torch.randn(2, 3, 32, 32)
-    decoded = quantswap.freeze(loaded, backend="float")  # and back
+    assert loaded(x).is_contiguous()  # an NCHW input is served as it is; the logits are plain
+    decoded = quantswap.freeze(loaded, backend="float")  # and back, to the swapped model's layout
     assert not quantswap.get_freeze_report(decoded).packed and isinstance(decoded.layer1[0].conv1.weight, torch.Tensor)
+    assert decoded.conv1.weight.is_contiguous() and not quantswap.get_freeze_report(decoded).channels_last
     torch.testing.assert_close(decoded(x), bnn(x), rtol=1e-3, atol=1e-3)
     assert torch.equal(quantswap.freeze(decoded)(x), loaded(x))
     with pytest.raises(ValueError, match="unknown backend 'fast'"):

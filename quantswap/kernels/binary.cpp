@@ -136,10 +136,48 @@ inline __m256i popcount_avx2(__m256i v) {
   return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
 }
 
+// Masked stores are slow on some CPUs (AMD's vmaskmovps): only the ragged edge takes one.
+inline void store(float* y, __m256 v, bool full, __m256i mask) {
+  if (full) {
+    _mm256_storeu_ps(y, v);
+  } else {
+    _mm256_maskstore_ps(y, mask, v);
+  }
+}
+
+// emit_portable where the output is channels_last: acc's blocks of 8 channels are already in the
+// output's order, position after position.
+template <bool kBias>
+void emit_blocks_avx2(const Emit& e) {
+  const int64_t full = e.lanes / kLanes, nl = e.lanes % kLanes;
+  const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(nl)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  for (int64_t ow = 0; ow < e.OW; ++ow) {
+    const __m256i k = _mm256_set1_epi32(static_cast<int>(e.taps[ow] * e.cg));
+    const int32_t* acc = e.acc + ow * e.nb * kLanes;
+    float* y = e.y + ow * e.sx;
+    for (int64_t b = 0; b <= full && b < e.nb; ++b) {
+      if (b == full && nl == 0) break;
+      const __m256i dot = _mm256_sub_epi32(k, _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + b * kLanes)), 1));
+      __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_loadu_ps(e.alpha + b * kLanes));
+      if (b < full) {
+        if (kBias) v = _mm256_add_ps(v, _mm256_loadu_ps(e.bias + b * kLanes));
+        _mm256_storeu_ps(y + b * kLanes, v);
+      } else {  // the ragged last block: alpha and bias have only nl values left
+        v = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_maskload_ps(e.alpha + b * kLanes, tail));
+        if (kBias) v = _mm256_add_ps(v, _mm256_maskload_ps(e.bias + b * kLanes, tail));
+        _mm256_maskstore_ps(y + b * kLanes, tail, v);
+      }
+    }
+  }
+}
+
+void emit_channels_last_avx2(const Emit& e) { e.bias != nullptr ? emit_blocks_avx2<true>(e) : emit_blocks_avx2<false>(e); }
+
 // emit_portable, 8 positions x 8 channels at a time: rows of 8 channels, transposed 8 x 8 into
 // rows of 8 positions where the output is NCHW.
 void emit_avx2(const Emit& e) {
-  if (e.sx != 1 && e.so != 1) return emit_portable(e);
+  if (e.so == 1) return emit_channels_last_avx2(e);
+  if (e.sx != 1) return emit_portable(e);
   for (int64_t b = 0; b * kLanes < e.lanes; ++b) {
     const int64_t nl = std::min<int64_t>(kLanes, e.lanes - b * kLanes);
     const __m256i lane_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(nl)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -157,7 +195,7 @@ void emit_avx2(const Emit& e) {
       }
       float* y = e.y + b * kLanes * e.so + ow * e.sx;
       if (e.so == 1) {  // channels_last: a row of channels is contiguous
-        for (int64_t i = 0; i < nw; ++i) _mm256_maskstore_ps(y + i * e.sx, lane_mask, r[i]);
+        for (int64_t i = 0; i < nw; ++i) store(y + i * e.sx, r[i], nl == kLanes, lane_mask);
         continue;
       }
       __m256 t[8], u[8];
@@ -174,7 +212,7 @@ void emit_avx2(const Emit& e) {
       const __m256i pos_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(nw)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
       for (int64_t l = 0; l < nl; ++l) {
         const __m256 column = _mm256_permute2f128_ps(u[l % 4], u[l % 4 + 4], l < 4 ? 0x20 : 0x31);
-        _mm256_maskstore_ps(y + l * e.so, pos_mask, column);
+        store(y + l * e.so, column, nw == 8, pos_mask);
       }
     }
   }
@@ -238,48 +276,52 @@ inline void border_avx512(const Geometry& g, const uint64_t* act, const uint64_t
   taps[ow] = n;
 }
 
-// Positions whose taps all lie inside the input take no bounds checks and go two at a time, each
-// weight vector loaded once for both.
+// P output positions whose taps all lie inside the input: no bounds checks. The (tap, word) pairs
+// are one flat list (the weights are laid out in that order, 8 words per pair), each weight vector
+// loaded once for all P positions.
+template <int NB, int P>
+inline void interior_avx512(const uint64_t* a0, int64_t step, const int64_t* offset, int64_t pairs,
+                            const uint64_t* wblk, int64_t block_words, int32_t* acc) {
+  __m512i s[P][NB];
+  for (int p = 0; p < P; ++p)
+    for (int b = 0; b < NB; ++b) s[p][b] = _mm512_setzero_si512();
+  for (int64_t e = 0; e < pairs; ++e) {
+    __m512i x[P];
+    for (int p = 0; p < P; ++p) x[p] = _mm512_set1_epi64(static_cast<long long>(a0[p * step + offset[e]]));
+    for (int b = 0; b < NB; ++b) {
+      const __m512i wv = _mm512_loadu_si512(wblk + b * block_words + e * kLanes);
+      for (int p = 0; p < P; ++p) s[p][b] = _mm512_add_epi64(s[p][b], _mm512_popcnt_epi64(_mm512_xor_si512(x[p], wv)));
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int b = 0; b < NB; ++b)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + (p * NB + b) * kLanes), _mm512_cvtepi64_epi32(s[p][b]));
+}
+
 template <int NB>
 void row_avx512(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int64_t block_words, int64_t grp,
                 int64_t oh, int32_t* acc, int32_t* taps) {
+  constexpr int64_t kMaxPairs = 1024;
   const int64_t ih0 = oh * g.sh - g.ph;
   const bool rows_inside = ih0 >= 0 && ih0 + (g.KH - 1) * g.dh < g.H;
   const int64_t lo = std::min(g.OW, (g.pw + g.sw - 1) / g.sw);
   const int64_t last = g.W - 1 - (g.KW - 1) * g.dw + g.pw;  // ow * sw may reach this (C++ division truncates)
   const int64_t hi = rows_inside && last >= 0 ? std::max(lo, std::min(g.OW, last / g.sw + 1)) : lo;
-  const int64_t pos_words = g.G * g.WG, tap_words = g.WG * kLanes, ntaps = g.KH * g.KW;
-  int64_t offset[64];  // word offset of each tap from the position's first tap (kernels up to 8 x 8)
-  const bool fast = ntaps <= 64;
+  const int64_t pos_words = g.G * g.WG, ntaps = g.KH * g.KW, pairs = ntaps * g.WG;
+  int64_t offset[kMaxPairs];  // word offset of each (tap, word) from the position's first tap
+  const bool fast = pairs <= kMaxPairs;
   for (int64_t kh = 0; fast && kh < g.KH; ++kh)
-    for (int64_t kw = 0; kw < g.KW; ++kw) offset[kh * g.KW + kw] = (kh * g.dh * g.W + kw * g.dw) * pos_words;
+    for (int64_t kw = 0; kw < g.KW; ++kw)
+      for (int64_t j = 0; j < g.WG; ++j)
+        offset[(kh * g.KW + kw) * g.WG + j] = (kh * g.dh * g.W + kw * g.dw) * pos_words + j;
   int64_t ow = 0;
   for (; ow < lo; ++ow) border_avx512<NB>(g, act, wblk, block_words, grp, oh, ow, acc, taps);
-  if (fast) {
-    for (; ow + 2 <= hi; ow += 2) {
-      const uint64_t* a0 = act + (ih0 * g.W + ow * g.sw - g.pw) * pos_words + grp * g.WG;
-      const uint64_t* a1 = a0 + g.sw * pos_words;
-      __m512i s0[NB], s1[NB];
-      for (int b = 0; b < NB; ++b) s0[b] = s1[b] = _mm512_setzero_si512();
-      for (int64_t t = 0; t < ntaps; ++t) {
-        const uint64_t* w = wblk + t * tap_words;
-        for (int64_t j = 0; j < g.WG; ++j) {
-          const __m512i x0 = _mm512_set1_epi64(static_cast<long long>(a0[offset[t] + j]));
-          const __m512i x1 = _mm512_set1_epi64(static_cast<long long>(a1[offset[t] + j]));
-          for (int b = 0; b < NB; ++b) {
-            const __m512i wv = _mm512_loadu_si512(w + b * block_words + j * kLanes);
-            s0[b] = _mm512_add_epi64(s0[b], _mm512_popcnt_epi64(_mm512_xor_si512(x0, wv)));
-            s1[b] = _mm512_add_epi64(s1[b], _mm512_popcnt_epi64(_mm512_xor_si512(x1, wv)));
-          }
-        }
-      }
-      for (int b = 0; b < NB; ++b) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + (ow * NB + b) * kLanes), _mm512_cvtepi64_epi32(s0[b]));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + ((ow + 1) * NB + b) * kLanes), _mm512_cvtepi64_epi32(s1[b]));
-      }
-      taps[ow] = taps[ow + 1] = static_cast<int32_t>(ntaps);
-    }
-  }
+  const int64_t step = g.sw * pos_words;
+  auto first = [&](int64_t o) { return act + (ih0 * g.W + o * g.sw - g.pw) * pos_words + grp * g.WG; };
+  for (; fast && ow + 4 <= hi; ow += 4)
+    interior_avx512<NB, 4>(first(ow), step, offset, pairs, wblk, block_words, acc + ow * NB * kLanes);
+  for (; fast && ow < hi; ++ow) interior_avx512<NB, 1>(first(ow), step, offset, pairs, wblk, block_words, acc + ow * NB * kLanes);
+  for (int64_t o = lo; fast && o < ow; ++o) taps[o] = static_cast<int32_t>(ntaps);
   for (; ow < g.OW; ++ow) border_avx512<NB>(g, act, wblk, block_words, grp, oh, ow, acc, taps);
 }
 
