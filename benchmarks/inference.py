@@ -45,7 +45,8 @@ def cpu() -> str:
 
 
 @torch.inference_mode()
-def medians(calls: dict, iters: int, warmup: int = 3) -> dict[str, float]:
+def rounds(calls: dict, iters: int, warmup: int = 10) -> dict[str, list[float]]:
+    """Each call's time in each of ``iters`` rounds, the calls timed in turns within a round."""
     times = {name: [] for name in calls}
     for i in range(warmup + iters):
         for name, call in calls.items():
@@ -53,7 +54,17 @@ def medians(calls: dict, iters: int, warmup: int = 3) -> dict[str, float]:
             call()
             if i >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def median(times: list[float]) -> float:
+    return statistics.median(times)
+
+
+def speedup(baseline: list[float], packed: list[float]) -> float:
+    """The median over rounds of baseline / packed, each round's pair timed back to back: steadier than
+    a ratio of medians when the machine's speed drifts during the run."""
+    return statistics.median(b / p for b, p in zip(baseline, packed, strict=True))
 
 
 def codes(*shape: int) -> torch.Tensor:
@@ -74,10 +85,10 @@ def per_conv(iters: int) -> tuple[list[str], dict]:
                 x = torch.randn(batch, channels, size, size).contiguous(memory_format=fmt)
                 weight = c.float().contiguous(memory_format=fmt)
                 packed = partial(torch.ops.quantswap.bconv2d, x, words, alpha, None, channels, [1, 1], [1, 1], [1, 1])
-                t = medians({"packed": packed, "float": partial(F.conv2d, x, weight, None, 1, 1)}, iters)
-                speedups[channels, batch, layout] = t["float"] / t["packed"]
-                lines.append(f"| {channels}, {size}×{size} px | {batch} | {layout} | {t['packed'] * 1e3:.3f} ms | "
-                             f"{t['float'] * 1e3:.3f} ms | **{speedups[channels, batch, layout]:.1f}×** |")
+                t = rounds({"packed": packed, "float": partial(F.conv2d, x, weight, None, 1, 1)}, iters)
+                speedups[channels, batch, layout] = speedup(t["float"], t["packed"])
+                lines.append(f"| {channels}, {size}×{size} px | {batch} | {layout} | {median(t['packed']) * 1e3:.3f} ms | "
+                             f"{median(t['float']) * 1e3:.3f} ms | **{speedups[channels, batch, layout]:.1f}×** |")
     return lines, speedups
 
 
@@ -103,12 +114,12 @@ def per_linear(iters: int) -> tuple[list[str], dict]:
         peer = bnn_lab_linear(c.float() * alpha[:, None], bias)
         if peer is not None:
             calls["bnn-lab"] = partial(peer, x)
-        t = medians(calls, iters)
-        ratios[batch, cin, cout] = (t["float"] / t["packed"], t["bnn-lab"] / t["packed"] if peer is not None else None)
-        peer_cols = (f"{t['bnn-lab'] * 1e3:.3f} ms | **{t['bnn-lab'] / t['packed']:.1f}×**" if peer is not None
-                     else "not installed | –")
-        lines.append(f"| {cin}→{cout} | {batch} | {t['packed'] * 1e3:.3f} ms | {t['float'] * 1e3:.3f} ms | "
-                     f"**{t['float'] / t['packed']:.1f}×** | {peer_cols} |")
+        t = rounds(calls, iters)
+        fp, bnn = speedup(t["float"], t["packed"]), speedup(t["bnn-lab"], t["packed"]) if peer is not None else None
+        ratios[batch, cin, cout] = fp, bnn
+        peer_cols = f"{median(t['bnn-lab']) * 1e3:.3f} ms | **{bnn:.1f}×**" if peer is not None else "not installed | –"
+        lines.append(f"| {cin}→{cout} | {batch} | {median(t['packed']) * 1e3:.3f} ms | {median(t['float']) * 1e3:.3f} ms | "
+                     f"**{fp:.1f}×** | {peer_cols} |")
     return lines, ratios
 
 
@@ -135,12 +146,12 @@ def end_to_end(iters: int) -> tuple[list[str], dict, dict]:
         torch.set_num_threads(n_threads)
         for batch in (1, 8):
             x = torch.randn(batch, 3, 224, 224)
-            t = medians({k: partial(m, x) for k, m in models.items()}, iters)
-            fp = min(t["FP32 NCHW"], t["FP32 channels_last"])
-            speedups |= {(m, n_threads, batch): fp / t[m] for m in W1A1}
-            cells = " | ".join(f"{t[m] * 1e3:.1f} ms (**{fp / t[m]:.2f}×**)" for m in W1A1)
-            lines.append(f"| {n_threads} | {batch} | {t['FP32 NCHW'] * 1e3:.1f} ms | "
-                         f"{t['FP32 channels_last'] * 1e3:.1f} ms | {cells} |")
+            t = rounds({k: partial(m, x) for k, m in models.items()}, iters)
+            fp = [min(pair) for pair in zip(t["FP32 NCHW"], t["FP32 channels_last"], strict=True)]
+            speedups |= {(m, n_threads, batch): speedup(fp, t[m]) for m in W1A1}
+            cells = " | ".join(f"{median(t[m]) * 1e3:.1f} ms (**{speedups[m, n_threads, batch]:.2f}×**)" for m in W1A1)
+            lines.append(f"| {n_threads} | {batch} | {median(t['FP32 NCHW']) * 1e3:.1f} ms | "
+                         f"{median(t['FP32 channels_last']) * 1e3:.1f} ms | {cells} |")
     torch.set_num_threads(threads)
     return lines, models, speedups
 
@@ -207,8 +218,8 @@ def main() -> None:
     held, held_ratios = resident(models)
     lines = [
         f"Measured on {cpu()}, {torch.get_num_threads()} threads, torch {torch.__version__}; kernels: {info}. "
-        "Produced by `benchmarks/inference.py` (in `make bench`). Speed-up = float time / packed time, "
-        "timed in turns in one run (medians).",
+        "Produced by `benchmarks/inference.py` (in `make bench`). Times are medians over the rounds of one run; "
+        "a speed-up is the median over rounds of float time / packed time, the two timed back to back.",
         "", "Per binary 3×3 convolution (stride 1, padding 1), the packed op against a float32 convolution "
         "on the same input, in either layout:", "", *convs, "",
         "Linear layers (bnn-lab 1.0.0's `PackedBinaryXNORLinear` side by side when installed):", "", *linears, "",

@@ -10,6 +10,7 @@ import torch
 from torch import fx, nn
 
 from quantswap import kernels
+from quantswap.nn.bn_folding import fold_batchnorms, unfold_batchnorm
 from quantswap.nn.layers import QuantLayer
 from quantswap.nn.packed import is_packed, pack_layer, packing_obstacle, unpack_layer
 
@@ -29,7 +30,8 @@ class FreezeReport:
     ``packed``: the layers running the packed ops; ``decoded``: the other quantized layers, each with
     the reason it keeps a decoded float weight; ``kernels``: which kernels the packed ops run on;
     ``channels_last``: whether the model's 4-D float weights were converted to channels_last (done
-    when any layer runs packed).
+    when any layer runs packed); ``folded``: the BatchNorms folded into the packed convolution before
+    them (:mod:`quantswap.nn.bn_folding`), ``{batchnorm: convolution}``.
     """
 
     backend: str
@@ -37,9 +39,11 @@ class FreezeReport:
     decoded: dict[str, str] = dataclasses.field(default_factory=dict)
     kernels: kernels.KernelInfo | None = None
     channels_last: bool = False
+    folded: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [f"freeze(backend={self.backend!r}): {len(self.packed)} layers packed, {len(self.decoded)} decoded"
+                 + (f", {len(self.folded)} BatchNorms folded" if self.folded else "")
                  + (", channels_last" if self.channels_last else "")]
         if self.kernels is not None and self.packed:
             lines.append(f"  kernels: {self.kernels}")
@@ -54,17 +58,18 @@ def freeze(model: nn.Module, *, backend: str = "packed", inplace: bool = False) 
     Every quantized layer keeps its method's integer codes and scales (its state dict). With
     ``backend="packed"`` (the default) each layer whose weights and inputs are both binary (W1/A1)
     keeps its weight as bits and runs the packed XOR-popcount op (:mod:`quantswap.kernels`); its
-    output equals the float-decoded layer's up to float32 rounding of the scale (its integer dot
-    products are exact: where one is exactly 0 the float layer may give ±1e-7, whose sign the next
-    binary layer then reads; the packed value is the exact one). Every other layer,
-    and every layer with ``backend="float"``, keeps a weight decoded once to float and gives the
-    eval-mode swapped model's outputs bit for bit. :func:`get_freeze_report` says which layer went
-    which way and why. A model with packed layers is converted to ``channels_last`` (its 4-D float
-    weights): the packed ops read and write that layout without transposing, PyTorch's convolutions
-    then pick it for NCHW inputs too, and the whole model runs faster (``benchmarks/inference.py``).
-    The result is in eval mode; it cannot be trained further (swap the float model again for that,
-    or save with ``keep_latent=True``). Freezing a frozen model again switches its backend (and,
-    back to ``"float"``, its layout).
+    output equals the float-decoded layer's up to float32 rounding of the scale and of a folded
+    BatchNorm (its integer dot products are exact: where one is exactly 0 the float layer may give
+    ±1e-7, whose sign the next binary layer then reads; the packed value is the exact one). Every
+    other layer, and every layer with ``backend="float"``, keeps a weight decoded once to float and
+    gives the eval-mode swapped model's outputs bit for bit. :func:`get_freeze_report` says which
+    layer went which way and why. A BatchNorm right after a packed convolution is folded into its
+    output transform (:mod:`quantswap.nn.bn_folding`). A model with packed layers is converted to
+    ``channels_last`` (its 4-D float weights): the packed ops read and write that layout without
+    transposing, PyTorch's convolutions then pick it for NCHW inputs too, and the whole model runs
+    faster (``benchmarks/inference.py``). The result is in eval mode; it cannot be trained further
+    (swap the float model again for that, or save with ``keep_latent=True``). Freezing a frozen
+    model again switches its backend (and, back to ``"float"``, its layout).
 
     Example:
         >>> import torch, quantswap
@@ -115,6 +120,7 @@ def _route(model: nn.Module, layers: dict[str, QuantLayer], backend: str) -> Fre
             else:
                 report.decoded[name] = reason
         if report.packed:
+            report.folded = fold_batchnorms(model)
             model.to(memory_format=torch.channels_last)
             report.channels_last = True
         return report
@@ -122,6 +128,7 @@ def _route(model: nn.Module, layers: dict[str, QuantLayer], backend: str) -> Fre
         model.to(memory_format=torch.contiguous_format)
     for name, layer in layers.items():
         if is_packed(layer):
+            unfold_batchnorm(layer)
             unpack_layer(layer)
         report.decoded[name] = 'backend="float"'
     return report

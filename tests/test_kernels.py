@@ -115,8 +115,8 @@ def _with_reference_ops(model: nn.Module) -> nn.Module:
     """The same packed model with each packed layer calling the reference directly: the oracle."""
     for m in model.modules():
         w = getattr(m, "weight_quantizer", None)
-        if isinstance(m, PackedConv2d):
-            m.forward = lambda x, m=m, w=w: reference.bconv2d(x, w.words, w.alpha, m.bias, m.in_channels,
+        if isinstance(m, PackedConv2d):  # with any BatchNorm folded into its output transform
+            m.forward = lambda x, m=m, w=w: reference.bconv2d(x, w.words, *m.output_transform(), m.in_channels,
                                                               list(m.stride), list(m.padding), list(m.dilation))
         elif isinstance(m, PackedLinear):
             m.forward = lambda x, m=m, w=w: reference.blinear(x, w.words, w.alpha, m.bias)
@@ -169,6 +169,31 @@ def test_packed_weights_stay_packed_in_memory_and_switch_backends(tmp_path):
     assert torch.equal(quantswap.freeze(decoded)(x), loaded(x))
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
         quantswap.freeze(bnn, backend="fast")
+
+
+def test_batchnorm_after_a_packed_conv_is_folded_and_refolded_on_load():
+    bnn = _trained(quantswap.binarize(resnet18(num_classes=10), method="bireal"))
+    packed, decoded = quantswap.freeze(bnn), quantswap.freeze(bnn, backend="float")
+    report = quantswap.get_freeze_report(packed)
+    assert report.folded == {f"{name[:-5]}bn{name[-1]}": name for name in report.packed if "conv" in name}
+    assert "16 BatchNorms folded" in str(report) and type(packed.bn1) is nn.BatchNorm2d  # the real conv's stays
+    conv, bn = packed.layer1[0].conv1, packed.layer1[0].bn1
+    # the closed form: alpha' = alpha * gamma / sqrt(var + eps), bias' = beta - mean * gamma / sqrt(var + eps)
+    g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    alpha, bias = conv.output_transform()
+    torch.testing.assert_close(alpha, conv.weight_quantizer.alpha * g, rtol=1e-6, atol=0)
+    torch.testing.assert_close(bias, bn.bias - bn.running_mean * g, rtol=1e-6, atol=1e-7)
+    assert packed.state_dict().keys() == decoded.state_dict().keys()  # the BatchNorm keeps its state dict
+    x = torch.randn(2, 3, 32, 32)
+    copy = quantswap.freeze(bnn)
+    other = _trained(quantswap.binarize(resnet18(num_classes=10), method="bireal"))
+    copy.load_state_dict(quantswap.freeze(other).state_dict())  # refolds: the copy now computes `other`
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x), quantswap.freeze(other, backend="float")(x), rtol=1e-3, atol=1e-3)
+        assert torch.equal(packed(x), quantswap.freeze(bnn)(x))  # the original was not touched
+        unfolded = quantswap.freeze(packed, backend="float")
+        assert type(unfolded.layer1[0].bn1) is nn.BatchNorm2d and not hasattr(unfolded.layer1[0].conv1, "folded_bn")
+        assert torch.equal(unfolded(x), decoded(x))
 
 
 def test_packed_layer_state_dict_round_trips():

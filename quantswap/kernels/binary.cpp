@@ -115,6 +115,18 @@ struct Emit {
   int64_t so, sx;
 };
 
+// Asks for the cache lines emit will write, so they arrive while the row's popcounts run.
+void prefetch_for_writing(const Emit& e) {
+  constexpr int64_t kLine = 64 / sizeof(float);
+  if (e.so == 1) {  // channels_last: each position's channels are contiguous
+    for (int64_t ow = 0; ow < e.OW; ++ow)
+      for (int64_t l = 0; l < e.lanes; l += kLine) __builtin_prefetch(e.y + ow * e.sx + l, 1, 3);
+  } else if (e.sx == 1) {  // NCHW: each channel's row is contiguous
+    for (int64_t l = 0; l < e.lanes; ++l)
+      for (int64_t ow = 0; ow < e.OW; ow += kLine) __builtin_prefetch(e.y + l * e.so + ow, 1, 3);
+  }
+}
+
 void emit_portable(const Emit& e) {
   for (int64_t l = 0; l < e.lanes; ++l)
     for (int64_t ow = 0; ow < e.OW; ++ow) {
@@ -505,11 +517,12 @@ at::Tensor bconv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tens
       const int64_t oh = task % g.OH, obb = (task / g.OH) % OBB, grp = (task / (g.OH * OBB)) % G,
                     n = task / (g.OH * OBB * G);
       const int64_t ob0 = obb * kMaxBlocks, nb = std::min<int64_t>(kMaxBlocks, OB - ob0);
-      row_kernel(isa, nb)(g, act + n * g.H * g.W * G * WG, wts + (grp * OB + ob0) * block_words, block_words, grp,
-                          oh, acc.data(), taps.data());
       const int64_t o0 = grp * og + ob0 * kLanes;
       const Emit e{acc.data(), taps.data(), g.OW, nb, cg, std::min<int64_t>(nb * kLanes, og - ob0 * kLanes), a + o0,
                    b != nullptr ? b + o0 : nullptr, y + n * sn + o0 * so + oh * sy, so, sx};
+      prefetch_for_writing(e);
+      row_kernel(isa, nb)(g, act + n * g.H * g.W * G * WG, wts + (grp * OB + ob0) * block_words, block_words, grp,
+                          oh, acc.data(), taps.data());
       isa == kPortable ? emit_portable(e) : emit_avx2(e);
     }
   });

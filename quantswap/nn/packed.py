@@ -101,9 +101,16 @@ class PackedConv2d(QuantConv2d):
     def quantized_weight(self) -> torch.Tensor:
         return self.weight
 
+    def output_transform(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(alpha, bias)`` of ``y = alpha * dot + bias``, with a following BatchNorm folded in when
+        :func:`quantswap.nn.bn_folding.fold_batchnorms` folded one."""
+        if getattr(self, "folded_alpha", None) is not None:
+            return self.folded_alpha, self.folded_bias
+        return self.weight_quantizer.alpha, _float32(self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight_quantizer
-        y = torch.ops.quantswap.bconv2d(x.float(), w.words, w.alpha, _float32(self.bias), self.in_channels,
+        alpha, bias = self.output_transform()
+        y = torch.ops.quantswap.bconv2d(x.float(), self.weight_quantizer.words, alpha, bias, self.in_channels,
                                         list(self.stride), list(self.padding), list(self.dilation))
         return y.to(x.dtype)
 
