@@ -25,7 +25,9 @@ from quantswap.nn.packed import PackedConv2d, PackedLinear
 NATIVE = kernels.load().backend == "native"
 ISAS = [isa for isa in kernels.ISAS if NATIVE and kernels.set_isa(isa) == isa] or [None]
 kernels.set_isa(None) if NATIVE else None
-W1A1 = ["xnor", "irnet", "bireal"]
+#: Every W1/A1 method of quantswap's own (the packed kernels serve them all).
+W1A1 = [v.name for v in quantswap.list_variants()
+        if v.config().precision == "W1/A1" and type(v.config()).__module__.startswith("quantswap.")]
 
 
 @pytest.fixture(params=ISAS, ids=lambda isa: isa or "reference")
@@ -102,12 +104,15 @@ def test_native_ops_reject_bad_input_with_the_fix():
 
 
 def _trained(model: nn.Module) -> nn.Module:
-    """BatchNorm statistics and affine moved off their initial values (no activation sits at 0)."""
+    """BatchNorm statistics and affine moved off their initial values (no activation sits at 0), and
+    ReActNet's sign thresholds too."""
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             for t in (m.running_mean, m.weight, m.bias):
                 t.data.uniform_(-1, 1)
             m.running_var.data.uniform_(0.5, 2)
+        elif hasattr(m, "sign_input"):
+            m.bias.data.uniform_(-0.5, 0.5)
     return model.eval()
 
 
@@ -115,11 +120,13 @@ def _with_reference_ops(model: nn.Module) -> nn.Module:
     """The same packed model with each packed layer calling the reference directly: the oracle."""
     for m in model.modules():
         w = getattr(m, "weight_quantizer", None)
+        q = getattr(m, "input_quantizer", None)
+        shifted = (lambda x, q=q: q.sign_input(x)) if hasattr(q, "sign_input") else (lambda x: x)  # RSign: x + b
         if isinstance(m, PackedConv2d):  # with any BatchNorm folded into its output transform
-            m.forward = lambda x, m=m, w=w: reference.bconv2d(x, w.words, *m.output_transform(), m.in_channels,
-                                                              list(m.stride), list(m.padding), list(m.dilation))
+            m.forward = lambda x, m=m, w=w, s=shifted: reference.bconv2d(
+                s(x), w.words, *m.output_transform(), m.in_channels, list(m.stride), list(m.padding), list(m.dilation))
         elif isinstance(m, PackedLinear):
-            m.forward = lambda x, m=m, w=w: reference.blinear(x, w.words, w.alpha, m.bias)
+            m.forward = lambda x, m=m, w=w, s=shifted: reference.blinear(s(x), w.words, w.alpha, m.bias)
     return model
 
 

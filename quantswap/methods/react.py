@@ -54,9 +54,12 @@ class RSign(nn.Module):
         self.channel_dim = channel_dim
         self.bias = nn.Parameter(torch.zeros(channels))
 
+    def sign_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + b``, whose plain sign the forward is: a packed layer adds ``b`` and binarizes itself."""
+        return x + (self.bias if self.channel_dim == -1 else self.bias.view((1, -1) + (1,) * (x.dim() - 2)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias if self.channel_dim == -1 else self.bias.view((1, -1) + (1,) * (x.dim() - 2))
-        return QF.sign_ste(x + bias, "approx")
+        return QF.sign_ste(self.sign_input(x), "approx")
 
     def extra_repr(self) -> str:
         return f"channels={self.bias.numel()}, channel_dim={self.channel_dim}"

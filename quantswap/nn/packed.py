@@ -4,7 +4,8 @@
 :class:`PackedConv2d` or :class:`PackedLinear` (the same object, its class switched): its weight
 stays in memory as bits (``int64`` words, 1 bit per weight, see :mod:`quantswap.kernels.layout`)
 plus one float32 scale per output channel, and its forward is one call of
-``quantswap::bconv2d`` / ``quantswap::blinear``, which binarize the input themselves. Its state
+``quantswap::bconv2d`` / ``quantswap::blinear``, which binarize the input themselves (an input
+quantizer that is not a plain sign says what it takes the sign of with ``sign_input(x)``). Its state
 dict is the frozen layer's (``weight_quantizer.codes`` as ``int8``, unpacked on demand, and
 ``weight_quantizer.scale``), so a packed model saves, loads and compares like a frozen one.
 
@@ -87,6 +88,13 @@ def _codes_from_state_dict(module: PackedWeight, state_dict: dict, prefix: str, 
     module.alpha = module._alpha(codes, scale).to(module.alpha.device)
 
 
+def _sign_input(layer: QuantConv2d | QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    """What the layer's input quantizer takes the sign of, as float32: ``x`` for a plain sign, else the
+    quantizer's ``sign_input(x)`` (ReActNet's ``x + b``); the packed op binarizes it."""
+    quantizer = layer.input_quantizer
+    return (x if getattr(quantizer, "plain_sign", False) else quantizer.sign_input(x)).float()
+
+
 def _float32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.float()
 
@@ -110,7 +118,7 @@ class PackedConv2d(QuantConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha, bias = self.output_transform()
-        y = torch.ops.quantswap.bconv2d(x.float(), self.weight_quantizer.words, alpha, bias, self.in_channels,
+        y = torch.ops.quantswap.bconv2d(_sign_input(self, x), self.weight_quantizer.words, alpha, bias, self.in_channels,
                                         list(self.stride), list(self.padding), list(self.dilation))
         return y.to(x.dtype)
 
@@ -127,7 +135,8 @@ class PackedLinear(QuantLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight_quantizer
-        y = torch.ops.quantswap.blinear(x.float().reshape(-1, self.in_features), w.words, w.alpha, _float32(self.bias))
+        y = torch.ops.quantswap.blinear(_sign_input(self, x).reshape(-1, self.in_features), w.words, w.alpha,
+                                        _float32(self.bias))
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
@@ -150,8 +159,9 @@ def packing_obstacle(layer: nn.Module) -> str | None:
         return f"its weights are not binary ({codec.code_levels}-level codes, {codec.branches} branches)"
     if layer.input_quantizer is None:
         return "its activations are real (W1/A32)"
-    if not getattr(layer.input_quantizer, "plain_sign", False):
-        return f"its input quantizer {type(layer.input_quantizer).__name__} is not a plain sign"
+    if not (getattr(layer.input_quantizer, "plain_sign", False) or hasattr(layer.input_quantizer, "sign_input")):
+        return (f"its input quantizer {type(layer.input_quantizer).__name__} is neither a plain sign nor the sign "
+                f"of a sign_input(x)")
     if isinstance(layer, nn.Conv2d) and (isinstance(layer.padding, str) or layer.padding_mode != "zeros"):
         return f"padding={layer.padding!r} with padding_mode={layer.padding_mode!r} (the kernel pads with zeros)"
     return None
