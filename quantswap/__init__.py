@@ -17,6 +17,7 @@ from quantswap._registry import unregister_method as unregister_method
 from quantswap.api import SwapReport as SwapReport
 from quantswap.api import binarize as binarize
 from quantswap.api import get_swap_report as get_swap_report
+from quantswap.api import quantize_weights as quantize_weights
 from quantswap.api import set_progress as set_progress
 from quantswap.api import swap as swap
 from quantswap.api import ternarize as ternarize
@@ -94,6 +95,7 @@ __all__ = [
     "recalibrate_bn",
     "register_leaf_module",
     "register_method",
+    "quantize_weights",
     "save_pretrained",
     "set_progress",
     "summary",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,7 @@ from quantswap.models import fingerprint
 from quantswap.nn.layers import QuantLayer
 from quantswap.nn.quantizers import ScheduledQuantizer
 
-__all__ = ["SwapReport", "swap", "binarize", "ternarize", "set_progress", "get_swap_report"]
+__all__ = ["SwapReport", "swap", "binarize", "ternarize", "quantize_weights", "set_progress", "get_swap_report"]
 
 
 def get_swap_report(model: nn.Module) -> SwapReport:
@@ -96,8 +97,10 @@ def binarize(
 ) -> fx.GraphModule:
     """Binarize ``model`` with a binary ``method`` (see ``quantswap.list_methods()``).
 
-    ``options`` are the method config's fields: the shared ``activations``, ``skip_first``,
-    ``skip_last``, ``include``, ``exclude``, and the method's own (see ``quantswap.methods``).
+    ``options`` are the method config's fields: the shared ``activations``, ``weights`` (``False``:
+    real weights with binary activations, W32/A1, the first stage of two-step training; see
+    :func:`quantize_weights`), ``skip_first``, ``skip_last``, ``include``, ``exclude``, and the
+    method's own (see ``quantswap.methods``).
 
     Example:
         >>> import torch, quantswap
@@ -132,6 +135,37 @@ def ternarize(
     """
     config = config_for("ternary", **options, expansion=expansion, thresholds=thresholds)
     return swap(model, config, inplace=inplace, leaf_modules=leaf_modules)
+
+
+def quantize_weights(model: nn.Module) -> nn.Module:
+    """End the first stage of two-step training: give a W32/A1 model (``weights=False``) its method's
+    weight quantizers, in place, so it trains on as W1/A1 from the weights it learned.
+
+    Everything else (the activations' quantizers and their learned thresholds, shortcuts, BatchNorm)
+    is kept; the swap report's config becomes the W1/A1 one. Returns ``model``.
+
+    Example:
+        >>> import torch, quantswap
+        >>> from torchvision.models import resnet18
+        >>> stage1 = quantswap.binarize(resnet18(num_classes=10), method="react", weights=False)
+        >>> quantswap.get_swap_report(stage1).config.precision
+        'W32/A1'
+        >>> w = stage1.layer1[0].conv1.weight
+        >>> stage2 = quantswap.quantize_weights(stage1)
+        >>> quantswap.get_swap_report(stage2).config.precision, stage2.layer1[0].conv1.weight is w
+        ('W1/A1', True)
+    """
+    report = get_swap_report(model)
+    if report.config.weights:
+        raise ValueError(f"the model's weights are already quantized ({report.config.label}); quantize_weights ends "
+                         "the first stage of a model binarized with weights=False")
+    config = dataclasses.replace(report.config, weights=True)
+    for name in report.quantized:
+        layer = model.get_submodule(name)
+        layer.weight_quantizer = config.weight_quantizer(layer).to(layer.weight.device)
+        layer.__dict__.pop("_eval_weight", None)  # an eval-mode weight cached by the real-weight stage
+    report.config = config
+    return model
 
 
 def set_progress(model: nn.Module, progress: float) -> None:

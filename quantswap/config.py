@@ -19,7 +19,7 @@ Example:
     >>> config_for("irnet", t_mn=0.2)
     Traceback (most recent call last):
     ...
-    TypeError: unknown option(s) ['t_mn'] for method 'irnet' (did you mean 't_min'?); its options are ['activations', 'exclude', 'include', 'keep_downsample', 'skip_first', 'skip_last', 't_max', 't_min']
+    TypeError: unknown option(s) ['t_mn'] for method 'irnet' (did you mean 't_min'?); its options are ['activations', 'exclude', 'include', 'keep_downsample', 'skip_first', 'skip_last', 't_max', 't_min', 'weights']
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
+
+from quantswap.nn.quantizers import RealWeight
 
 if TYPE_CHECKING:
     from quantswap.fx.pipeline import SwapContext
@@ -84,6 +86,9 @@ class QuantConfig(abc.ABC):
     Args:
         activations: quantize the inputs of swapped layers to ±1 (W1/A1). ``None`` takes the
             method's default; weight-only methods refuse ``True``.
+        weights: quantize the weights (the default). ``False`` keeps them real with binary
+            activations (W32/A1): the first stage of two-step training, which
+            :func:`quantswap.quantize_weights` ends.
         skip_first: keep the first Conv/Linear layers (those with no Conv/Linear upstream) real.
         skip_last: keep the last Conv/Linear layers (those with no Conv/Linear downstream) real.
         include: if given, only layers whose qualified name matches one of these fnmatch patterns
@@ -103,6 +108,7 @@ class QuantConfig(abc.ABC):
     variants: ClassVar[tuple[Variant, ...]] = ()
 
     activations: bool | None = None
+    weights: bool = True
     skip_first: bool = True
     skip_last: bool = True
     include: tuple[str, ...] | None = None
@@ -123,6 +129,12 @@ class QuantConfig(abc.ABC):
                 f"or pick a W1/A1 method ({', '.join(methods_with_binary_activations())})"
             )
 
+        if not isinstance(self.weights, bool):
+            raise TypeError(f"weights must be True or False, got {self.weights!r}")
+        if not self.weights and not self.activations:
+            raise ValueError("weights=False keeps the weights real, so it needs binary activations (W32/A1): pass "
+                             "activations=True with a W1/A1 method, or drop weights=False")
+
     # -- hooks each method implements -------------------------------------------------------------
 
     @abc.abstractmethod
@@ -132,6 +144,11 @@ class QuantConfig(abc.ABC):
     def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
         """A fresh module quantizing ``layer``'s input, or ``None`` for real activations."""
         return None
+
+    def layer_weight_quantizer(self, layer: nn.Module) -> nn.Module:
+        """What the swap gives ``layer``: :meth:`weight_quantizer`, or a :class:`~quantswap.nn.quantizers.RealWeight`
+        when ``weights=False``."""
+        return self.weight_quantizer(layer) if self.weights else RealWeight()
 
     def activation_replacement(self) -> Callable[[], nn.Module] | None:
         """Factory for the module that replaces each ReLU feeding a quantized layer, or ``None``."""
@@ -149,8 +166,8 @@ class QuantConfig(abc.ABC):
 
     @property
     def precision(self) -> str:
-        """``"W1/A1"``, ``"W1/A32"``; a ternary config says ``"t=2"``."""
-        return f"W1/A{1 if self.activations else 32}"
+        """``"W1/A1"``, ``"W1/A32"``, ``"W32/A1"``; a ternary config says ``"t=2"``."""
+        return f"W{1 if self.weights else 32}/A{1 if self.activations else 32}"
 
     @property
     def label(self) -> str:
@@ -170,11 +187,13 @@ class QuantConfig(abc.ABC):
     # -- serialization ----------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict: ``{"method": ..., "version": ..., <fields>}``."""
+        """A JSON-able dict: ``{"method": ..., "version": ..., <fields>}`` (``weights`` only when False, so
+        every quantized checkpoint's config reads as it did before the option existed)."""
         data: dict[str, Any] = {"method": self.method, "version": CONFIG_VERSION}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            data[f.name] = list(value) if isinstance(value, tuple) else value
+            if f.name != "weights" or not value:
+                data[f.name] = list(value) if isinstance(value, tuple) else value
         return data
 
 

@@ -13,6 +13,7 @@ from quantswap import kernels
 from quantswap.nn.bn_folding import fold_batchnorms, unfold_batchnorm
 from quantswap.nn.layers import QuantLayer
 from quantswap.nn.packed import is_packed, pack_layer, packing_obstacle, unpack_layer
+from quantswap.nn.quantizers import RealWeight
 
 __all__ = ["BACKENDS", "FreezeReport", "freeze", "is_frozen", "get_freeze_report"]
 
@@ -96,6 +97,11 @@ def freeze(model: nn.Module, *, backend: str = "packed", inplace: bool = False) 
     if not inplace:
         model = copy.deepcopy(model)
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayer)}
+    real = [name for name, layer in layers.items() if isinstance(layer.weight_quantizer, RealWeight)]
+    if real:
+        raise ValueError(f"{len(real)} layers keep real weights (a W32/A1 model, binarize(..., weights=False); e.g. "
+                         f"{real[0]!r}): it freezes and saves once quantswap.quantize_weights(model) has given it "
+                         "binary weights (and a second fine-tuning stage has trained them)")
     for layer in layers.values():
         layer.freeze()
     report = _route(model, layers, backend)

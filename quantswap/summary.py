@@ -11,6 +11,7 @@ from torch import nn
 
 from quantswap.fx.analysis import WEIGHT_LAYER_TYPES
 from quantswap.nn.layers import QuantLayer, quantized_weight_keys
+from quantswap.nn.quantizers import RealWeight
 
 __all__ = ["LayerSummary", "ModelSummary", "summary", "layer_bits", "theoretical_size"]
 
@@ -84,6 +85,8 @@ def layer_bits(module: nn.Module) -> tuple[int, int, int]:
         return 32, 32, 0
     codec = module.codec
     act_bits = 1 if module.input_quantizer is not None else 32
+    if isinstance(codec, RealWeight):  # W32/A1
+        return 32, act_bits, 0
     if codec.code_levels == 3:
         return 2 * codec.branches, act_bits, codec.branches
     granularity = getattr(codec, "scale_granularity", "channel")
@@ -113,7 +116,7 @@ def theoretical_size(model: nn.Module, fp_bits: int = 32, ternary_bits: float = 
         layer = modules[name]
         w_bits, _, n_scales = layer_bits(layer)
         numel = layer.weight.numel()
-        per_weight = w_bits if layer.codec.code_levels == 2 else ternary_bits * layer.codec.branches
+        per_weight = ternary_bits * layer.codec.branches if getattr(layer.codec, "code_levels", 2) == 3 else w_bits
         bits += per_weight * numel + 32 * n_scales
         fp32_bits += 32 * numel
     return bits / 8, fp32_bits / 8

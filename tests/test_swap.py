@@ -215,3 +215,46 @@ def test_the_swap_is_a_pipeline_and_a_method_adds_its_own_passes():
 
     quantswap.swap(resnet18(), Counting())
     assert seen == [19]  # a method's pass sees the chosen layers
+
+
+@pytest.mark.parametrize("method", ["irnet", "react"])
+def test_weights_false_keeps_real_weights_with_binary_activations_until_quantize_weights(method, tmp_path):
+    """W32/A1 (the two-step recipe's first stage): a swapped layer computes conv(A(x), W) with the latent
+    W itself, and W's gradient is the float conv's; quantize_weights then gives the same model the
+    method's weight quantizers, after which it equals a W1/A1 swap of the same weights."""
+    from quantswap.nn.quantizers import RealWeight
+
+    torch.manual_seed(0)
+    base = resnet18(num_classes=10)
+    stage1 = quantswap.binarize(base, method=method, weights=False)
+    assert quantswap.get_swap_report(stage1).config.label == f"{method} W32/A1"
+    layer = stage1.layer1[0].conv1
+    assert isinstance(layer.weight_quantizer, RealWeight) and layer.input_quantizer is not None
+    x = torch.randn(2, 64, 8, 8)
+    y = layer(x)
+    torch.testing.assert_close(y, F.conv2d(layer.input_quantizer(x), layer.weight, None, 1, 1), rtol=0, atol=0)
+    y.square().sum().backward()
+    expected = torch.nn.grad.conv2d_weight(layer.input_quantizer(x).detach(), layer.weight.shape, 2 * y.detach(),
+                                           padding=1)
+    torch.testing.assert_close(layer.weight.grad, expected, rtol=1e-5, atol=1e-5)
+    for verb in (quantswap.freeze, lambda m: quantswap.save_pretrained(m, tmp_path / "w32")):
+        with pytest.raises(ValueError, match=r"real weights .*quantswap\.quantize_weights"):
+            verb(stage1)
+    assert not (tmp_path / "w32").exists()
+
+    stage1.eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        stage1(images)  # caches each layer's eval-mode (real) weight
+    weight = stage1.layer1[0].conv1.weight
+    stage2 = quantswap.quantize_weights(stage1)
+    assert stage2 is stage1 and stage2.layer1[0].conv1.weight is weight
+    assert quantswap.get_swap_report(stage2).config == quantswap.config_for(method)
+    reference = quantswap.binarize(base, method=method).eval()
+    reference.load_state_dict(stage2.state_dict())
+    with torch.no_grad():
+        assert torch.equal(stage2(images), reference(images))
+    with pytest.raises(ValueError, match="already quantized"):
+        quantswap.quantize_weights(stage2)
+    with pytest.raises(ValueError, match="needs binary activations"):
+        quantswap.binarize(base, method="irnet", weights=False, activations=False)

@@ -48,7 +48,7 @@ def swap_layers(ctx: SwapContext) -> None:
             warnings.warn(f"{target}.weight holds inf or NaN: its quantized weight will too; check the weights "
                           "you loaded", stacklevel=2)
         cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
-        set_module(ctx.model, target, cls.from_float(layer, config.weight_quantizer(layer), config.input_quantizer(layer)))
+        set_module(ctx.model, target, cls.from_float(layer, config.layer_weight_quantizer(layer), config.input_quantizer(layer)))
 
 
 def quantize_weight_reads(ctx: SwapContext) -> None:

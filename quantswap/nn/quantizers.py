@@ -29,6 +29,7 @@ __all__ = [
     "WeightQuantizer",
     "BinaryWeightQuantizer",
     "FrozenWeight",
+    "RealWeight",
     "SignActivation",
     "EDESignActivation",
 ]
@@ -159,6 +160,16 @@ class FrozenWeight(nn.Module):
 
     def decode(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         return self.codec.decode(self.codes, self.scale, dtype)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w
+
+
+class RealWeight(nn.Module):
+    """The weight "quantizer" of a W32/A1 layer (``binarize(model, method, weights=False)``): the
+    latent weight itself. Such a model is the first stage of two-step training; it is not a codec, so
+    it neither freezes nor saves until :func:`quantswap.quantize_weights` gives it the method's
+    weight quantizers (the second stage)."""
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w
