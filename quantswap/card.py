@@ -101,6 +101,8 @@ def _rows(config: CheckpointConfig) -> list[tuple[str, str]]:
         rows.append(("top-1 of the FP parent", f"{float(metrics['fp_top1']):.2f}%"))
     if metrics.get("recipe"):
         rows.append(("recipe", f"`{metrics['recipe']}`"))
+    if metrics.get("training"):
+        rows.append(("training", str(metrics["training"])))
     if config.pretrained_cfg:
         shown = {k: v for k, v in config.pretrained_cfg.items() if k in ("input_size", "interpolation", "mean", "std",
                                                                        "crop_pct", "crop_mode")}

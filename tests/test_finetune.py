@@ -254,3 +254,56 @@ def test_imagenet_weights_for_a_10_class_task_get_a_new_head_and_no_teacher(tmp_
 
     assert main([*args, "--output", str(tmp_path / "kd"), "--distill"]) == 2
     assert "--distill needs a teacher trained for this task" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def staged_args(tmp_path_factory) -> list[str]:
+    """ReActNet in two stages from a recipe: W32/A1 for an epoch (6 steps), then W1/A1 for an epoch."""
+    folder = tmp_path_factory.mktemp("staged")
+    weights = _random_parent("test_resnet", folder / "test_resnet.safetensors")
+    recipe = folder / "two-stage.yaml"
+    recipe.write_text(
+        "method: react\nstages:\n"
+        "  - {name: binary activations, epochs: 1, weight_decay: 1.0e-5, method_options: {weights: false}}\n"
+        "  - {name: binary weights, epochs: 1, lr: 0.02}\n")
+    return ["finetune", "--recipe", str(recipe), "--model", "timm:test_resnet", "--weights", weights,
+            "--data", "fashion-mnist", "--image-size", "32", "--train-subset", "96", "--val-subset", "64",
+            "--batch-size", "16", "--save-every", "3", "--optimizer", "sgd", "--lr", "0.05", "--seed", "3",
+            "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def staged_run(staged_args, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("staged-reference") / "run"
+    done = _run([*staged_args, "--output", str(out)])
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_a_staged_run_trains_each_stage_from_the_last_and_says_so(staged_run):
+    rows = [json.loads(line) for line in (staged_run / "metrics.jsonl").open()]
+    assert [(r["stage"], r["epoch"], r["step"]) for r in rows] == [(1, 1, 6), (2, 1, 6)]
+    saved = torch.load(staged_run / "last.pt", weights_only=True)
+    assert saved["state"]["stage"] == 1 and saved["optimizer"]["param_groups"][0]["weight_decay"] == 0.0
+    loaded = quantswap.from_pretrained(staged_run / "model")
+    assert quantswap.get_swap_report(loaded).config.label == "react W1/A1"
+    card = (staged_run / "model" / "README.md").read_text()
+    assert "binary activations: react W32/A1: 1 epoch, sgd, lr 0.05, weight decay 1e-05" in card
+    assert "then binary weights: react W1/A1: 1 epoch, sgd, lr 0.02, weight decay 0" in card
+
+
+@pytest.mark.parametrize("step", [4, 7, 10])
+def test_a_staged_run_killed_in_any_stage_resumes_to_the_same_weights(staged_args, staged_run, tmp_path, step):
+    """SIGKILL in stage 1 (after its step-3 checkpoint), as stage 2 starts (its start is saved) and in
+    stage 2: --resume rebuilds that stage's model and ends bit-identical to the uninterrupted run."""
+    out = tmp_path / "run"
+    killed = _run([*staged_args, "--output", str(out)], signal_at=(step, "SIGKILL"))
+    assert killed.returncode == -9, killed.stderr
+    resumed = _run([*staged_args, "--output", str(out), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    ref, got = _tensors(staged_run), _tensors(out)
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    timing = ("train_seconds", "train_img_s")
+    rows = [[{k: v for k, v in json.loads(line).items() if k not in timing} for line in (r / "metrics.jsonl").open()]
+            for r in (staged_run, out)]
+    assert rows[0] == rows[1]

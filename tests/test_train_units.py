@@ -109,3 +109,26 @@ def test_method_options_reach_the_swap_from_flags_and_recipes(tmp_path):
     assert (config.t_min, config.keep_downsample) == (0.01, False)
     with pytest.raises(SystemExit):
         parser.parse_args(["finetune", "--method-options", "t_min"])  # not KEY=VALUE
+
+
+@pytest.mark.parametrize(("stages", "message"), [
+    ([], "non-empty list of mappings"),
+    ([{"epoch": 2}], r"stage 1: unknown or run-wide option\(s\) \['epoch'\] \(did you mean 'epochs'\?\)"),
+    ([{"epochs": 1}, {"data": "cifar10"}], r"stage 2: unknown or run-wide option\(s\) \['data'\]"),
+    ([{"lr": -1.0}], "stage 1: lr must be positive"),
+    ([{"method_options": {"weights": False}}], "the last stage keeps the weights real"),
+    ([{}, {"method_options": {"weights": False}}], "whose weights may only go from real"),
+    ([{"method_options": {"weights": False}}, {"method_options": {"keep_downsample": False}}],
+     r"swap the model differently \(react W32/A1 -> react W1/A1\)"),
+])
+def test_bad_stages_are_refused_with_what_a_stage_may_set(stages, message):
+    with pytest.raises(ValueError, match=message):
+        FinetuneConfig(method="react", stages=stages)
+
+
+def test_a_w32a1_run_without_a_later_stage_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["finetune", "--method", "react", "--method-options", "weights=false", "--weights", "none",
+                 "--output", str(out)]) == 2
+    assert "weights=False (W32/A1) is a first stage: list it in `stages`" in capsys.readouterr().err
+    assert not out.exists()

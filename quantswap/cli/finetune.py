@@ -50,6 +50,10 @@ HELP = {
 }
 
 
+#: Options a recipe sets and no flag does: ``stages`` is a list of mappings.
+RECIPE_ONLY = frozenset({"stages"})
+
+
 def _scalar(annotation) -> type:
     """``int | None`` -> int; ``list[int]`` -> int (nargs)."""
     hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
@@ -60,9 +64,12 @@ def _scalar(annotation) -> type:
 def add_parser(sub) -> None:
     p = sub.add_parser("finetune", help=__doc__.split(":", 1)[1].strip().split(" (")[0], epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
-    p.add_argument("--recipe", metavar="FILE.yaml", help="a recipe: YAML whose keys are these options; flags override it")
+    p.add_argument("--recipe", metavar="FILE.yaml", help="a recipe: YAML whose keys are these options (and `stages`, "
+                   "a list of per-stage options, e.g. recipes/fashion-mnist-react-two-stage.yaml); flags override it")
     hints = typing.get_type_hints(FinetuneConfig)
     for field in dataclasses.fields(FinetuneConfig):
+        if field.name in RECIPE_ONLY:
+            continue
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         text = f"{HELP.get(field.name, '')} (default: {default})".strip()

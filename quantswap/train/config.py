@@ -24,7 +24,7 @@ import yaml
 from quantswap._registry import is_method, list_methods
 from quantswap.config import QuantConfig, config_for
 
-__all__ = ["FinetuneConfig", "load_recipe", "FLOAT_METHOD"]
+__all__ = ["FinetuneConfig", "load_recipe", "FLOAT_METHOD", "STAGE_OPTIONS"]
 
 FLOAT_METHOD = "none"  # ``--method none``: train the float model itself (a parent)
 #: The schedules of timm's ``create_scheduler_v2``.
@@ -40,6 +40,14 @@ _RANGES: dict[str, tuple[type, float, float]] = {
     "decay_rate": (float, 0, _INF), "label_smoothing": (float, 0, 1), "distill_alpha": (float, 0, 1),
     "clip_grad": (float, 0, _INF), "recalibrate_bn": (int, 0, _INF),
 }
+
+
+#: What a stage may set (see ``FinetuneConfig.stages``): how it trains, not what or where.
+STAGE_OPTIONS = frozenset({
+    "name", "epochs", "max_steps", "lr", "min_lr", "optimizer", "momentum", "weight_decay", "schedule", "warmup_epochs",
+    "cycle_mul", "cycle_limit", "decay_milestones", "decay_rate", "label_smoothing", "clip_grad", "distill_alpha",
+    "method_options",
+})
 
 
 def _check_number(name: str, value: Any) -> None:
@@ -108,6 +116,10 @@ class FinetuneConfig:
     save_every: int = 200  # steps between mid-epoch checkpoints (0: only at epoch ends)
     fp_dtype: str = "float32"  # real-valued layers of the final packed checkpoint
     push_to_hub: str | None = None
+    #: Train in stages, one after another in one run folder: each a mapping of STAGE_OPTIONS over the
+    #: options above (``method_options`` merged), e.g. W32/A1 first (``method_options: {weights: false}``),
+    #: then W1/A1 from it. The final model is the last stage's. Recipes only (no flag).
+    stages: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.method != FLOAT_METHOD and not is_method(self.method):
@@ -118,8 +130,84 @@ class FinetuneConfig:
         for name in _RANGES:
             _check_number(name, getattr(self, name))
         self._check_names()
-        if not self.is_float:
+        if self.stages is not None:
+            self._check_stages()
+        elif not self.is_float:
             self.quant_config()  # the method's own checks, before anything runs
+
+    def check_ends_quantized(self) -> None:
+        """A run must end with quantized weights (a W32/A1 model has no compressed checkpoint to save)."""
+        if not self.is_float and not self.stage_configs()[-1].quant_config().weights:
+            raise ValueError("weights=False (W32/A1) is a first stage: list it in `stages` before a stage with binary "
+                             "weights, e.g. stages: [{epochs: 2, method_options: {weights: false}}, {epochs: 2}]")
+
+    def _check_stages(self) -> None:
+        """Each stage's options are known and valid; the stages train one swapped model, whose weights may
+        only go from real (W32/A1) to quantized, and the last stage's are quantized."""
+        if not isinstance(self.stages, list) or not self.stages or not all(isinstance(s, dict) for s in self.stages):
+            raise ValueError(f"stages is a non-empty list of mappings of per-stage options, got {self.stages!r}")
+        for index, stage in enumerate(self.stages):
+            unknown = sorted(set(stage) - STAGE_OPTIONS)
+            if unknown:
+                hints = [difflib.get_close_matches(k, sorted(STAGE_OPTIONS), n=1) for k in unknown]
+                hint = "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
+                raise ValueError(f"stage {index + 1}: unknown or run-wide option(s) {unknown}{hint}; a stage sets "
+                                 f"{', '.join(sorted(STAGE_OPTIONS))}")
+        configs = []
+        for index, stage in enumerate(self.stages):  # each checked like a run of its own
+            try:
+                configs.append(self._stage_config(stage))
+            except (ValueError, TypeError) as err:
+                raise type(err)(f"stage {index + 1}: {err}") from None
+        if self.is_float:
+            return
+        quant = [c.quant_config() for c in configs]
+        for index, (before, after) in enumerate(zip(quant, quant[1:], strict=False)):
+            if dataclasses.replace(before, weights=True) != dataclasses.replace(after, weights=True) or (
+                    before.weights and not after.weights):
+                raise ValueError(f"stages {index + 1} and {index + 2} swap the model differently ({before.label} -> "
+                                 f"{after.label}): stages train one model, whose weights may only go from real "
+                                 "(weights: false) to quantized")
+        if not quant[-1].weights:
+            raise ValueError("the last stage keeps the weights real (W32/A1); add a stage with binary weights after it")
+
+    def stage_configs(self) -> list[FinetuneConfig]:
+        """One config per stage: the run's options with the stage's over them (the run itself if it has no
+        stages).
+
+        Example:
+            >>> cfg = FinetuneConfig(method="react", lr=1e-3, stages=[
+            ...     {"name": "activations", "epochs": 2, "weight_decay": 1e-5, "method_options": {"weights": False}},
+            ...     {"epochs": 3}])
+            >>> [(c.epochs, c.lr, c.weight_decay, c.quant_config().label) for c in cfg.stage_configs()]
+            [(2, 0.001, 1e-05, 'react W32/A1'), (3, 0.001, 0.0, 'react W1/A1')]
+        """
+        return [self] if self.stages is None else [self._stage_config(stage) for stage in self.stages]
+
+    def _stage_config(self, stage: dict[str, Any]) -> FinetuneConfig:
+        options = {k: v for k, v in stage.items() if k != "name"}
+        options["method_options"] = {**self.method_options, **(options.get("method_options") or {})}
+        return dataclasses.replace(self, stages=None, **options)
+
+    def stage_names(self) -> list[str]:
+        """The stages' names (``name``, else ``stage N``); one empty name for a run without stages."""
+        if self.stages is None:
+            return [""]
+        return [str(stage.get("name") or f"stage {i + 1}") for i, stage in enumerate(self.stages)]
+
+    def training_summary(self) -> str:
+        """How the run trains, in words (a model card's "training" row).
+
+        Example:
+            >>> FinetuneConfig(method="irnet", epochs=2).training_summary()
+            'irnet W1/A1: 2 epochs, adamw, lr 0.001, weight decay 0, cosine schedule'
+        """
+        parts = []
+        for name, cfg in zip(self.stage_names(), self.stage_configs(), strict=True):
+            what = "FP" if cfg.is_float else cfg.quant_config().label
+            parts.append(f"{name + ': ' if name else ''}{what}: {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, "
+                         f"{cfg.optimizer}, lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, {cfg.schedule} schedule")
+        return "; then ".join(parts)
 
     def _check_names(self) -> None:
         from timm.optim import list_optimizers

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from quantswap.api import quantize_weights
 from quantswap.calibration import recalibrate_bn
 from quantswap.data import DATASETS, check_image_folder
 from quantswap.models import check_model_name
@@ -41,6 +42,7 @@ class RunResult(dict):
 def check_inputs(cfg: FinetuneConfig) -> None:
     """Fail on a bad model, teacher, dataset or weights file before anything is written or trained."""
     check_model_name(cfg.model)
+    cfg.check_ends_quantized()
     if cfg.teacher:
         check_model_name(cfg.teacher)
     for name in ("weights", "teacher_weights"):
@@ -72,14 +74,50 @@ def _parent(cfg: FinetuneConfig, num_classes: int, dist: Dist) -> Parent:
     return parent
 
 
-def _result_metrics(cfg: FinetuneConfig, final: dict, parent: dict | None) -> dict:
+def _result_metrics(cfg: FinetuneConfig, final: dict, parent: dict | None, distilled: bool) -> dict:
     """The measurements a checkpoint's config and card carry."""
     metrics = {"dataset": cfg.data.partition(":")[0], "top1": round(final["top1"], 2),
                "top5": round(final["top5"], 2),
-               "image_size": cfg.image_size or (224 if cfg.data.startswith("imagefolder") else 32)}
+               "image_size": cfg.image_size or (224 if cfg.data.startswith("imagefolder") else 32),
+               "training": cfg.training_summary() + (", distilled from the teacher" if distilled else "")}
     if parent:
         metrics["fp_top1"] = round(parent["top1"], 2)
     return metrics
+
+
+def _train_stages(cfg: FinetuneConfig, model: torch.nn.Module, teacher: torch.nn.Module | None, data, dist: Dist,
+                  run: RunFolder) -> tuple[Trainer, dict | None]:
+    """Train each stage in turn (a run without stages is one), each with its own optimizer and schedule,
+    from where the previous left the model. ``--resume`` rebuilds the model of the stage ``last.pt``
+    stands in and continues there; a stage's start is saved before its first step."""
+    configs, names = cfg.stage_configs(), cfg.stage_names()
+    steps_per_epoch = len(data.train)  # now, while the sampler starts at the top of an epoch
+    start = run.saved_stage() if cfg.resume else 0
+    trainer, final = None, None
+    for index, stage_cfg in enumerate(configs):
+        if index:
+            model = _enter_stage(trainer.model if trainer else model, configs[index - 1], stage_cfg)
+        if index < start:
+            continue
+        label = f"stage {index + 1}/{len(configs)} ({names[index]})" if cfg.stages is not None else ""
+        trainer = Trainer(stage_cfg, model, teacher, dist, steps_per_epoch=steps_per_epoch, stage=label)
+        if index == start and cfg.resume:
+            state = run.restore(trainer)
+        else:
+            state = RunState(stage=index)
+            if index:
+                run.save(trainer, state)
+        if dist.main and label:
+            _logger.info("%s: %s", label, stage_cfg.training_summary())
+        final = trainer.fit(data, state, run)
+    return trainer, final
+
+
+def _enter_stage(model: torch.nn.Module, before: FinetuneConfig, after: FinetuneConfig) -> torch.nn.Module:
+    """The model as the next stage starts it: with quantized weights where the stage before kept them real."""
+    if not before.is_float and not before.quant_config().weights and after.quant_config().weights:
+        quantize_weights(model)
+    return model
 
 
 def finetune(cfg: FinetuneConfig) -> RunResult:
@@ -99,26 +137,24 @@ def _run(cfg: FinetuneConfig, dist: Dist, run: RunFolder) -> RunResult:
     torch.manual_seed(cfg.seed)
     data = build_loaders(cfg, dist)
     parent = _parent(cfg, data.num_classes, dist)
-    model = build_student(cfg, parent.model).to(dist.device)
+    model = build_student(cfg.stage_configs()[0], parent.model).to(dist.device)
     if cfg.recalibrate_bn and not cfg.resume and not cfg.is_float:
         recalibrate_bn(model, data.train, batches=cfg.recalibrate_bn, device=dist.device)
     teacher = build_teacher(cfg, parent, data.num_classes, dist.device)
     if not cfg.resume:
         run.start()
-    trainer = Trainer(cfg, model, teacher, dist, steps_per_epoch=len(data.train))
-    state = run.restore(trainer) if cfg.resume else RunState()
     parent_metrics = None
     if parent.head and cfg.eval_parent:
         parent_metrics = evaluate(parent.model, data.val, dist.device, desc="parent", disable=dist.quiet)
         if dist.main:
             _logger.info("FP parent %s: top-1 %.2f%%", cfg.model, parent_metrics["top1"])
-    final = trainer.fit(data, state, run)  # a run resumed after its end validates once more
-    if final is None:
+    trainer, final = _train_stages(cfg, model, teacher, data, dist, run)
+    if final is None:  # a run resumed after its end validates once more
         final = evaluate(trainer.model, data.val, dist.device, desc="final", disable=dist.quiet)
     result = RunResult(parent_top1=parent_metrics["top1"] if parent_metrics else None, top1=final["top1"],
                        top5=final["top5"], output=str(run.path))
     if dist.main:
-        result.update(run.save_model(trainer.model, _result_metrics(cfg, final, parent_metrics)))
+        result.update(run.save_model(trainer.model, _result_metrics(cfg, final, parent_metrics, teacher is not None)))
         if cfg.push_to_hub and not cfg.is_float:
             from quantswap.hub import push_to_hub
 

@@ -100,6 +100,7 @@ class Trainer:
     teacher: nn.Module | None
     dist: Dist
     steps_per_epoch: int
+    stage: str = ""  # "stage 1/2 (activations)" in a staged run: progress bars, logs and metrics rows say it
 
     def __post_init__(self) -> None:
         from timm.optim import create_optimizer_v2
@@ -175,8 +176,9 @@ class Trainer:
         data.sampler.set_epoch(epoch, start=state.step_in_epoch * self.cfg.batch_size)
         set_epoch(data.train_dataset, epoch)
         self.model.train()
-        bar = tqdm(data.train, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", initial=state.step_in_epoch,
-                   total=self.steps_per_epoch, disable=self.dist.quiet, dynamic_ncols=True)
+        desc = f"{self.stage + ', ' if self.stage else ''}epoch {epoch + 1}/{self.cfg.epochs}"
+        bar = tqdm(data.train, desc=desc, initial=state.step_in_epoch, total=self.steps_per_epoch,
+                   disable=self.dist.quiet, dynamic_ncols=True)
         tick = start = time.perf_counter()
         seen = 0  # images since this process started the epoch (a resumed epoch counts from the resume)
         for x, y in bar:
@@ -209,11 +211,13 @@ class Trainer:
                     raise KeyboardInterrupt
                 metrics = evaluate(self.model, data.val, self.dist.device, desc="val", disable=self.dist.quiet)
                 loss_sum, correct, count = self.dist.all_reduce(list(state.sums))
-                row = {"epoch": state.epoch + 1, "step": state.global_step, "train_loss": loss_sum / max(count, 1),
+                row = {**({"stage": state.stage + 1} if self.stage else {}), "epoch": state.epoch + 1,
+                       "step": state.global_step, "train_loss": loss_sum / max(count, 1),
                        "train_top1": 100 * correct / max(count, 1), "lr": self.optimizer.param_groups[0]["lr"],
                        **timing, **{f"val_{k}": v for k, v in metrics.items()}}
                 if self.dist.main:
-                    _logger.info("epoch %d: train loss %.4f, train top-1 %.2f%%, val top-1 %.2f%%, top-5 %.2f%%",
-                                 row["epoch"], row["train_loss"], row["train_top1"], metrics["top1"], metrics["top5"])
+                    _logger.info("%sepoch %d: train loss %.4f, train top-1 %.2f%%, val top-1 %.2f%%, top-5 %.2f%%",
+                                 self.stage + ", " if self.stage else "", row["epoch"], row["train_loss"],
+                                 row["train_top1"], metrics["top1"], metrics["top5"])
                 run.end_epoch(self, state, row, metrics["top1"])
         return metrics

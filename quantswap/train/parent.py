@@ -124,6 +124,15 @@ def build_student(cfg: FinetuneConfig, parent: nn.Module) -> nn.Module:
     return copy.deepcopy(parent) if cfg.is_float else swap(parent, cfg.quant_config())
 
 
+def _pretrained_teacher(cfg: FinetuneConfig) -> nn.Module:
+    """``cfg.teacher`` with its builder's pretrained weights and head (ReActNet's ImageNet ResNet-34)."""
+    try:
+        return build_model(cfg.teacher, weights="DEFAULT")
+    except Exception as err:
+        raise ValueError(f"the pretrained weights of the teacher {cfg.teacher} could not be fetched ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}); offline, pass a local file: --teacher-weights PATH") from None
+
+
 def build_teacher(cfg: FinetuneConfig, parent: Parent, num_classes: int, device: torch.device) -> nn.Module | None:
     """The frozen model the run distils from, or ``None`` without distillation.
 
@@ -134,8 +143,9 @@ def build_teacher(cfg: FinetuneConfig, parent: Parent, num_classes: int, device:
     if not distill:
         return None
     if cfg.teacher:
-        teacher = build_model(cfg.teacher, num_classes=num_classes)
-        if cfg.teacher_weights:
+        teacher = _pretrained_teacher(cfg) if (cfg.teacher_weights or "").upper() == "DEFAULT" else (
+            build_model(cfg.teacher, num_classes=num_classes))
+        if cfg.teacher_weights and cfg.teacher_weights.upper() not in ("DEFAULT", "NONE"):
             load_weights(teacher, cfg.teacher_weights)
         teacher = teacher.to(device)
     elif not parent.head:

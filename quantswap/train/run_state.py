@@ -55,7 +55,8 @@ class _Checkpointable(Protocol):
 class RunState:
     """Where the run stands: saved in ``last.pt`` and restored on ``--resume``."""
 
-    epoch: int = 0  # epochs completed
+    stage: int = 0  # the stage training (0 for a run without stages)
+    epoch: int = 0  # epochs of this stage completed
     step_in_epoch: int = 0
     global_step: int = 0
     best_top1: float = -1.0
@@ -181,27 +182,48 @@ class RunFolder:
                     "config": self.cfg.to_dict()}, tmp)
         os.replace(tmp, self.path / STATE_NAME)
 
+    def _saved(self) -> dict[str, Any]:
+        """``last.pt``, loaded once (safely: tensors and plain data only)."""
+        if not hasattr(self, "_last"):
+            path = self.path / STATE_NAME
+            try:
+                self._last = torch.load(path, map_location="cpu", weights_only=True)
+                RunState(**self._last["state"])
+            except Exception as err:
+                raise self._corrupt(err) from None
+        return self._last
+
+    def _corrupt(self, err: Exception) -> ValueError:
+        return ValueError(f"cannot resume from {self.path / STATE_NAME}: the checkpoint is corrupt or from another "
+                          f"configuration ({type(err).__name__}: {str(err)[:200]}); start again with --overwrite")
+
+    def saved_stage(self) -> int:
+        """The stage ``last.pt`` stands in (to rebuild that stage's model before :meth:`restore`)."""
+        return RunState(**self._saved()["state"]).stage
+
     def restore(self, trainer: _Checkpointable) -> RunState:
         """Load ``last.pt`` into ``trainer`` and the RNG; returns where the run stood."""
-        path = self.path / STATE_NAME
+        saved = self._saved()
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
             trainer.load_state_dict(saved)
             state = RunState(**saved["state"])
             _set_rng_state(saved["rng"])
         except Exception as err:
-            raise ValueError(f"cannot resume from {path}: the checkpoint is corrupt or from another configuration "
-                             f"({type(err).__name__}: {str(err)[:200]}); start again with --overwrite") from None
-        self._forget_epochs_after(state.epoch)
+            raise self._corrupt(err) from None
+        self._forget_epochs_after(state.stage, state.epoch)
         return state
 
-    def _forget_epochs_after(self, epoch: int) -> None:
+    def _forget_epochs_after(self, stage: int, epoch: int) -> None:
         """Drop the metrics rows of epochs ``last.pt`` does not hold (a kill between a row and its ``last.pt``)."""
         path = self.path / METRICS_NAME
         if not self.writer or not path.is_file():
             return
+
+        def position(row: dict) -> tuple[int, int]:
+            return row.get("stage", 1) - 1, row.get("epoch", 0)
+
         rows = path.read_text().splitlines()
-        kept = [row for row in rows if row.strip() and json.loads(row).get("epoch", 0) <= epoch]
+        kept = [row for row in rows if row.strip() and position(json.loads(row)) <= (stage, epoch)]
         if len(kept) != len(rows):
             self._write_text(METRICS_NAME, "".join(row + "\n" for row in kept))
 
