@@ -76,9 +76,34 @@ def export(runs: Path) -> None:
     print(f"exported {len(manifest['entries'])} entries to {HUB}")
 
 
-def build(only: list[str] | None = None) -> int:
+#: How far (top-1 points) a rebuilt entry may land from its published one and still count as reproduced.
+#: Training is deterministic on one CPU, but another CPU (instruction set, thread count) rounds float
+#: reductions differently, and a binary network amplifies the last bits: the Bi-Real entry rebuilt on
+#: another machine gave 74.36 against the published 74.30 (the parent reproduced exactly), while seeds
+#: differ by up to a point (BENCHMARKS.md).
+TOLERANCE = 0.5
+
+
+def verdict(rebuilt: float, published: float, tolerance: float = TOLERANCE) -> tuple[bool, str]:
+    """Whether a rebuilt top-1 reproduces the published one, and how that reads.
+
+    Example:
+        >>> verdict(74.36, 74.30)
+        (True, 'reproduced within 0.5 points (+0.06)')
+        >>> verdict(73.10, 74.30)
+        (False, 'DIFFERS by -1.20 points (tolerance 0.5)')
+    """
+    difference = round(rebuilt, 2) - published
+    if round(difference, 2) == 0:
+        return True, "reproduced exactly"
+    if abs(difference) <= tolerance:
+        return True, f"reproduced within {tolerance:g} points ({difference:+.2f})"
+    return False, f"DIFFERS by {difference:+.2f} points (tolerance {tolerance:g})"
+
+
+def build(only: list[str] | None = None, tolerance: float = TOLERANCE) -> int:
     """Rerun the parent (when its weights are missing) and every entry's recipe into ``runs/zoo/NAME``;
-    the rebuilt top-1 must equal metrics.json's (training is deterministic on CPU for a given seed)."""
+    each rebuilt top-1 must land within ``tolerance`` points of metrics.json's (see TOLERANCE)."""
     manifest = yaml.safe_load((HUB / "manifest.yaml").read_text())
     root = HUB.parent
     unknown = set(only or ()) - {e["name"] for e in manifest["entries"]}
@@ -97,10 +122,10 @@ def build(only: list[str] | None = None) -> int:
             mobilenet_v2_weights(Path(options["weights"]).parent)
         result = finetune(FinetuneConfig.from_dict(options))
         expected = json.loads((root / entry["folder"] / "metrics.json").read_text())
-        same = round(result["top1"], 2) == expected["top1"]
+        same, text = verdict(result["top1"], expected["top1"], tolerance)
         failures += not same
-        print(f"{entry['name']}: top-1 {result['top1']:.2f} (zoo: {expected['top1']:.2f}) "
-              f"{'reproduced' if same else 'DIFFERS'}; weights in {result['checkpoint']}")
+        print(f"{entry['name']}: top-1 {result['top1']:.2f} (zoo: {expected['top1']:.2f}) {text}; "
+              f"weights in {result['checkpoint']}")
     return 1 if failures else 0
 
 
@@ -109,6 +134,8 @@ def main() -> int:
     parser.add_argument("action", choices=["export", "build", "cards"])
     parser.add_argument("--runs", default="runs/accuracy", help="export: the accuracy benchmark's --runs folder")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="build: just these entries")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help=f"build: top-1 points a rebuilt entry may differ by (default {TOLERANCE})")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # quantswap's progress lines
     if args.action == "export":
@@ -117,7 +144,7 @@ def main() -> int:
     if args.action == "cards":
         cards()
         return 0
-    return build(args.only)
+    return build(args.only, args.tolerance)
 
 
 if __name__ == "__main__":

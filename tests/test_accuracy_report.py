@@ -40,3 +40,12 @@ def test_goals_are_judged_from_the_numbers():
     assert "irnet W1/A32 0.10 points below FP (goal: within 0.5)" in met
     assert "bireal W1/A1 distillation -0.10 points over labels only (goal: better)" in missed
     assert "| xnor W1/A1 | 84.90 | 85.00 | -0.10 | -0.10 | 2.00 MB | 2.00 / 2.00 |" in lines
+
+
+def test_zoo_rebuild_verdict_allows_the_stated_tolerance_and_prints_the_difference():
+    import zoo
+
+    assert zoo.verdict(74.30, 74.30) == (True, "reproduced exactly")
+    assert zoo.verdict(74.36, 74.30) == (True, "reproduced within 0.5 points (+0.06)")  # another machine's Bi-Real
+    assert zoo.verdict(73.79, 74.30) == (False, "DIFFERS by -0.51 points (tolerance 0.5)")
+    assert zoo.verdict(73.79, 74.30, tolerance=1.0)[0]
