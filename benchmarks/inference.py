@@ -29,9 +29,10 @@ from torchvision.models import resnet18
 
 import quantswap
 from quantswap import kernels
+from quantswap.nn.packed import packs
 
-W1A1 = tuple(v.name for v in quantswap.list_variants() if v.config().precision == "W1/A1"
-             and type(v.config()).__module__.startswith("quantswap."))  # every W1/A1 method of quantswap's
+#: every method of quantswap's own whose W1/A1 layers the packed kernels serve
+W1A1 = tuple(v.name for v in quantswap.list_variants() if packs(v.config()) and type(v.config()).__module__.startswith("quantswap."))
 LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
 CONVS = ((64, 56), (128, 28), (256, 14), (512, 7))  # ResNet-18's binary 3x3 convs: channels, size
 LINEARS = ((1, 4096, 4096), (64, 4096, 4096), (8, 2304, 512), (1, 512, 1000))  # batch, in, out

@@ -42,6 +42,7 @@ from quantswap.fx.tracer import register_leaf_module as register_leaf_module
 from quantswap.hub import download as download
 from quantswap.hub import from_pretrained as from_pretrained
 from quantswap.hub import push_to_hub as push_to_hub
+from quantswap.methods import AdaBinConfig as AdaBinConfig
 from quantswap.methods import BiRealConfig as BiRealConfig
 from quantswap.methods import IRNetConfig as IRNetConfig
 from quantswap.methods import McDonnellConfig as McDonnellConfig
@@ -56,6 +57,7 @@ from quantswap.train import finetune as finetune
 from quantswap.version import __version__ as __version__
 
 __all__ = [
+    "AdaBinConfig",
     "BiRealConfig",
     "CheckpointError",
     "CheckpointNotFoundError",

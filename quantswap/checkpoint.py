@@ -331,7 +331,7 @@ def load_pretrained(folder: str | os.PathLike, *, backend: str = "packed") -> nn
     expected = model.state_dict()
     if not checked:
         check_layout(path, header, packed, expected, latent_keys)
-    roles = {key: role for key, (_, role) in quantized_weight_keys(model).items()}
+    roles = {key: (role, model.get_submodule(name).codec) for key, (name, role) in quantized_weight_keys(model).items()}
     model.load_state_dict(state_to_load(path, read_tensors(path), packed, expected, roles), strict=True)
     if not latent_keys:
         freeze(model, backend=backend, inplace=True)

@@ -110,18 +110,20 @@ def check_layout(path: Path, header: Header, packed: dict, expected: dict[str, t
                                   f"{'floating' if want.is_floating_point() else 'integer'} tensor; the file is damaged")
 
 
-def _checked_values(path: Path, key: str, tensor: torch.Tensor, role: str | None) -> torch.Tensor:
-    """Codes are -1, 0 or +1 (int8); scales are finite and non-negative."""
+def _checked_values(path: Path, key: str, tensor: torch.Tensor, role: str | None, codec) -> torch.Tensor:
+    """Codes are -1, 0 or +1 (int8); scales are what their codec accepts (finite and non-negative, for
+    most: :meth:`~quantswap.nn.quantizers.WeightQuantizer.scale_problem`)."""
     if role == "codes" and (tensor.dtype != torch.int8 or bool((tensor.abs() > 1).any())):
         raise CheckpointError(f"{path}: tensor {key!r} holds codes outside -1, 0, +1; the file is damaged")
-    if role == "scale" and not bool((torch.isfinite(tensor) & (tensor >= 0)).all()):
-        raise CheckpointError(f"{path}: tensor {key!r} holds a scale that is negative, infinite or NaN; "
-                              "the file is damaged: save or download it again")
+    problem = codec.scale_problem(tensor) if role == "scale" else None
+    if problem:
+        raise CheckpointError(f"{path}: tensor {key!r} holds {problem}; the file is damaged: save or download it again")
     return tensor
 
 
-def state_to_load(path: Path, tensors: dict, packed: dict, expected: dict, roles: dict[str, str]) -> dict:
-    """The file's tensors that the built model expects: unpacked, value-checked, in the model's dtypes."""
+def state_to_load(path: Path, tensors: dict, packed: dict, expected: dict, roles: dict[str, tuple]) -> dict:
+    """The file's tensors that the built model expects: unpacked, value-checked, in the model's dtypes.
+    ``roles`` maps a quantized layer's state-dict keys to ``(role, codec)``."""
     state = {}
     for key, want in expected.items():
         tensor = tensors[key]
@@ -131,6 +133,6 @@ def state_to_load(path: Path, tensors: dict, packed: dict, expected: dict, roles
                 tensor = unpack(tensor, packed[key]["scheme"], shape)
             except PackingError as err:
                 raise CheckpointError(f"{path}: tensor {key!r}: {err}") from None
-        tensor = _checked_values(path, key, tensor, roles.get(key))
+        tensor = _checked_values(path, key, tensor, *roles.get(key, (None, None)))
         state[key] = tensor.to(want.dtype) if tensor.is_floating_point() else tensor
     return state

@@ -91,7 +91,7 @@ def layer_bits(module: nn.Module) -> tuple[int, int, int]:
         return 2 * codec.branches, act_bits, codec.branches
     granularity = getattr(codec, "scale_granularity", "channel")
     scales = {"channel": module.weight.shape[0], "tensor": 1, "constant": 0}[granularity]
-    return 1, act_bits, scales
+    return 1, act_bits, scales * codec.scales_per_channel
 
 
 def theoretical_size(model: nn.Module, fp_bits: int = 32, ternary_bits: float = 2.0) -> tuple[float, float]:

@@ -20,14 +20,13 @@ import quantswap
 from quantswap import kernels
 from quantswap.functional import sign
 from quantswap.kernels import reference
-from quantswap.nn.packed import PackedConv2d, PackedLinear
+from quantswap.nn.packed import PackedConv2d, PackedLinear, packs
 
 NATIVE = kernels.load().backend == "native"
 ISAS = [isa for isa in kernels.ISAS if NATIVE and kernels.set_isa(isa) == isa] or [None]
 kernels.set_isa(None) if NATIVE else None
-#: Every W1/A1 method of quantswap's own (the packed kernels serve them all).
-W1A1 = [v.name for v in quantswap.list_variants()
-        if v.config().precision == "W1/A1" and type(v.config()).__module__.startswith("quantswap.")]
+#: Every method of quantswap's own whose W1/A1 layers the packed kernels serve (not AdaBin's offset sets).
+W1A1 = [v.name for v in quantswap.list_variants() if packs(v.config()) and type(v.config()).__module__.startswith("quantswap.")]
 
 
 @pytest.fixture(params=ISAS, ids=lambda isa: isa or "reference")

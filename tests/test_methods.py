@@ -332,3 +332,90 @@ def test_a_swapped_model_trains(variant):
     levels = layer.quantized_weight().detach().flatten(1)
     most = 2 if variant.config().kind == "binary" else 2 * layer.codec.branches + 1
     assert max(len(row.unique()) for row in levels) <= most
+
+
+def test_adabin_weight_forward_codec_and_gradient_through_the_adaptive_set():
+    """W_b = α·sign((W − β)/α) + β per output channel (β the filter mean, α its population std); the
+    backward is EDE with k = 10, t = 0.1 at u = (W − β)/α, chained through α and β (autograd of the
+    same closed form, written again here)."""
+    from quantswap.methods.adabin import AdaBinWeight
+
+    torch.manual_seed(0)
+    w = (torch.randn(4, 3, 3, 3) * 0.2 + torch.tensor([0.0, 0.3, -0.5, 1.0]).view(-1, 1, 1, 1)).requires_grad_(True)
+    q = AdaBinWeight()
+    g = torch.randn_like(w)
+    out = q(w)
+    out.backward(g)
+    flat = w.detach().flatten(1)
+    beta = flat.mean(1).view(-1, 1, 1, 1)
+    alpha = flat.sub(flat.mean(1, keepdim=True)).square().mean(1).sqrt().view(-1, 1, 1, 1)
+    u = (w.detach() - beta) / alpha
+    torch.testing.assert_close(out, torch.where(u >= 0, 1.0, -1.0) * alpha + beta, atol=ATOL, rtol=0)
+    assert set(out[0].detach().unique().tolist()) <= {(beta[0] - alpha[0]).item(), (beta[0] + alpha[0]).item()}
+
+    w2 = w.detach().clone().requires_grad_(True)  # the same function with the EDE's derivative made explicit
+    b2 = w2.flatten(1).mean(1).view(-1, 1, 1, 1)
+    a2 = (w2.flatten(1) - w2.flatten(1).mean(1, keepdim=True)).square().mean(1).sqrt().view(-1, 1, 1, 1)
+    u2 = (w2 - b2) / a2
+    ede = 10 * 0.1 * (1 - torch.tanh(0.1 * u2.detach()) ** 2)
+    surrogate = (torch.where(u2 >= 0, 1.0, -1.0).detach() + ede * (u2 - u2.detach())) * a2 + b2
+    surrogate.backward(g)
+    torch.testing.assert_close(w.grad, w2.grad, atol=1e-5, rtol=1e-5)
+
+    codes, scale = q.encode(w.detach())
+    assert codes.dtype == torch.int8 and scale.shape == (2, 4)
+    assert torch.equal(q.decode(codes, scale), q(w.detach()))
+    (term_codes, term_scale), = q.dequantize_terms(codes, scale)
+    exported = term_codes.float() * term_scale.view(-1, 1, 1, 1) + q.dequantize_offset(codes, scale).view(-1, 1, 1, 1)
+    assert torch.equal(exported, q.decode(codes, scale))
+    assert q.scale_problem(scale) is None and "two finite rows" in q.scale_problem(-scale)
+
+
+def test_adabin_activation_forward_and_approxsign_gradients_to_x_alpha_beta():
+    """x_b = α·sign((x − β)/α) + β; with u = (x − β)/α and s' = max(0, 2 − 2|u|): dx = s', dα = sign(u) − s'·u,
+    dβ = 1 − s' (summed over the tensor)."""
+    from quantswap.methods.adabin import AdaBinSign
+
+    act = AdaBinSign()
+    with torch.no_grad():
+        act.alpha.fill_(0.8), act.beta.fill_(0.3)
+    x = (torch.randn(2, 3, 4, 4) * 1.5).requires_grad_(True)
+    g = torch.randn_like(x)
+    y = act(x)
+    y.backward(g)
+    u = (x.detach() - 0.3) / 0.8
+    sign, slope = torch.where(u >= 0, 1.0, -1.0), (2 - 2 * u.abs()).clamp_min(0)
+    torch.testing.assert_close(y, 0.8 * sign + 0.3, atol=ATOL, rtol=0)
+    torch.testing.assert_close(x.grad, g * slope, atol=ATOL, rtol=0)
+    torch.testing.assert_close(act.alpha.grad, (g * (sign - slope * u)).sum(), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(act.beta.grad, (g * (1 - slope)).sum(), atol=1e-4, rtol=1e-5)
+
+
+def test_adabin_maxout_and_structure_on_resnet18():
+    """Maxout: p·max(x, 0) − n·max(−x, 0) per channel; every binary conv gets AdaBin's quantizers and a
+    shortcut whose sum feeds a Maxout; the layers stay decoded in freeze (offset sets)."""
+    from torchvision.models import resnet18
+
+    from quantswap.methods.adabin import AdaBinSign, AdaBinWeight
+    from quantswap.nn.blocks import Maxout
+
+    act = Maxout(2)
+    assert act.positive.tolist() == [1.0, 1.0] and act.negative.tolist() == [0.25, 0.25]
+    with torch.no_grad():
+        act.positive.copy_(torch.tensor([1.5, 0.5])), act.negative.copy_(torch.tensor([0.1, -0.2]))
+    x = torch.randn(3, 2, 4, 4).requires_grad_(True)
+    y = act(x)
+    y.sum().backward()
+    p, n = torch.tensor([1.5, 0.5]).view(1, -1, 1, 1), torch.tensor([0.1, -0.2]).view(1, -1, 1, 1)
+    torch.testing.assert_close(y, torch.where(x > 0, p * x, n * x).detach(), atol=ATOL, rtol=0)
+    torch.testing.assert_close(x.grad, torch.where(x > 0, p, n).expand_as(x), atol=ATOL, rtol=0)
+
+    bnn = quantswap.binarize(resnet18(), method="adabin")
+    report = quantswap.get_swap_report(bnn)
+    assert len(report.quantized) == 16 and report.shortcuts == report.quantized
+    for name in report.quantized:
+        layer = bnn.get_submodule(name)
+        assert isinstance(layer.weight_quantizer, AdaBinWeight) and isinstance(layer.input_quantizer, AdaBinSign)
+        assert bnn.get_submodule(f"{name}_maxout").positive.numel() == layer.out_channels
+    decoded = quantswap.get_freeze_report(quantswap.freeze(bnn)).decoded
+    assert len(decoded) == 16 and "not centred on 0" in decoded["layer1.0.conv1"]

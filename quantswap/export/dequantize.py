@@ -1,4 +1,5 @@
-"""The export form of a swapped model: each quantized weight as ``Σ_b dequantize(codes_b, scale_b)``.
+"""The export form of a swapped model: each quantized weight as ``Σ_b dequantize(codes_b, scale_b)``
+(plus a per-channel offset where the codec has one).
 
 ``quantswap::dequantize(codes, scale)`` is a custom op (``codes`` int8, ``scale`` float, 0-d or one
 per output channel): in PyTorch it is ``scale · codes``; the ONNX exporter writes it as one
@@ -46,18 +47,21 @@ class DequantizedWeight(nn.Module):
     weight as the sum of its codec's terms (:meth:`~quantswap.nn.quantizers.WeightQuantizer.dequantize_terms`),
     each a ``quantswap::dequantize`` of buffers ``codes{b}`` / ``scale{b}``."""
 
-    def __init__(self, terms: list[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, terms: list[tuple[torch.Tensor, torch.Tensor]], offset: torch.Tensor | None = None):
         super().__init__()
         self.terms = len(terms)
         for b, (codes, scale) in enumerate(terms):
             self.register_buffer(f"codes{b}", codes.to(torch.int8).contiguous())
             self.register_buffer(f"scale{b}", scale.float().contiguous())
+        self.register_buffer("offset", None if offset is None else offset.float().contiguous())
 
     def forward(self) -> torch.Tensor:
         weight = None
         for b in range(self.terms):
             term = dequantize(getattr(self, f"codes{b}"), getattr(self, f"scale{b}"))
             weight = term if weight is None else weight + term
+        if self.offset is not None:  # one per output channel (AdaBin): an Add after the DequantizeLinear nodes
+            weight = weight + self.offset.view(-1, *(1,) * (weight.dim() - 1))
         return weight
 
 
@@ -97,7 +101,8 @@ def export_form(model: nn.Module) -> nn.Module:
     for name, layer in layers.items():
         frozen = layer.weight_quantizer
         try:
-            terms[name] = frozen.codec.dequantize_terms(frozen.codes, frozen.scale)
+            terms[name] = (frozen.codec.dequantize_terms(frozen.codes, frozen.scale),
+                           frozen.codec.dequantize_offset(frozen.codes, frozen.scale))
         except NotImplementedError as err:
             problems.setdefault(name, str(err))
     if problems:
@@ -106,6 +111,6 @@ def export_form(model: nn.Module) -> nn.Module:
                          f"keep them real: swap again with exclude={sorted(problems)!r}")
     for name, layer in layers.items():
         del layer.weight  # the decoded float weight; the terms replace it
-        layer.weight_quantizer = DequantizedWeight(terms[name])
+        layer.weight_quantizer = DequantizedWeight(*terms[name])
         layer.__class__ = _EXPORT_FORM[next(base for base in _EXPORT_FORM if isinstance(layer, base))]
     return model.eval()

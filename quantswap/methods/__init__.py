@@ -7,5 +7,6 @@ from quantswap.methods.mcdonnell import McDonnellConfig as McDonnellConfig  # is
 from quantswap.methods.ternary import TernaryConfig as TernaryConfig  # isort: skip
 from quantswap.methods.react import ReActConfig as ReActConfig  # isort: skip
 from quantswap.methods.recu import ReCUConfig as ReCUConfig  # isort: skip
+from quantswap.methods.adabin import AdaBinConfig as AdaBinConfig  # isort: skip
 
-__all__ = ["BiRealConfig", "IRNetConfig", "McDonnellConfig", "ReActConfig", "ReCUConfig", "TernaryConfig", "XnorConfig"]
+__all__ = ["AdaBinConfig", "BiRealConfig", "IRNetConfig", "McDonnellConfig", "ReActConfig", "ReCUConfig", "TernaryConfig", "XnorConfig"]

@@ -11,10 +11,10 @@
   ``PReLU_β(x − γ_c) + ζ_c`` per output channel (``γ = ζ = 0``, ``β = 0.25`` at the start).
 * Training: the distributional loss (cross-entropy to a real teacher's softmax) is
   ``quantswap finetune``'s default distillation; the two-step recipe (binary activations with real
-  weights, then binary weights) is not here yet.
+  weights, ``weights=False``, then binary weights) is ``recipes/resnet18-react-imagenet.yaml``.
 
-RSign is not a plain ``sign``, so :func:`quantswap.freeze` keeps these layers decoded (float) and its
-report says so; the packed kernels would need the per-channel bias folded into the input packing.
+RSign is the plain ``sign`` of ``x + b`` (:meth:`RSign.sign_input`), so a frozen layer adds ``b`` and
+runs the packed kernels.
 
 Example:
     >>> import quantswap

@@ -1,4 +1,5 @@
-"""Modules the structural rewrites insert: Bi-Real shortcuts, McDonnell's shifted ReLU, ReActNet's RPReLU."""
+"""Modules the structural rewrites insert: Bi-Real shortcuts, McDonnell's shifted ReLU, ReActNet's RPReLU,
+ReCU's channel scale and AdaBin's Maxout."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ChannelScale", "RPReLU", "ShiftedReLU", "bireal_shortcut"]
+__all__ = ["ChannelScale", "Maxout", "RPReLU", "ShiftedReLU", "bireal_shortcut"]
 
 
 class ShiftedReLU(nn.Module):
@@ -54,6 +55,24 @@ class RPReLU(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.slope.numel()}"
+
+
+class Maxout(nn.Module):
+    """AdaBin's nonlinearity, per channel ``c`` (dimension 1): ``p_c · max(x, 0) − n_c · max(−x, 0)``,
+    a slope for each side, learnable; ``p`` starts at 1 and ``n`` at 0.25 as in the authors' code
+    (docs/methods.md#adabin)."""
+
+    def __init__(self, channels: int, negative: float = 0.25, positive: float = 1.0):
+        super().__init__()
+        self.negative = nn.Parameter(torch.full((channels,), negative))
+        self.positive = nn.Parameter(torch.full((channels,), positive))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return self.positive.view(shape) * F.relu(x) - self.negative.view(shape) * F.relu(-x)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.positive.numel()}"
 
 
 def bireal_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:

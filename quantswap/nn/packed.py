@@ -33,7 +33,8 @@ from quantswap.kernels import layout
 from quantswap.nn.layers import QuantConv2d, QuantLinear
 from quantswap.nn.quantizers import FrozenWeight, WeightQuantizer
 
-__all__ = ["PackedWeight", "PackedConv2d", "PackedLinear", "is_packed", "pack_layer", "unpack_layer", "packing_obstacle"]
+__all__ = ["PackedWeight", "PackedConv2d", "PackedLinear", "is_packed", "pack_layer", "unpack_layer", "packing_obstacle",
+           "packs"]
 
 
 class PackedWeight(FrozenWeight):
@@ -147,6 +148,21 @@ def is_packed(layer: nn.Module) -> bool:
     return isinstance(layer, (PackedConv2d, PackedLinear))
 
 
+def packs(config) -> bool:
+    """Whether :func:`quantswap.freeze` runs the layers ``config`` swaps on the packed kernels (asked of
+    a 3x3 convolution made with it).
+
+    Example:
+        >>> import quantswap
+        >>> from quantswap.nn.packed import packs
+        >>> [m for m in ("xnor", "adabin", "mcdonnell") if packs(quantswap.config_for(m))]
+        ['xnor']
+    """
+    conv = nn.Conv2d(64, 64, 3, padding=1)
+    layer = QuantConv2d.from_float(conv, config.layer_weight_quantizer(conv), config.input_quantizer(conv))
+    return isinstance(layer.weight_quantizer, WeightQuantizer) and packing_obstacle(layer) is None
+
+
 def packing_obstacle(layer: nn.Module) -> str | None:
     """Why ``layer`` cannot run packed (``None`` if it can): it needs binary weights, a plain ``sign``
     on its input and, for a convolution, zero padding given as numbers."""
@@ -157,6 +173,8 @@ def packing_obstacle(layer: nn.Module) -> str | None:
     codec = layer.codec
     if codec.code_levels != 2 or codec.branches != 1:
         return f"its weights are not binary ({codec.code_levels}-level codes, {codec.branches} branches)"
+    if not codec.centred:
+        return "its binary weights are not centred on 0 (a per-channel offset the packed kernel has no term for)"
     if layer.input_quantizer is None:
         return "its activations are real (W1/A32)"
     if not (getattr(layer.input_quantizer, "plain_sign", False) or hasattr(layer.input_quantizer, "sign_input")):

@@ -74,6 +74,10 @@ class WeightQuantizer(nn.Module):
     """
 
     code_levels: int = 2
+    #: Float values stored per output channel (AdaBin's ``α`` and ``β``: 2); counted by ``summary``.
+    scales_per_channel: int = 1
+    #: Whether the quantized weight is ``Σ scale · codes`` with no offset (see :meth:`dequantize_offset`).
+    centred: bool = True
 
     @property
     def branches(self) -> int:
@@ -101,6 +105,17 @@ class WeightQuantizer(nn.Module):
         ``NotImplementedError``.
         """
         raise NotImplementedError(f"{type(self).__name__} does not say how to write its weight as codes × scales")
+
+    def scale_problem(self, scale: torch.Tensor) -> str | None:
+        """Why a stored ``scale`` cannot be this codec's (a checkpoint is checked on load), or ``None``."""
+        if not bool((torch.isfinite(scale) & (scale >= 0)).all()):
+            return "a scale that is negative, infinite or NaN"
+        return None
+
+    def dequantize_offset(self, codes: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor | None:
+        """A float offset per output channel added to :meth:`dequantize_terms`' sum (AdaBin's binary set
+        ``{β − α, β + α}`` has one), or ``None`` (the default: a weight centred on 0)."""
+        return None
 
 
 class BinaryWeightQuantizer(WeightQuantizer):

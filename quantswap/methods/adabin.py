@@ -1,0 +1,131 @@
+"""AdaBin (Tu et al., ECCV 2022), as in huawei-noah/Efficient-Computing ``BinaryNetworks/AdaBin``
+(docs/methods.md#adabin).
+
+* Weights, an adaptive binary set per output channel: ``W_b = α·sign((W − β)/α) + β`` with
+  ``β`` the filter's mean and ``α`` its (population) standard deviation, so the two values are
+  ``{β − α, β + α}``. Backward: IR-Net's EDE on the standardized weight with the authors' fixed
+  ``k = 10, t = 0.1`` (``k·t = 1``: close to a plain straight-through), and through ``α`` and ``β``.
+* Activations, one adaptive set per layer: ``x_b = α·sign((x − β)/α) + β`` with learnable scalars
+  ``α`` (init 1) and ``β`` (init 0), ApproxSign backward at ``(x − β)/α``. The paper's formula; the
+  authors' code returns ``α·(sign + β)``, centring the set at ``α·β`` instead (the same family, another
+  parameterization).
+* Structure: the Bi-Real layout (a shortcut around every binary conv and its BatchNorm, downsample
+  convs real) with a **Maxout** after each sum: ``p_c·max(x, 0) − n_c·max(−x, 0)`` per channel.
+
+Its weights are codes ±1 with two values per output channel (``α``, ``β``) in the checkpoint, and an
+ONNX file adds ``β`` after the ``DequantizeLinear``. Its layers stay decoded in
+:func:`quantswap.freeze`: neither binary set is ±1, so the XOR-popcount kernel would need the offset
+terms (``β_x·Σ w`` and ``β_w·Σ x`` over each window).
+
+Example:
+    >>> import quantswap
+    >>> from torchvision.models import resnet18
+    >>> bnn = quantswap.binarize(resnet18(), method="adabin")
+    >>> type(bnn.layer1[0].conv1.weight_quantizer).__name__, bnn.layer1[0].conv1_maxout
+    ('AdaBinWeight', Maxout(channels=64))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from quantswap import functional as QF
+from quantswap._registry import register_method
+from quantswap.config import Variant
+from quantswap.fx.passes import shortcuts_followed_by
+from quantswap.methods.bireal import BiRealLayout
+from quantswap.nn.blocks import Maxout
+from quantswap.nn.quantizers import WeightQuantizer
+
+__all__ = ["AdaBinConfig", "AdaBinSign", "AdaBinWeight"]
+
+#: The authors' EDE constants for the weights (fixed, not scheduled).
+EDE_K, EDE_T = 10.0, 0.1
+
+
+def _centre_and_spread(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(β, α)`` per output channel, shaped to broadcast against ``w``: the mean and the population
+    standard deviation of each filter (a constant filter's spread is clamped to 1e-8, not 0)."""
+    flat = w.flatten(1)
+    beta = flat.mean(1, keepdim=True)
+    alpha = (flat - beta).square().mean(1, keepdim=True).sqrt().clamp_min(1e-8)
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    return beta.view(shape), alpha.view(shape)
+
+
+class AdaBinWeight(WeightQuantizer):
+    """``α·sign((W − β)/α) + β`` per output channel; codes ±1, scale ``[α; β]`` (two rows)."""
+
+    scales_per_channel = 2
+    centred = False
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        beta, alpha = _centre_and_spread(w)
+        return QF.sign_ede((w - beta) / alpha, EDE_K, EDE_T) * alpha + beta
+
+    @torch.no_grad()
+    def encode(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        beta, alpha = _centre_and_spread(w)
+        codes = QF.sign((w - beta) / alpha).to(torch.int8)
+        return codes, torch.stack([alpha.flatten(), beta.flatten()])
+
+    def decode(self, codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        scale = scale.to(dtype or scale.dtype)
+        shape = (-1,) + (1,) * (codes.dim() - 1)
+        return codes.to(scale.dtype) * scale[0].view(shape) + scale[1].view(shape)
+
+    def scale_problem(self, scale: torch.Tensor) -> str | None:
+        if scale.dim() != 2 or scale.shape[0] != 2 or not bool(torch.isfinite(scale).all()) or bool((scale[0] < 0).any()):
+            return "an AdaBin scale that is not two finite rows [α ≥ 0; β]"
+        return None
+
+    def dequantize_terms(self, codes: torch.Tensor, scale: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(codes, scale[0].float())]
+
+    def dequantize_offset(self, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return scale[1].float()
+
+
+class AdaBinSign(nn.Module):
+    """``α·sign((x − β)/α) + β`` with learnable scalars ``α`` (init 1) and ``β`` (init 0); ApproxSign
+    backward at ``(x − β)/α``, to ``x``, ``α`` and ``β``."""
+
+    def __init__(self):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(1.0))
+        self.beta = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.alpha * QF.sign_ste((x - self.beta) / self.alpha, "approx") + self.beta
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha.item():.4g}, beta={self.beta.item():.4g}"
+
+
+@register_method
+@dataclasses.dataclass
+class AdaBinConfig(BiRealLayout):
+    """AdaBin: W1/A1 with adaptive binary sets, Maxout and the Bi-Real structure.
+
+    Args:
+        keep_downsample: as :class:`~quantswap.methods.bireal.BiRealLayout`.
+    """
+
+    method = "adabin"
+    paper = "AdaBin (Tu et al., ECCV 2022)"
+    citation = ("Tu, Chen, Ren, Wang. AdaBin: Improving Binary Neural Networks with Adaptive Binary Sets. "
+                "ECCV 2022. arXiv:2208.08084")
+    code = "huawei-noah/Efficient-Computing"
+    variants = (Variant("adabin", "adabin", benchmark=False),)  # a benchmark row once measured (issue 13)
+
+    def weight_quantizer(self, layer: nn.Module) -> nn.Module:
+        return AdaBinWeight()
+
+    def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
+        return AdaBinSign() if self.activations else None
+
+    def graph_passes(self):
+        return (shortcuts_followed_by(Maxout, "maxout"),)
