@@ -44,6 +44,7 @@ __all__ = [
     "scaled_sign_identity",
     "per_channel_mean_abs",
     "ede_schedule",
+    "check_ede_range",
     "ternary_branches",
     "ternary_levels",
     "ternary_combine",
@@ -115,6 +116,12 @@ def sign_ede(x: torch.Tensor, k: float | torch.Tensor, t: float | torch.Tensor) 
     """
     k, t = (torch.as_tensor(v, device=x.device) for v in (k, t))
     return _SignEDE.apply(x, k, t)
+
+
+def check_ede_range(t_min: float, t_max: float) -> None:
+    """``ValueError`` unless ``0 < t_min < t_max`` (the end points of :func:`ede_schedule`)."""
+    if not 0 < t_min < t_max:
+        raise ValueError(f"EDE needs 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}")
 
 
 def ede_schedule(progress: float, t_min: float = 0.1, t_max: float = 10.0) -> tuple[float, float]:

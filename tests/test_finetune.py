@@ -235,6 +235,19 @@ def test_no_pretrained_weights_reachable_offline_says_how_to_pass_a_file(tmp_pat
     assert "--weights PATH" in err
 
 
+def test_a_teacher_with_default_weights_offline_says_how_to_pass_a_file(tmp_path, capsys, monkeypatch):
+    """--teacher-weights DEFAULT asks the teacher's builder for its pretrained weights (ReActNet's ResNet-34)."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    weights = _random_parent("test_resnet", tmp_path / "parent.safetensors")
+    args = ["finetune", "--model", "timm:test_resnet", "--weights", weights, "--teacher", "timm:test_resnet",
+            "--teacher-weights", "DEFAULT", "--data", "fashion-mnist", "--train-subset", "16", "--val-subset", "16",
+            "--output", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "pretrained weights of the teacher timm:test_resnet could not be fetched" in err
+    assert "--teacher-weights PATH" in err
+
+
 def test_imagenet_weights_for_a_10_class_task_get_a_new_head_and_no_teacher(tmp_path, capsys):
     """A parent file with a 1000-class head (ImageNet) loads into a 10-class model with a fresh head;
     distillation from it would teach noise, so it is off by default and refused when asked for."""

@@ -334,15 +334,20 @@ def test_a_swapped_model_trains(variant):
     assert max(len(row.unique()) for row in levels) <= most
 
 
-def test_adabin_weight_forward_codec_and_gradient_through_the_adaptive_set():
+@pytest.mark.parametrize("progress", [0.0, 0.6])
+def test_adabin_weight_forward_codec_and_gradient_through_the_adaptive_set(progress):
     """W_b = α·sign((W − β)/α) + β per output channel (β the filter mean, α its population std); the
-    backward is EDE with k = 10, t = 0.1 at u = (W − β)/α, chained through α and β (autograd of the
-    same closed form, written again here)."""
+    backward is EDE at u = (W − β)/α with the authors' schedule (t = 1e-3·10^(4p), k = max(1/t, 1)),
+    chained through α and β (autograd of the same closed form, written again here)."""
     from quantswap.methods.adabin import AdaBinWeight
 
     torch.manual_seed(0)
     w = (torch.randn(4, 3, 3, 3) * 0.2 + torch.tensor([0.0, 0.3, -0.5, 1.0]).view(-1, 1, 1, 1)).requires_grad_(True)
     q = AdaBinWeight()
+    q.set_progress(progress)
+    t = 1e-3 * 10 ** (4 * progress)
+    k = max(1 / t, 1.0)
+    assert (q.k, q.t) == pytest.approx((k, t))
     g = torch.randn_like(w)
     out = q(w)
     out.backward(g)
@@ -357,7 +362,7 @@ def test_adabin_weight_forward_codec_and_gradient_through_the_adaptive_set():
     b2 = w2.flatten(1).mean(1).view(-1, 1, 1, 1)
     a2 = (w2.flatten(1) - w2.flatten(1).mean(1, keepdim=True)).square().mean(1).sqrt().view(-1, 1, 1, 1)
     u2 = (w2 - b2) / a2
-    ede = 10 * 0.1 * (1 - torch.tanh(0.1 * u2.detach()) ** 2)
+    ede = k * t * (1 - torch.tanh(t * u2.detach()) ** 2)
     surrogate = (torch.where(u2 >= 0, 1.0, -1.0).detach() + ede * (u2 - u2.detach())) * a2 + b2
     surrogate.backward(g)
     torch.testing.assert_close(w.grad, w2.grad, atol=1e-5, rtol=1e-5)

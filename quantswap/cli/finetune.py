@@ -38,6 +38,7 @@ HELP = {
     "schedule": "any timm scheduler: cosine (default), step, multistep, ...",
     "distill": "distill from the frozen float parent (default: on when it has pretrained weights)",
     "teacher": "another teacher model name (default: the parent)",
+    "teacher_weights": "the teacher's weights: a local file, or DEFAULT (its builder's pretrained weights and head)",
     "distill_alpha": "weight of the distribution loss; 1 - alpha goes to the label loss",
     "output": "run folder: args.yaml, metrics.jsonl, last.pt, best.pt and the packed model/",
     "recalibrate_bn": "after the swap, re-estimate BatchNorm statistics on N training batches (0: off)",

@@ -3,8 +3,9 @@
 
 * Weights, an adaptive binary set per output channel: ``W_b = α·sign((W − β)/α) + β`` with
   ``β`` the filter's mean and ``α`` its (population) standard deviation, so the two values are
-  ``{β − α, β + α}``. Backward: IR-Net's EDE on the standardized weight with the authors' fixed
-  ``k = 10, t = 0.1`` (``k·t = 1``: close to a plain straight-through), and through ``α`` and ``β``.
+  ``{β − α, β + α}``. Backward: IR-Net's EDE on the standardized weight, scheduled as the authors'
+  training script does (``t`` from 1e-3 to 10, log-uniform, ``k = max(1/t, 1)``; their layers start at
+  ``k = 10, t = 0.1`` and the script overrides it every epoch), and through ``α`` and ``β``.
 * Activations, one adaptive set per layer: ``x_b = α·sign((x − β)/α) + β`` with learnable scalars
   ``α`` (init 1) and ``β`` (init 0), ApproxSign backward at ``(x − β)/α``. The paper's formula; the
   authors' code returns ``α·(sign + β)``, centring the set at ``α·β`` instead (the same family, another
@@ -38,13 +39,9 @@ from quantswap.config import Variant
 from quantswap.fx.passes import shortcuts_followed_by
 from quantswap.methods.bireal import BiRealLayout
 from quantswap.nn.blocks import Maxout
-from quantswap.nn.quantizers import WeightQuantizer
+from quantswap.nn.quantizers import EDEScheduled, WeightQuantizer
 
 __all__ = ["AdaBinConfig", "AdaBinSign", "AdaBinWeight"]
-
-#: The authors' EDE constants for the weights (fixed, not scheduled).
-EDE_K, EDE_T = 10.0, 0.1
-
 
 def _centre_and_spread(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(β, α)`` per output channel, shaped to broadcast against ``w``: the mean and the population
@@ -56,15 +53,19 @@ def _centre_and_spread(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return beta.view(shape), alpha.view(shape)
 
 
-class AdaBinWeight(WeightQuantizer):
-    """``α·sign((W − β)/α) + β`` per output channel; codes ±1, scale ``[α; β]`` (two rows)."""
+class AdaBinWeight(WeightQuantizer, EDEScheduled):
+    """``α·sign((W − β)/α) + β`` per output channel; codes ±1, scale ``[α; β]`` (two rows). EDE backward
+    scheduled from ``t_min`` to ``t_max`` (:class:`~quantswap.nn.quantizers.EDEScheduled`)."""
 
     scales_per_channel = 2
     centred = False
 
+    def __init__(self, t_min: float = 1e-3, t_max: float = 10.0):
+        EDEScheduled.__init__(self, t_min, t_max)
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         beta, alpha = _centre_and_spread(w)
-        return QF.sign_ede((w - beta) / alpha, EDE_K, EDE_T) * alpha + beta
+        return QF.sign_ede((w - beta) / alpha, self.kt[0], self.kt[1]) * alpha + beta
 
     @torch.no_grad()
     def encode(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +112,7 @@ class AdaBinConfig(BiRealLayout):
     """AdaBin: W1/A1 with adaptive binary sets, Maxout and the Bi-Real structure.
 
     Args:
+        t_min, t_max: the weights' EDE schedule (the authors' training script: 1e-3 to 10).
         keep_downsample: as :class:`~quantswap.methods.bireal.BiRealLayout`.
     """
 
@@ -121,8 +123,15 @@ class AdaBinConfig(BiRealLayout):
     code = "huawei-noah/Efficient-Computing"
     variants = (Variant("adabin", "adabin", benchmark=False),)  # a benchmark row once measured (issue 13)
 
+    t_min: float = 1e-3
+    t_max: float = 10.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        QF.check_ede_range(self.t_min, self.t_max)
+
     def weight_quantizer(self, layer: nn.Module) -> nn.Module:
-        return AdaBinWeight()
+        return AdaBinWeight(self.t_min, self.t_max)
 
     def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
         return AdaBinSign() if self.activations else None

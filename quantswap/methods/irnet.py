@@ -105,8 +105,7 @@ class IRNetConfig(QuantConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.t_min < self.t_max:
-            raise ValueError(f"EDE needs 0 < t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}")
+        QF.check_ede_range(self.t_min, self.t_max)
 
     def weight_quantizer(self, layer: nn.Module) -> nn.Module:
         return IRNetWeight(self.t_min, self.t_max)
