@@ -183,6 +183,7 @@ def test_batchnorm_after_a_packed_conv_is_folded_and_refolded_on_load():
     report = quantswap.get_freeze_report(packed)
     assert report.folded == {f"{name[:-5]}bn{name[-1]}": name for name in report.packed if "conv" in name}
     assert "16 BatchNorms folded" in str(report) and type(packed.bn1) is nn.BatchNorm2d  # the real conv's stays
+    assert quantswap.get_freeze_report(quantswap.freeze(packed)).folded == report.folded  # frozen again: as it was
     conv, bn = packed.layer1[0].conv1, packed.layer1[0].bn1
     # the closed form: alpha' = alpha * gamma / sqrt(var + eps), bias' = beta - mean * gamma / sqrt(var + eps)
     g = bn.weight / torch.sqrt(bn.running_var + bn.eps)

@@ -55,7 +55,9 @@ def fold_batchnorms(model: nn.Module) -> dict[str, str]:
         if bn_node is None or bn_node.op != "call_module" or bn_node.args[:1] != (node,) or len(bn_node.args) != 1:
             continue
         conv, bn = model.get_submodule(node.target), model.get_submodule(bn_node.target)
-        if (isinstance(conv, PackedConv2d) and type(bn) is nn.BatchNorm2d and bn.running_var is not None
+        if isinstance(bn, FoldedBatchNorm2d) and bn.folded_into is conv:  # a packed model frozen again
+            folded[bn_node.target] = node.target
+        elif (isinstance(conv, PackedConv2d) and type(bn) is nn.BatchNorm2d and bn.running_var is not None
                 and calls[node.target] == calls[bn_node.target] == 1 and not bn_node.kwargs):
             _fold(conv, bn)
             folded[bn_node.target] = node.target
