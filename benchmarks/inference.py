@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import statistics
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from statistics import median
 
 import torch
 from _common import arguments, publish
@@ -64,7 +64,7 @@ def rounds(calls: dict, iters: int, warmup: int = 10) -> dict[str, list[float]]:
 def speedup(baseline: list[float], packed: list[float]) -> float:
     """The median over rounds of baseline / packed, each round's pair timed back to back: steadier than
     a ratio of medians when the machine's speed drifts during the run."""
-    return statistics.median(b / p for b, p in zip(baseline, packed, strict=True))
+    return median(b / p for b, p in zip(baseline, packed, strict=True))
 
 
 def codes(*shape: int) -> torch.Tensor:
@@ -87,8 +87,8 @@ def per_conv(iters: int) -> tuple[list[str], dict]:
                 packed = partial(torch.ops.quantswap.bconv2d, x, words, alpha, None, channels, [1, 1], [1, 1], [1, 1])
                 t = rounds({"packed": packed, "float": partial(F.conv2d, x, weight, None, 1, 1)}, iters)
                 speedups[channels, batch, layout] = speedup(t["float"], t["packed"])
-                lines.append(f"| {channels}, {size}×{size} px | {batch} | {layout} | {statistics.median(t['packed']) * 1e3:.3f} ms | "
-                             f"{statistics.median(t['float']) * 1e3:.3f} ms | **{speedups[channels, batch, layout]:.1f}×** |")
+                lines.append(f"| {channels}, {size}×{size} px | {batch} | {layout} | {median(t['packed']) * 1e3:.3f} ms | "
+                             f"{median(t['float']) * 1e3:.3f} ms | **{speedups[channels, batch, layout]:.1f}×** |")
     return lines, speedups
 
 
@@ -117,8 +117,8 @@ def per_linear(iters: int) -> tuple[list[str], dict]:
         t = rounds(calls, iters)
         fp, bnn = speedup(t["float"], t["packed"]), speedup(t["bnn-lab"], t["packed"]) if peer is not None else None
         ratios[batch, cin, cout] = fp, bnn
-        peer_cols = f"{statistics.median(t['bnn-lab']) * 1e3:.3f} ms | **{bnn:.1f}×**" if peer is not None else "not installed | –"
-        lines.append(f"| {cin}→{cout} | {batch} | {statistics.median(t['packed']) * 1e3:.3f} ms | {statistics.median(t['float']) * 1e3:.3f} ms | "
+        peer_cols = f"{median(t['bnn-lab']) * 1e3:.3f} ms | **{bnn:.1f}×**" if peer is not None else "not installed | –"
+        lines.append(f"| {cin}→{cout} | {batch} | {median(t['packed']) * 1e3:.3f} ms | {median(t['float']) * 1e3:.3f} ms | "
                      f"**{fp:.1f}×** | {peer_cols} |")
     return lines, ratios
 
@@ -160,10 +160,10 @@ def e2e_rows(models: dict, iters: int, allocator: str, speedups: dict) -> list[s
             t = rounds({k: partial(m, x) for k, m in models.items()}, iters)
             fp = [min(pair) for pair in zip(t["FP32 NCHW"], t["FP32 channels_last"], strict=True)]
             speedups |= {(m, allocator, n_threads, batch): speedup(fp, t[m]) for m in W1A1}
-            cells = " | ".join(f"{statistics.median(t[m]) * 1e3:.1f} ms (**{speedups[m, allocator, n_threads, batch]:.2f}×**)"
+            cells = " | ".join(f"{median(t[m]) * 1e3:.1f} ms (**{speedups[m, allocator, n_threads, batch]:.2f}×**)"
                                for m in W1A1)
-            lines.append(f"| {allocator} | {n_threads} | {batch} | {statistics.median(t['FP32 NCHW']) * 1e3:.1f} ms | "
-                         f"{statistics.median(t['FP32 channels_last']) * 1e3:.1f} ms | {cells} |")
+            lines.append(f"| {allocator} | {n_threads} | {batch} | {median(t['FP32 NCHW']) * 1e3:.1f} ms | "
+                         f"{median(t['FP32 channels_last']) * 1e3:.1f} ms | {cells} |")
     torch.set_num_threads(threads)
     return lines
 
