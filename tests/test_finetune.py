@@ -60,6 +60,18 @@ def _tensors(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "last.pt", map_location="cpu", weights_only=True)["model"]
 
 
+def _metrics_rows(run: Path) -> list[dict]:
+    """metrics.jsonl without the timing columns (which differ between any two runs)."""
+    timing = ("train_seconds", "train_img_s")
+    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in (run / "metrics.jsonl").open()]
+
+
+def _finished_run(args: list[str], out: Path) -> Path:
+    done = _run([*args, "--output", str(out)])
+    assert done.returncode == 0, done.stderr
+    return out
+
+
 @pytest.fixture(scope="module")
 def resume_args(tmp_path_factory) -> list[str]:
     """A two-epoch IR-Net run (6 steps per epoch, checkpoint every 3 steps) distilled from a file's parent."""
@@ -72,10 +84,7 @@ def resume_args(tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference_run(resume_args, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("reference") / "run"
-    done = _run([*resume_args, "--output", str(out)])
-    assert done.returncode == 0, done.stderr
-    return out
+    return _finished_run(resume_args, tmp_path_factory.mktemp("reference") / "run")
 
 
 @pytest.mark.parametrize(("step", "signal_name", "exit_code"), [(11, "SIGKILL", -9), (5, "SIGINT", 130)])
@@ -103,9 +112,7 @@ def test_a_killed_run_resumes_to_the_same_weights(resume_args, reference_run, tm
     ref_packed = load_file(reference_run / "model" / "model.safetensors")
     got_packed = load_file(out / "model" / "model.safetensors")
     assert all(torch.equal(ref_packed[k], got_packed[k]) for k in ref_packed) and ref_packed.keys() == got_packed.keys()
-    timing = ("train_seconds", "train_img_s")
-    rows = [[{k: v for k, v in json.loads(line).items() if k not in timing} for line in (r / "metrics.jsonl").open()]
-            for r in (reference_run, out)]
+    rows = [_metrics_rows(r) for r in (reference_run, out)]
     assert rows[0] == rows[1] and len(rows[0]) == 2
 
 
@@ -287,10 +294,7 @@ def staged_args(tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def staged_run(staged_args, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("staged-reference") / "run"
-    done = _run([*staged_args, "--output", str(out)])
-    assert done.returncode == 0, done.stderr
-    return out
+    return _finished_run(staged_args, tmp_path_factory.mktemp("staged-reference") / "run")
 
 
 def test_a_staged_run_trains_each_stage_from_the_last_and_says_so(staged_run):
@@ -317,7 +321,4 @@ def test_a_staged_run_killed_in_any_stage_resumes_to_the_same_weights(staged_arg
     assert resumed.returncode == 0, resumed.stderr
     ref, got = _tensors(staged_run), _tensors(out)
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
-    timing = ("train_seconds", "train_img_s")
-    rows = [[{k: v for k, v in json.loads(line).items() if k not in timing} for line in (r / "metrics.jsonl").open()]
-            for r in (staged_run, out)]
-    assert rows[0] == rows[1]
+    assert _metrics_rows(staged_run) == _metrics_rows(out)
