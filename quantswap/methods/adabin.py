@@ -53,6 +53,30 @@ def _centre_and_spread(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return beta.view(shape), alpha.view(shape)
 
 
+class _AdaptiveSign(torch.autograd.Function):
+    """``α·sign(u) + β``, ``u = (W − β)/α``, with the EDE backward through ``u``, ``α`` and ``β`` in
+    closed form: with ``e = g·EDE'(u)`` and means over each filter,
+    ``∂L/∂W = e + mean(g) − mean(e) + u·(mean(g·sign u) − mean(e·u))`` (the last term vanishes where
+    ``α`` is clamped at 1e-8)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
+        beta, alpha = _centre_and_spread(w)
+        ctx.save_for_backward(w, beta, alpha, kt)
+        return QF.fast_sign((w - beta) / alpha, alpha) + beta
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w, beta, alpha, kt = ctx.saved_tensors
+        dims = tuple(range(1, w.dim()))
+        u = (w - beta) / alpha
+        e = QF.ede_grad(grad, u, kt[0], kt[1])
+        spread = (grad * QF.fast_sign(u)).mean(dims, keepdim=True) - (e * u).mean(dims, keepdim=True)
+        spread = spread * (alpha > 1e-8)
+        centre = grad.mean(dims, keepdim=True) - e.mean(dims, keepdim=True)
+        return e.add_(centre).addcmul_(u, spread), None
+
+
 class AdaBinWeight(WeightQuantizer, EDEScheduled):
     """``α·sign((W − β)/α) + β`` per output channel; codes ±1, scale ``[α; β]`` (two rows). EDE backward
     scheduled from ``t_min`` to ``t_max`` (:class:`~quantswap.nn.quantizers.EDEScheduled`)."""
@@ -64,8 +88,7 @@ class AdaBinWeight(WeightQuantizer, EDEScheduled):
         EDEScheduled.__init__(self, t_min, t_max)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        beta, alpha = _centre_and_spread(w)
-        return QF.sign_ede((w - beta) / alpha, self.kt[0], self.kt[1]) * alpha + beta
+        return _AdaptiveSign.apply(w, self.kt)
 
     @torch.no_grad()
     def encode(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

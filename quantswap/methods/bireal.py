@@ -40,7 +40,7 @@ class BiRealWeight(BinaryWeightQuantizer):
     """``α · sign(W)``, ``α = mean|W|`` per output channel (detached): ``∂L/∂W = α·1[|W| ≤ 1]·g``."""
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return QF.per_channel_mean_abs(w).detach() * QF.sign_ste(w, "clipped")
+        return QF.mean_abs_sign(w, scale_grad=False)
 
 
 @dataclasses.dataclass

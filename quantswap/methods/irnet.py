@@ -44,6 +44,51 @@ def is_downsample_conv(layer: nn.Module) -> bool:
     return isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and max(layer.stride) > 1
 
 
+def _standardized(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(Ŵ_std, mean, 1/std)`` per output channel, flattened to ``[C_out, n]``, in float32 at least.
+
+    A filter whose spread is below float32 rounding of its values (``std <= 1e-6 · |mean W|``: a
+    constant filter, whatever the constant) gets ``1/std = 0``, so it standardizes to 0. The std is
+    the unbiased one (the authors' ``torch.std``), summed by hand: ``Tensor.std`` is several times
+    slower on the CPU.
+    """
+    flat = w.flatten(1).to(torch.promote_types(w.dtype, torch.float32))
+    mean = flat.mean(dim=1, keepdim=True)
+    balanced = flat - mean
+    dof = max(flat.shape[1] - 1, 1)  # a one-weight filter: std 0, not NaN
+    std = balanced.square().sum(dim=1, keepdim=True).div_(dof).sqrt_()
+    constant = std <= 1e-6 * mean.abs()
+    inverse = torch.where(constant, torch.zeros_like(std), 1.0 / torch.where(constant, torch.ones_like(std), std))
+    return balanced.mul_(inverse), mean, inverse
+
+
+def _power_of_two_scale(w_std: torch.Tensor) -> torch.Tensor:
+    return torch.exp2(torch.round(torch.log2(w_std.abs().mean(dim=1, keepdim=True))))
+
+
+class _LibraSign(torch.autograd.Function):
+    """Libra-PB's ``s · sign(Ŵ_std)`` with the EDE backward through the standardization, in closed form:
+    with ``h = s·g·EDE'(Ŵ_std)``, ``∂L/∂W = (h − mean h − Ŵ_std · Σ(h·Ŵ_std)/(n − 1)) / std``."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
+        w_std, mean, inverse = _standardized(w)
+        scale = _power_of_two_scale(w_std)
+        ctx.save_for_backward(w, mean, inverse, scale, kt)
+        return QF.fast_sign(w_std, scale).view(w.shape).to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w, mean, inverse, scale, kt = ctx.saved_tensors
+        flat = w.flatten(1).to(mean.dtype)
+        w_std = (flat - mean).mul_(inverse)
+        h = QF.ede_grad(grad.flatten(1).to(mean.dtype), w_std, kt[0], kt[1]).mul_(scale)
+        dof = max(flat.shape[1] - 1, 1)
+        spread = (h * w_std).sum(dim=1, keepdim=True).div_(dof)
+        grad_w = h.sub_(h.mean(dim=1, keepdim=True)).sub_(w_std.mul_(spread)).mul_(inverse)
+        return grad_w.view(w.shape).to(w.dtype), None
+
+
 class IRNetWeight(BinaryWeightQuantizer, EDEScheduled):
     """Libra-PB: ``s · sign(standardize(W − mean W))`` per output channel, EDE backward.
 
@@ -52,27 +97,17 @@ class IRNetWeight(BinaryWeightQuantizer, EDEScheduled):
 
     @staticmethod
     def standardize(w: torch.Tensor) -> torch.Tensor:
-        """Per output channel ``(W − mean W) / std(W − mean W)``, in float32 at least (float64 stays).
-
-        A filter whose spread is below float32 rounding of its values (``std <= 1e-6 · |mean W|``: a
-        constant filter, whatever the constant) standardizes to 0, so its quantized weight is 0.
-        """
-        flat = w.flatten(1).to(torch.promote_types(w.dtype, torch.float32))
-        mean = flat.mean(dim=1, keepdim=True)
-        balanced = flat - mean
-        correction = 1 if flat.shape[1] > 1 else 0  # a one-weight filter: std 0, not NaN
-        std = balanced.std(dim=1, correction=correction, keepdim=True)
-        constant = std <= 1e-6 * mean.abs()
-        safe = torch.where(constant, torch.ones_like(std), std)  # per channel: cheap, and no 0 * inf backward
-        return (balanced * torch.where(constant, torch.zeros_like(std), 1.0 / safe)).view(w.shape)
+        """Per output channel ``(W − mean W) / std(W − mean W)``, in float32 at least (float64 stays);
+        a constant filter standardizes to 0, so its quantized weight is 0."""
+        return _standardized(w)[0].view(w.shape)
 
     @staticmethod
     def power_of_two_scale(w_std: torch.Tensor) -> torch.Tensor:
-        return torch.exp2(torch.round(torch.log2(QF.per_channel_mean_abs(w_std.detach()))))
+        """``2^round(log2(mean|Ŵ_std|))`` per output channel, shaped like ``QF.per_channel_mean_abs``."""
+        return _power_of_two_scale(w_std.flatten(1)).view((-1,) + (1,) * (w_std.dim() - 1))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        w_std = self.standardize(w)
-        return (self.power_of_two_scale(w_std) * QF.sign_ede(w_std, self.kt[0], self.kt[1])).to(w.dtype)
+        return _LibraSign.apply(w, self.kt)
 
     @torch.no_grad()
     def binarize(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,6 +55,43 @@ def recu_tau(progress: float, tau_min: float = 0.85, tau_max: float = 0.99) -> f
     return round(a * math.exp(progress) + tau_min - a, 12)
 
 
+_SPREAD = 2 * math.sqrt(2)  # Ŵ = (W − mean) / (sqrt(var + 1e-5) / (2√2))
+
+
+def _standardized(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(Ŵ, mean, d)`` flattened to ``[C_out, n]``: ``Ŵ = (W − mean)/d``, ``d = sqrt(var + 1e-5)/(2√2)``.
+    The unbiased variance is summed by hand (``Tensor.var`` is several times slower on the CPU)."""
+    flat = w.flatten(1)
+    mean = flat.mean(1, keepdim=True)
+    centred = flat - mean
+    dof = max(flat.shape[1] - 1, 1)  # one weight: variance 0, not NaN
+    spread = centred.square().sum(1, keepdim=True).div_(dof).add_(1e-5).sqrt_().div_(_SPREAD)
+    return centred.div_(spread), mean, spread
+
+
+class _RectifiedSign(torch.autograd.Function):
+    """``sign(clamp(Ŵ, ±Q_τ))``, identity straight-through, differentiated through the standardization in
+    closed form: with ``h = g·1[|Ŵ| <= Q_τ]``,
+    ``∂L/∂W = (h − mean h − Ŵ · Σ(h·Ŵ) / (8(n − 1))) / d``."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        w_std, mean, spread = _standardized(w)
+        level = (-w_std.abs().mean() * torch.log(2 - 2 * tau)).to(w_std.dtype)  # Q_τ over the layer, detached
+        ctx.save_for_backward(w, mean, spread, level)
+        return QF.fast_sign(w_std).view(w.shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w, mean, spread, level = ctx.saved_tensors
+        w_std = (w.flatten(1) - mean).div_(spread)
+        h = QF.clipped_grad(grad.flatten(1), w_std, level)
+        dof = max(w_std.shape[1] - 1, 1)
+        dot = (h * w_std).sum(1, keepdim=True).div_(dof * _SPREAD**2)
+        grad_w = h.sub_(h.mean(1, keepdim=True)).sub_(w_std.mul_(dot)).div_(spread)
+        return grad_w.view(w.shape), None
+
+
 class ReCUWeight(BinaryWeightQuantizer, ScheduledQuantizer):
     """``sign(clamp(standardize(W), ±Q_τ))``, identity straight-through; the scale is the layer's
     ``ChannelScale`` (``scale_granularity = "constant"``: the codes decode to ±1)."""
@@ -72,15 +109,11 @@ class ReCUWeight(BinaryWeightQuantizer, ScheduledQuantizer):
 
     @staticmethod
     def standardize(w: torch.Tensor) -> torch.Tensor:
-        flat = w.flatten(1)
-        centred = flat - flat.mean(1, keepdim=True)
-        variance = centred.var(1, correction=1 if flat.shape[1] > 1 else 0, keepdim=True)  # one weight: 0, not NaN
-        return (centred / (torch.sqrt(variance + 1e-5) / (2 * math.sqrt(2)))).view(w.shape)
+        """``(W − mean W) / (sqrt(var W + 1e-5) / (2√2))`` per output channel (unbiased variance)."""
+        return _standardized(w)[0].view(w.shape)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        w_std = self.standardize(w)
-        q = (-w_std.detach().abs().mean() * torch.log(2 - 2 * self.tau)).to(w_std.dtype)
-        return QF.sign_ste(torch.clamp(w_std, -q, q), "identity")
+        return _RectifiedSign.apply(w, self.tau)
 
     @torch.no_grad()
     def binarize(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,6 +126,31 @@ class ReCUWeight(BinaryWeightQuantizer, ScheduledQuantizer):
         return f"tau={self.tau.item():.4g}"
 
 
+class _NormalizedApproxSign(torch.autograd.Function):
+    """``sign(x)`` forward; backward ApproxSign at ``z = x/σ``, ``σ = sqrt(var x + 1e-5)`` per sample
+    (unbiased variance), differentiated through ``σ`` in closed form: with ``h = g·max(0, 2 − 2|z|)``,
+    ``∂L/∂x = (h − (x − mean x)/σ · Σ(h·z)/(n − 1)) / σ``. ``sign(x/σ) = sign(x)``, so only the
+    backward needs ``σ``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return QF.fast_sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        dims = tuple(range(1, x.dim()))
+        dof = max(x[0].numel() - 1, 1)  # one value per sample: variance 0, not NaN
+        mean = x.mean(dim=dims, keepdim=True)
+        centred = x - mean
+        sigma = centred.square().sum(dim=dims, keepdim=True).div_(dof).add_(1e-5).sqrt_()
+        z = x / sigma
+        h = QF.approx_grad(grad, z)
+        dot = (h * z).sum(dim=dims, keepdim=True).div_(dof)
+        return h.sub_(centred.div_(sigma).mul_(dot)).div_(sigma)
+
+
 class ReCUSign(nn.Module):
     """``sign(x)``; ApproxSign backward, in training at ``x`` divided by its per-sample std."""
 
@@ -100,7 +158,7 @@ class ReCUSign(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            x = x / torch.sqrt(x.var(dim=tuple(range(1, x.dim())), keepdim=True) + 1e-5)
+            return _NormalizedApproxSign.apply(x)
         return QF.sign_ste(x, "approx")
 
 

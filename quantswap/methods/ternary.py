@@ -65,7 +65,7 @@ class TernaryWeight(WeightQuantizer):
     def encode(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         masks, alphas = zip(*QF.ternary_branches(w, self.thresholds), strict=True)
         sign = torch.where(w < 0, -1, 1).to(torch.int8)
-        return torch.stack([sign * mask for mask in masks]), torch.stack(alphas)
+        return torch.stack([sign * mask.to(torch.int8) for mask in masks]), torch.stack(alphas)
 
     def decode(self, codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         return QF.ternary_combine(codes != 0, scale.unbind(), (codes < 0).any(0), dtype or scale.dtype)

@@ -39,7 +39,7 @@ class XnorWeight(BinaryWeightQuantizer):
     """``α · sign(W)``, ``α = mean|W|`` per output channel, differentiated through."""
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return QF.per_channel_mean_abs(w) * QF.sign_ste(w, "clipped")
+        return QF.mean_abs_sign(w, scale_grad=True)
 
 
 @register_method
