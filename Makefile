@@ -65,7 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/eval_latency.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/onnx_export.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/compile_speed.py --output BENCHMARKS.md
-	$(BIN)/python benchmarks/saved_memory.py --output BENCHMARKS.md
+	$(BIN)/python benchmarks/training_memory.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/inference.py --output BENCHMARKS.md
 
 # Every method fine-tuned from one FP parent on Fashion-MNIST (about 60 minutes on 2 CPU cores; runs are

@@ -4,6 +4,7 @@ one section of BENCHMARKS.md while leaving the others as they are."""
 from __future__ import annotations
 
 import argparse
+import ctypes
 import platform
 import re
 from pathlib import Path
@@ -36,6 +37,22 @@ def machine(cuda: bool = False) -> str:
 #: Every method variant the benchmarks compare, from the registry: label ("irnet W1/A32") -> options of
 #: ``quantswap finetune`` / the swap (``method`` and the method config's fields).
 VARIANTS = {v.config().label: {"method": v.method, **v.options} for v in quantswap.list_variants(benchmark=True)}
+
+#: Every registered variant, for the speed and memory benchmarks (one row per label: mcdonnell's two
+#: variants differ only in the recipe, not in the layers).
+ALL_VARIANTS = {v.config().label: {"method": v.method, **v.options} for v in quantswap.list_variants()}
+
+
+def keep_freed_memory() -> bool:
+    """glibc returns freed blocks above its mmap threshold (and a heap top above its trim threshold)
+    to the OS, so every forward faults in fresh pages for its big tensors; raise both thresholds to
+    1 GiB (what MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ do). False where this is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return all(libc.mallopt(option, 1 << 30) == 1 for option in (m_trim_threshold, m_mmap_threshold))
 
 
 def convert(model: nn.Module, options: dict) -> nn.Module:

@@ -15,7 +15,6 @@ Usage: python benchmarks/inference.py [--iters 20] [--output BENCHMARKS.md]
 from __future__ import annotations
 
 import copy
-import ctypes
 import tempfile
 import time
 from functools import partial
@@ -23,7 +22,7 @@ from pathlib import Path
 from statistics import median
 
 import torch
-from _common import arguments, publish
+from _common import arguments, keep_freed_memory, publish
 from torch import nn
 from torch.nn import functional as F
 from torchvision.models import resnet18
@@ -166,18 +165,6 @@ def e2e_rows(models: dict, iters: int, allocator: str, speedups: dict) -> list[s
                          f"{median(t['FP32 channels_last']) * 1e3:.1f} ms | {cells} |")
     torch.set_num_threads(threads)
     return lines
-
-
-def keep_freed_memory() -> bool:
-    """glibc returns freed blocks above its mmap threshold (and a heap top above its trim threshold)
-    to the OS, so every forward faults in fresh pages for its big tensors; raise both thresholds to
-    1 GiB (what MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ do). False where this is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return all(libc.mallopt(option, 1 << 30) == 1 for option in (m_trim_threshold, m_mmap_threshold))
 
 
 def resident(models: dict) -> tuple[list[str], dict]:

@@ -64,13 +64,36 @@ def sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
-def fast_sign(x: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
-    """``scale · sign(x)`` in two fast passes (the training forward's sign; ``scale`` broadcasts).
+def _native(*tensors: torch.Tensor) -> bool:
+    """Whether the fused C++ kernels (``quantswap/kernels/training.cpp``) take these tensors: eager mode
+    (torch.compile fuses the PyTorch version itself), CPU, float32, contiguous. Builds them at first use."""
+    if torch.compiler.is_compiling() or not all(
+            t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
+        return False
+    from quantswap.kernels import native
 
-    Equals ``scale * sign(x)`` for every number (``-0.0`` included: ``-0.0 + 0.0`` is ``+0.0``), without
-    the boolean mask and ``where`` that :func:`sign` reads, which on the CPU cost ten times a
-    multiplication. A NaN in ``x`` gives ``±scale`` here where :func:`sign` gives ``-1``.
+    return native.loaded()
+
+
+def _kernels():
+    return torch.ops.quantswap_native
+
+
+def fast_sign(x: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """``scale · sign(x)``, the training forward's sign (``scale`` broadcasts against ``x``).
+
+    Equals ``scale * sign(x)`` for every number, ``-0.0`` included, without the boolean mask and
+    ``where`` that :func:`sign` reads, which on the CPU cost ten times a multiplication: one fused
+    pass where the native kernels run (a scalar or one scale per row of ``x``), else
+    ``copysign(scale, x + 0.0)`` (``-0.0 + 0.0`` is ``+0.0``). A NaN in ``x`` gives ``±scale`` here
+    where :func:`sign` gives ``-1``.
     """
+    if _native(x):
+        if not isinstance(scale, torch.Tensor):
+            out = _kernels().scaled_sign(x, None)
+            return out if scale == 1.0 else out.mul_(scale)
+        if scale.dtype == x.dtype and scale.dim() == x.dim() and scale.numel() == x.shape[0] and x.dim() > 0:
+            return _kernels().scaled_sign(x, scale.reshape(-1).contiguous())
     return torch.copysign(torch.as_tensor(scale, dtype=x.dtype, device=x.device), x + 0.0)
 
 
@@ -92,6 +115,8 @@ def clipped_grad(grad: torch.Tensor, x: torch.Tensor, bound: float | torch.Tenso
 
 def approx_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``grad · max(0, 2 − 2|x|)``: Bi-Real's ApproxSign derivative (bit for bit the formula)."""
+    if _native(grad, x) and grad.stride() == x.stride():
+        return _kernels().approx_grad(grad, x)
     return torch.rsub(x.abs(), 2, alpha=2).clamp_min_(0).mul_(grad)
 
 
@@ -99,8 +124,11 @@ def ede_grad(grad: torch.Tensor, x: torch.Tensor, k: torch.Tensor | float, t: to
     """``grad · k·t·(1 − tanh²(t·x))``, the Error Decay Estimator's derivative.
 
     Computed as ``4·k·t·z(1 − z)`` with ``z = sigmoid(−2t|x|)``, the same function: one sigmoid is
-    vectorized on the CPU where ``tanh`` is not, and ``z <= 1/2`` keeps the tails accurate.
+    vectorized on the CPU where ``tanh`` is not, and ``z <= 1/2`` keeps the tails accurate. The native
+    kernel computes ``4·k·t·e/(1 + e)²`` with ``e = exp(−2t|x|)``, in one pass.
     """
+    if _native(grad, x) and grad.stride() == x.stride():
+        return _kernels().ede_grad(grad, x, float(k), float(t))
     z = torch.sigmoid(x.abs().mul_(-2 * t))
     return torch.addcmul(z, z, z, value=-1).mul_(grad).mul_(4 * k * t)
 
@@ -206,14 +234,19 @@ def scaled_sign_identity(w: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def per_channel_mean_abs(w: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel ``mean|W|``, shaped to broadcast against ``w`` (``[C_out, 1, ...]``)."""
+    """Per-output-channel ``mean|W|``, shaped to broadcast against ``w`` (``[C_out, 1, ...]``).
+
+    One pass summing in double where the native kernels run (the forward and the codecs both read
+    this, so they agree bit for bit either way)."""
+    if w.dim() > 1 and not (torch.is_grad_enabled() and w.requires_grad) and _native(w):
+        return _kernels().row_mean_abs(w).view((-1,) + (1,) * (w.dim() - 1))
     return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
 
 
 class _MeanAbsSign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor, scale_grad: bool) -> torch.Tensor:
-        scale = per_channel_mean_abs(w)
+        scale = per_channel_mean_abs(w.detach())
         ctx.scale_grad = scale_grad
         ctx.save_for_backward(w, scale)
         return fast_sign(w, scale)
@@ -221,6 +254,8 @@ class _MeanAbsSign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         w, scale = ctx.saved_tensors
+        if w.dim() > 1 and _native(grad, w):
+            return _kernels().mean_abs_sign_backward(grad, w, scale.reshape(-1), ctx.scale_grad), None
         grad_w = clipped_grad(grad, w).mul_(scale)
         if ctx.scale_grad:  # d mean|W| / dW = sgn(W) / n, with sgn(0) = 0 as autograd's abs
             grad_scale = (grad * fast_sign(w)).sum(tuple(range(1, w.dim())), keepdim=True) / w[0].numel()
@@ -247,7 +282,9 @@ def ternary_branches(w: torch.Tensor, thresholds: Sequence[float]) -> list[tuple
     ternary codec share, so codes decode to the forward's weight bit for bit. Masks come from
     float arithmetic rather than comparisons into boolean tensors (ten times slower on the CPU).
     """
-    mag = w.detach().abs()
+    w = w.detach()
+    native_alphas = _kernels().ternary_expand(w, list(thresholds))[1].unbind() if _native(w) else None
+    mag = w.abs()
     peak = mag.max()
     branches = []
     for tau in thresholds:
@@ -256,6 +293,8 @@ def ternary_branches(w: torch.Tensor, thresholds: Sequence[float]) -> list[tuple
         # a float sum of ones: exact to 2^24 weights, a rounding of 1e-7 beyond (the codec reads the same α)
         count = mask.sum().clamp_min(1)
         branches.append((mask, (mag * mask).sum() / count))  # α stays a tensor: no sync
+    if native_alphas is not None:  # the forward's α, summed in double by the native kernel
+        branches = [(mask, alpha) for (mask, _), alpha in zip(branches, native_alphas, strict=True)]
     return branches
 
 
@@ -290,12 +329,16 @@ class _TernaryExpand(torch.autograd.Function):
     def forward(ctx, w: torch.Tensor, thresholds: tuple[float, ...]) -> torch.Tensor:
         ctx.save_for_backward(w)
         ctx.branches = len(thresholds)
+        if _native(w):
+            return _kernels().ternary_expand(w, list(thresholds))[0]
         masks, alphas = zip(*ternary_branches(w, thresholds), strict=True)
         return fast_sign(w, _ternary_levels_sum(masks, alphas, w.dtype))  # = ternary_combine(..., w < 0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (w,) = ctx.saved_tensors
+        if _native(grad, w):
+            return _kernels().clipped_scaled_grad(grad, w, 1.0, float(ctx.branches)), None
         return clipped_grad(grad, w, inclusive=False).mul_(ctx.branches), None
 
 

@@ -3,10 +3,12 @@
 Tolerances: 1e-6 absolute (float32 rounding of sums over at most a few hundred terms) unless stated.
 """
 
+import copy
 import math
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 import quantswap
@@ -424,3 +426,59 @@ def test_adabin_maxout_and_structure_on_resnet18():
         assert bnn.get_submodule(f"{name}_maxout").positive.numel() == layer.out_channels
     decoded = quantswap.get_freeze_report(quantswap.freeze(bnn)).decoded
     assert len(decoded) == 16 and "not centred on 0" in decoded["layer1.0.conv1"]
+
+
+# -- what a quantized layer keeps for its backward (issue 14) ----------------------------------------
+
+
+def _grads_with_and_without_compact_saves(model, x, monkeypatch):
+    import contextlib
+
+    from quantswap.nn.layers import _QuantMixin
+
+    plain = copy.deepcopy(model)
+    model(x).square().sum().backward()
+    with monkeypatch.context() as m:
+        m.setattr(_QuantMixin, "_compact_saves", lambda self, x, w: contextlib.nullcontext())
+        plain(x).square().sum().backward()
+    return [(name, p.grad, q.grad) for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True)]
+
+
+def test_compact_saves_change_no_gradient_bit(variant, monkeypatch):
+    """Binary inputs saved as int8 and the weight quantized again in the backward: the same gradients,
+    bit for bit, as keeping both as float (every parameter of a small ResNet, one step)."""
+    from torchvision.models import resnet18
+
+    model = quantswap.swap(resnet18(num_classes=10), variant.config()).train()
+    for name, compact, plain in _grads_with_and_without_compact_saves(model, torch.randn(2, 3, 32, 32), monkeypatch):
+        assert (compact is None) == (plain is None), name
+        assert compact is None or torch.equal(compact, plain), name
+
+
+def test_a_binary_conv_keeps_int8_signs_and_no_quantized_weight_for_its_backward():
+    layer = quantswap.binarize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 3)),
+                               method="xnor").get_submodule("1").train()
+    saved = []
+
+    def pack(tensor):  # what the weight quantizer and the sign save (the conv's own saves are the layer's)
+        saved.append((tensor.dtype, tuple(tensor.shape)))
+        return tensor
+
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    signs, weight = layer._quantize_input(x), layer.quantized_weight()
+    packed = [layer._compact_saves(signs, weight).pack_hook(t) for t in (signs, weight)]
+    assert packed[0][0] == "signs" and packed[0][1].dtype == torch.int8  # not a float copy of the signs
+    assert packed[1][0] == "weight" and not any(isinstance(p, torch.Tensor) for p in packed[1])  # nothing weight-sized
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    assert (torch.float32, (8, 8, 3, 3)) in saved  # the latent weight (a parameter: no copy)
+
+
+def test_changing_the_latent_weight_before_backward_is_an_error():
+    layer = quantswap.binarize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 3)),
+                               method="xnor").get_submodule("1").train()
+    y = layer(torch.randn(2, 8, 6, 6, requires_grad=True))
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="changed between the forward and the backward"):
+        y.sum().backward()

@@ -1,4 +1,6 @@
-"""Building and loading the native CPU kernels (``binary.cpp``), once, at first use.
+"""Building and loading the native CPU kernels, once, at first use: the packed W1/A1 ops
+(``binary.cpp``) and the fused passes of the quantizers' training forward and backward
+(``training.cpp``, used by :mod:`quantswap.functional`).
 
 The C++ source is compiled by ``torch.utils.cpp_extension`` (with ninja and the system's C++
 compiler) into PyTorch's extension cache (``$TORCH_EXTENSIONS_DIR``, default
@@ -21,13 +23,13 @@ import torch
 
 import quantswap.kernels.ops  # noqa: F401 - the op schemas must exist before the library registers kernels
 
-__all__ = ["KernelInfo", "info", "load", "ensure_loaded", "set_isa", "ISAS"]
+__all__ = ["KernelInfo", "info", "load", "ensure_loaded", "set_isa", "ISAS", "loaded"]
 
 logger = logging.getLogger("quantswap")
 
-SOURCE = Path(__file__).with_name("binary.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("binary.cpp", "training.cpp")]
 ISAS = ("portable", "avx2", "avx512-vpopcntdq")  # index = the native library's ISA level
-_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]  # no FMA: bit-equal to the reference
+_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]  # no FMA: bit-equal to the reference; no FP traps: selects vectorize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +92,7 @@ def _build() -> str:
         from torch.utils import cpp_extension
 
     with _ninja_on_path(), _quiet_cpp_extension():
-        cpp_extension.load(name="quantswap_kernels", sources=[str(SOURCE)], extra_cflags=_FLAGS,
+        cpp_extension.load(name="quantswap_kernels", sources=[str(s) for s in SOURCES], extra_cflags=_FLAGS,
                            extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
     return str(Path(cpp_extension._get_build_directory("quantswap_kernels", False)) / "quantswap_kernels.so")
 
@@ -115,9 +117,16 @@ def ensure_loaded() -> None:
                 except Exception as err:  # noqa: BLE001 - any build failure means: use the reference
                     _state["reason"] = f"the native kernels could not be built ({type(err).__name__}: {err})".strip()
             if "reason" in _state:
-                warnings.warn(f"quantswap packed layers use the pure-PyTorch reference kernels, about as fast as "
-                              f"float layers: {_state['reason'][:600]}. Install a C++ compiler (g++) and ninja "
-                              f"for the fast kernels", RuntimeWarning, stacklevel=4)
+                warnings.warn(f"quantswap uses its pure-PyTorch reference kernels (packed layers about as fast as "
+                              f"float layers, training a little slower): {_state['reason'][:600]}. Install a C++ "
+                              f"compiler (g++) and ninja for the fast kernels", RuntimeWarning, stacklevel=4)
+
+
+def loaded() -> bool:
+    """Whether the native kernels are in use (building them at the first call)."""
+    if not _state:
+        ensure_loaded()
+    return "library" in _state
 
 
 def info() -> KernelInfo:

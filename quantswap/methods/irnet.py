@@ -72,6 +72,10 @@ class _LibraSign(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
+        if w.dim() > 1 and QF._native(w):  # the same numbers in one fused kernel per pass
+            out, mean, inverse, scale = QF._kernels().libra_sign(w)
+            ctx.save_for_backward(w, mean, inverse, scale, kt)
+            return out
         w_std, mean, inverse = _standardized(w)
         scale = _power_of_two_scale(w_std)
         ctx.save_for_backward(w, mean, inverse, scale, kt)
@@ -80,6 +84,9 @@ class _LibraSign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         w, mean, inverse, scale, kt = ctx.saved_tensors
+        if mean.dim() == 1:  # the native forward's per-row numbers
+            k, t = kt.tolist()
+            return QF._kernels().libra_sign_backward(grad.contiguous(), w, mean, inverse, scale, k, t), None
         flat = w.flatten(1).to(mean.dtype)
         w_std = (flat - mean).mul_(inverse)
         h = QF.ede_grad(grad.flatten(1).to(mean.dtype), w_std, kt[0], kt[1]).mul_(scale)
@@ -111,6 +118,9 @@ class IRNetWeight(BinaryWeightQuantizer, EDEScheduled):
 
     @torch.no_grad()
     def binarize(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if w.dim() > 1 and QF._native(w):  # the forward's own numbers: codes decode to it bit for bit
+            out, _, _, scale = QF._kernels().libra_sign(w)
+            return out >= 0, scale.view((-1,) + (1,) * (w.dim() - 1))
         w_std = self.standardize(w)
         return w_std >= 0, self.power_of_two_scale(w_std).to(w.dtype)
 

@@ -12,6 +12,8 @@ decoded once; the latent float weight is dropped.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -56,6 +58,22 @@ class _QuantMixin:
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)
 
+    def _compact_saves(self, x: torch.Tensor, w: torch.Tensor) -> contextlib.AbstractContextManager:
+        """Where the convolution or matmul saves its operands for the backward, keep less than two float
+        copies: binary inputs (exactly ±1) as int8, and no quantized weight at all (the backward
+        quantizes the latent weight again, which is cheaper than keeping a float copy of every weight
+        from the forward to the backward). A no-op outside autograd and under ``torch.compile``
+        (inductor plans its own buffers)."""
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling() or self.is_frozen:
+            return contextlib.nullcontext()
+        return torch.autograd.graph.saved_tensors_hooks(
+            _CompactSaves(self, x if self._unit_signs() else None, w).pack, _CompactSaves.unpack)
+
+    def _unit_signs(self) -> bool:
+        """Whether the input quantizer's output is exactly ±1 (a plain sign of something)."""
+        q = self.input_quantizer
+        return getattr(q, "plain_sign", False) or hasattr(q, "sign_input")
+
     @property
     def binary_activations(self) -> bool:
         return self.input_quantizer is not None
@@ -82,6 +100,43 @@ class _QuantMixin:
         self.weight_quantizer = frozen
         self.register_buffer("weight", frozen.decode(dtype), persistent=False)
         self.register_load_state_dict_post_hook(_redecode_frozen_weight)
+
+
+def _identity(tensor: torch.Tensor | None) -> tuple | None:
+    """What tells a tensor apart without holding it (the hooks must not keep a float copy alive)."""
+    if tensor is None:
+        return None
+    return tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device
+
+
+class _CompactSaves:
+    """The saved-tensor hooks of :meth:`_QuantMixin._compact_saves` for one call of one layer."""
+
+    def __init__(self, layer: _QuantMixin, signs: torch.Tensor | None, weight: torch.Tensor):
+        self.layer, self.signs, self.weight = layer, _identity(signs), _identity(weight)
+
+    def pack(self, tensor: torch.Tensor):
+        identity = _identity(tensor)
+        if identity == self.weight:
+            return ("weight", self.layer, self.layer.weight._version, tensor.dtype)
+        if identity == self.signs:
+            return ("signs", tensor.to(torch.int8), tensor.dtype)  # preserve_format: the same strides back
+        return tensor
+
+    @staticmethod
+    def unpack(packed):
+        if isinstance(packed, torch.Tensor):
+            return packed
+        if packed[0] == "signs":
+            _, codes, dtype = packed
+            return codes.to(dtype)
+        _, layer, version, dtype = packed
+        if layer.weight._version != version:
+            raise RuntimeError(
+                f"the latent weight of a {type(layer).__name__} changed between the forward and the backward "
+                "(an optimizer step or an in-place edit before backward()); run backward() first")
+        with torch.no_grad():
+            return layer.weight_quantizer(layer.weight).to(dtype)
 
 
 def _redecode_frozen_weight(layer: _QuantMixin, incompatible_keys) -> None:
@@ -113,7 +168,9 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self._quantize_input(x), self.quantized_weight(), self.bias)
+        x, w = self._quantize_input(x), self.quantized_weight()
+        with self._compact_saves(x, w):
+            return self._conv_forward(x, w, self.bias)
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
@@ -138,7 +195,9 @@ class QuantLinear(_QuantMixin, nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._quantize_input(x), self.quantized_weight(), self.bias)
+        x, w = self._quantize_input(x), self.quantized_weight()
+        with self._compact_saves(x, w):
+            return F.linear(x, w, self.bias)
 
 
 QuantLayer = (QuantConv2d, QuantLinear)

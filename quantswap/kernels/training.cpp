@@ -1,0 +1,396 @@
+// quantswap's fused training kernels: the elementwise passes of the quantizers' forward and backward.
+//
+// Each op here is one memory pass (two where a per-row reduction comes first) over float32 tensors
+// that the Python caller (quantswap/functional.py) has checked to be contiguous CPU float32; everywhere
+// else, and under torch.compile, the same functions run as a few PyTorch operators. The sign
+// convention is quantswap's: sign(x) = +1 for x >= 0 (-0.0 included), -1 otherwise (NaN too).
+//
+// Results equal the PyTorch versions bit for bit, except for two: ede_grad (its exp is a polynomial
+// within 2 ulp, the PyTorch version goes through sigmoid) and the per-row sums (accumulated in double
+// here, in float32 pairwise there). The codecs read the same sums as the forward, so a frozen model
+// still decodes to the trained one exactly.
+//
+// Work is split with at::parallel_for over fixed blocks, and every reduction combines its blocks in
+// order, so results do not depend on the number of threads.
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace quantswap {
+namespace {
+
+constexpr int64_t kGrain = 1 << 15;  // elements per task of an elementwise pass
+constexpr int kLanes = 8;            // fixed lanes of every sum: the order never depends on ISA or threads
+
+// The loops: plain functions compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time
+// (the same IEEE operations in each, no FMA: the clones agree bit for bit).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define QS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define QS_CLONES
+#endif
+
+// exp(x) for x <= 0 in plain arithmetic (Cephes' expf polynomial, within 2 ulp), so that loops over it
+// vectorize without -ffast-math: round with the 1.5 * 2^23 trick, scale by 2^k through the exponent bits.
+inline float exp_nonpositive(float x) {
+  x = std::max(x, -87.0f);
+  const float shifter = 12582912.0f;  // 1.5 * 2^23
+  const float k = (x * 1.44269504088896341f + shifter) - shifter;
+  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return e * scale;
+}
+
+QS_CLONES void sign_span(const float* __restrict x, float* __restrict y, int64_t n, float pos, float neg) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] >= 0.0f ? pos : neg;
+}
+
+QS_CLONES void approx_span(const float* __restrict g, const float* __restrict x, float* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::max(2.0f - 2.0f * std::fabs(x[i]), 0.0f) * g[i];
+}
+
+QS_CLONES void ede_span(const float* __restrict g, const float* __restrict x, float* __restrict y, int64_t n,
+                        float slope, float gain) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float z = exp_nonpositive(slope * std::fabs(x[i]));
+    const float one_plus = 1.0f + z;
+    y[i] = g[i] * (gain * z / (one_plus * one_plus));
+  }
+}
+
+QS_CLONES void clipped_scaled_span(const float* __restrict g, const float* __restrict x, float* __restrict y, int64_t n,
+                                   float bound, float factor) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float scaled = g[i] * factor;  // every operand loaded unconditionally: the select vectorizes
+    y[i] = std::fabs(x[i]) < bound ? scaled : 0.0f;
+  }
+}
+
+QS_CLONES void mean_abs_sign_grad_span(const float* __restrict g, const float* __restrict w, float* __restrict y,
+                                       int64_t n, float scale, float c) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = w[i], scaled = g[i] * scale;
+    const float clipped = std::fabs(v) <= 1.0f ? scaled : 0.0f;
+    const float sgn = v > 0.0f ? c : (v < 0.0f ? -c : 0.0f);
+    y[i] = clipped + sgn;
+  }
+}
+
+QS_CLONES void ternary_level_span(const float* __restrict x, float* __restrict y, int64_t n, float delta, float alpha) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float level = y[i];
+    y[i] = level + (std::fabs(x[i]) >= delta ? alpha : 0.0f);
+  }
+}
+
+QS_CLONES void apply_sign_span(const float* __restrict x, float* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float level = y[i];
+    y[i] = x[i] >= 0.0f ? level : -level;
+  }
+}
+
+// The sums, in kLanes double lanes: acc[l] += term(i) for i = l mod kLanes, lanes added in order at the end.
+#define QS_LANE_SUM(n, term)                                                   \
+  double acc[kLanes] = {0.0};                                                  \
+  int64_t i = 0;                                                               \
+  for (; i + kLanes <= (n); i += kLanes)                                       \
+    for (int l = 0; l < kLanes; ++l) {                                         \
+      const int64_t j = i + l;                                                 \
+      acc[l] += static_cast<double>(term);                                     \
+    }                                                                          \
+  for (int l = 0; i < (n); ++i, ++l) {                                         \
+    const int64_t j = i;                                                       \
+    acc[l] += static_cast<double>(term);                                       \
+  }                                                                            \
+  double total = 0.0;                                                          \
+  for (int l = 0; l < kLanes; ++l) total += acc[l];                            \
+  return total;
+
+QS_CLONES double abs_sum(const float* __restrict p, int64_t n) { QS_LANE_SUM(n, std::fabs(p[j])) }
+
+QS_CLONES double signed_sum(const float* __restrict g, const float* __restrict w, int64_t n) {
+  QS_LANE_SUM(n, (w[j] >= 0.0f ? g[j] : -g[j]))
+}
+
+QS_CLONES double kept_sum(const float* __restrict p, int64_t n, float delta) {
+  QS_LANE_SUM(n, (std::fabs(p[j]) >= delta ? std::fabs(p[j]) : 0.0f))
+}
+
+QS_CLONES double kept_count(const float* __restrict p, int64_t n, float delta) {
+  QS_LANE_SUM(n, (std::fabs(p[j]) >= delta ? 1.0f : 0.0f))
+}
+
+QS_CLONES double plain_sum(const float* __restrict p, int64_t n) { QS_LANE_SUM(n, p[j]) }
+
+QS_CLONES double centred_square_sum(const float* __restrict p, int64_t n, float mean) {
+  QS_LANE_SUM(n, (p[j] - mean) * (p[j] - mean))
+}
+
+QS_CLONES double standardized_abs_sum(const float* __restrict p, int64_t n, float mean, float inv) {
+  QS_LANE_SUM(n, std::fabs((p[j] - mean) * inv))
+}
+
+QS_CLONES void standardized_sign_span(const float* __restrict w, float* __restrict y, int64_t n, float mean, float inv,
+                                      float scale) {
+  for (int64_t i = 0; i < n; ++i) y[i] = (w[i] - mean) * inv >= 0.0f ? scale : -scale;
+}
+
+// h = scale * g * EDE'(u), u = (w - mean) * inv, written to y; returns nothing (the sums follow).
+QS_CLONES void libra_h_span(const float* __restrict g, const float* __restrict w, float* __restrict y, int64_t n,
+                            float mean, float inv, float scale, float slope, float gain) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float u = (w[i] - mean) * inv;
+    const float z = exp_nonpositive(slope * std::fabs(u));
+    const float one_plus = 1.0f + z;
+    y[i] = g[i] * (gain * z / (one_plus * one_plus)) * scale;
+  }
+}
+
+QS_CLONES double h_u_sum(const float* __restrict h, const float* __restrict w, int64_t n, float mean, float inv) {
+  QS_LANE_SUM(n, h[j] * ((w[j] - mean) * inv))
+}
+
+QS_CLONES void libra_grad_span(const float* __restrict w, float* __restrict y, int64_t n, float mean, float inv,
+                               float h_mean, float spread) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float u = (w[i] - mean) * inv;
+    y[i] = ((y[i] - h_mean) - u * spread) * inv;
+  }
+}
+
+QS_CLONES float abs_max(const float* __restrict p, int64_t n) {
+  float m[kLanes] = {0.0f};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) m[l] = std::max(m[l], std::fabs(p[i + l]));
+  for (; i < n; ++i) m[0] = std::max(m[0], std::fabs(p[i]));
+  return *std::max_element(m, m + kLanes);
+}
+
+void check_dense(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, name, " must be a float32 CPU tensor");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+void check_pair(const at::Tensor& grad, const at::Tensor& x) {
+  check_dense(x, "x");
+  check_dense(grad, "grad");
+  TORCH_CHECK(grad.sizes() == x.sizes(), "grad and x must have the same shape");
+}
+
+// body(begin, end) over [0, n) in blocks of kGrain elements.
+template <typename F>
+void elementwise(int64_t n, const F& body) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) { body(begin, end); });
+}
+
+// body(row) for each row of `len` elements, about kGrain elements per task.
+template <typename F>
+void by_rows(int64_t rows, int64_t len, const F& body) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(len, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) body(r);
+  });
+}
+
+// out = scale[row] * sign(x); scale undefined: out = sign(x).
+at::Tensor scaled_sign(const at::Tensor& x, const std::optional<at::Tensor>& scale) {
+  check_dense(x, "x");
+  at::Tensor out = at::empty_like(x);
+  const float* src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const int64_t n = x.numel();
+  if (!scale.has_value()) {
+    elementwise(n, [&](int64_t b, int64_t e) { sign_span(src + b, dst + b, e - b, 1.0f, -1.0f); });
+    return out;
+  }
+  check_dense(*scale, "scale");
+  const int64_t rows = scale->numel(), len = rows ? n / rows : 0;
+  TORCH_CHECK(rows * len == n, "scaled_sign: one scale per row of x");
+  const float* s = scale->data_ptr<float>();
+  by_rows(rows, len, [&](int64_t r) { sign_span(src + r * len, dst + r * len, len, s[r], -s[r]); });
+  return out;
+}
+
+// grad * max(0, 2 - 2|x|): ApproxSign's derivative.
+at::Tensor approx_grad(const at::Tensor& grad, const at::Tensor& x) {
+  check_pair(grad, x);
+  at::Tensor out = at::empty_like(x);
+  const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  elementwise(x.numel(), [&](int64_t b, int64_t e) { approx_span(g + b, src + b, dst + b, e - b); });
+  return out;
+}
+
+// grad * k t (1 - tanh^2(t x)) = grad * 4 k t e / (1 + e)^2 with e = exp(-2 t |x|): the Error Decay Estimator.
+at::Tensor ede_grad(const at::Tensor& grad, const at::Tensor& x, double k, double t) {
+  check_pair(grad, x);
+  at::Tensor out = at::empty_like(x);
+  const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const float slope = static_cast<float>(-2.0 * t), gain = static_cast<float>(4.0 * k * t);
+  elementwise(x.numel(), [&](int64_t b, int64_t e) { ede_span(g + b, src + b, dst + b, e - b, slope, gain); });
+  return out;
+}
+
+// grad * factor * 1[|x| < bound]: the ternary straight-through estimator summed over `factor` branches.
+at::Tensor clipped_scaled_grad(const at::Tensor& grad, const at::Tensor& x, double bound, double factor) {
+  check_pair(grad, x);
+  at::Tensor out = at::empty_like(x);
+  const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const float b = static_cast<float>(bound), f = static_cast<float>(factor);
+  elementwise(x.numel(), [&](int64_t s, int64_t e) { clipped_scaled_span(g + s, src + s, dst + s, e - s, b, f); });
+  return out;
+}
+
+// Per row of w [rows, ...]: mean |w|, summed in double.
+at::Tensor row_mean_abs(const at::Tensor& w) {
+  check_dense(w, "w");
+  TORCH_CHECK(w.dim() >= 1, "row_mean_abs: a weight with rows");
+  const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
+  at::Tensor out = at::empty({rows}, w.options());
+  const float* src = w.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  by_rows(rows, len, [&](int64_t r) { dst[r] = static_cast<float>(abs_sum(src + r * len, len) / static_cast<double>(len)); });
+  return out;
+}
+
+// The backward of scale[row] * sign(w) with the clipped estimator, scale = mean|w| per row:
+// grad_w = scale * grad * 1[|w| <= 1] (+ sgn(w) * sum(grad * sign(w)) / len when scale_grad).
+at::Tensor mean_abs_sign_backward(const at::Tensor& grad, const at::Tensor& w, const at::Tensor& scale, bool scale_grad) {
+  check_pair(grad, w);
+  check_dense(scale, "scale");
+  const int64_t rows = scale.numel(), len = rows ? w.numel() / rows : 0;
+  TORCH_CHECK(rows * len == w.numel(), "mean_abs_sign_backward: one scale per row of w");
+  at::Tensor out = at::empty_like(w);
+  const float *g = grad.data_ptr<float>(), *src = w.data_ptr<float>(), *s = scale.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  by_rows(rows, len, [&](int64_t r) {
+    const float *gr = g + r * len, *wr = src + r * len;
+    const float c = scale_grad ? static_cast<float>(signed_sum(gr, wr, len) / static_cast<double>(len)) : 0.0f;
+    mean_abs_sign_grad_span(gr, wr, dst + r * len, len, s[r], c);
+  });
+  return out;
+}
+
+// Residual-expansion ternary weight: per threshold tau_b, delta_b = tau_b * max|w| and alpha_b = mean(|w| : |w| >=
+// delta_b); wq = sign(w) * sum_b alpha_b [|w| >= delta_b], added branch by branch. Returns (wq, alphas [branches]).
+std::tuple<at::Tensor, at::Tensor> ternary_expand(const at::Tensor& w, at::ArrayRef<double> thresholds) {
+  check_dense(w, "w");
+  const int64_t n = w.numel(), nb = static_cast<int64_t>(thresholds.size());
+  const float* src = w.data_ptr<float>();
+  const int64_t blocks = (n + kGrain - 1) / kGrain;
+  auto block_len = [&](int64_t k) { return std::min(n, (k + 1) * kGrain) - k * kGrain; };
+  std::vector<float> block_peak(blocks, 0.0f);
+  at::parallel_for(0, blocks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) block_peak[k] = abs_max(src + k * kGrain, block_len(k));
+  });
+  const float peak = blocks ? *std::max_element(block_peak.begin(), block_peak.end()) : 0.0f;
+  std::vector<float> delta(nb);
+  for (int64_t j = 0; j < nb; ++j) delta[j] = static_cast<float>(thresholds[j]) * peak;
+  std::vector<double> sums(blocks * nb * 2, 0.0);  // per block and branch: the kept |w| and their count
+  at::parallel_for(0, blocks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k)
+      for (int64_t j = 0; j < nb; ++j) {
+        sums[(k * nb + j) * 2] = kept_sum(src + k * kGrain, block_len(k), delta[j]);
+        sums[(k * nb + j) * 2 + 1] = kept_count(src + k * kGrain, block_len(k), delta[j]);
+      }
+  });
+  at::Tensor alphas = at::empty({nb}, w.options());
+  float* alpha = alphas.data_ptr<float>();
+  for (int64_t j = 0; j < nb; ++j) {
+    double kept = 0.0, count = 0.0;
+    for (int64_t k = 0; k < blocks; ++k) kept += sums[(k * nb + j) * 2], count += sums[(k * nb + j) * 2 + 1];
+    alpha[j] = static_cast<float>(kept / std::max(count, 1.0));
+  }
+  at::Tensor out = at::zeros_like(w);
+  float* dst = out.data_ptr<float>();
+  elementwise(n, [&](int64_t b, int64_t e) {
+    for (int64_t j = 0; j < nb; ++j) ternary_level_span(src + b, dst + b, e - b, delta[j], alpha[j]);
+    apply_sign_span(src + b, dst + b, e - b);
+  });
+  return {out, alphas};
+}
+
+// IR-Net's Libra-PB per row: mean, the unbiased std (1/std = 0 for a filter whose std <= 1e-6 |mean|),
+// scale = 2^round(log2(mean |u|)) with u = (w - mean) / std, and wq = scale * sign(u).
+// Returns (wq, mean, inv, scale), the last three [rows].
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> libra_sign(const at::Tensor& w) {
+  check_dense(w, "w");
+  TORCH_CHECK(w.dim() >= 1, "libra_sign: a weight with rows");
+  const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
+  const double dof = static_cast<double>(std::max<int64_t>(len - 1, 1));
+  at::Tensor out = at::empty_like(w), means = at::empty({rows}, w.options()), invs = at::empty({rows}, w.options()),
+             scales = at::empty({rows}, w.options());
+  const float* src = w.data_ptr<float>();
+  float *dst = out.data_ptr<float>(), *mean = means.data_ptr<float>(), *inv = invs.data_ptr<float>(),
+        *scale = scales.data_ptr<float>();
+  by_rows(rows, len, [&](int64_t r) {
+    const float* p = src + r * len;
+    const float m = static_cast<float>(plain_sum(p, len) / static_cast<double>(len));
+    const float std_dev = static_cast<float>(std::sqrt(centred_square_sum(p, len, m) / dof));
+    const float i = std_dev <= 1e-6f * std::fabs(m) ? 0.0f : 1.0f / std_dev;
+    const float spread = static_cast<float>(standardized_abs_sum(p, len, m, i) / static_cast<double>(len));
+    const float s = std::exp2(std::nearbyint(std::log2(spread)));
+    mean[r] = m, inv[r] = i, scale[r] = s;
+    standardized_sign_span(p, dst + r * len, len, m, i, s);
+  });
+  return {out, means, invs, scales};
+}
+
+// Its backward, EDE through the standardization: h = scale * g * EDE'(u),
+// grad_w = (h - mean h - u * sum(h u) / (len - 1)) * inv.
+at::Tensor libra_sign_backward(const at::Tensor& grad, const at::Tensor& w, const at::Tensor& means,
+                               const at::Tensor& invs, const at::Tensor& scales, double k, double t) {
+  check_pair(grad, w);
+  const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
+  const double dof = static_cast<double>(std::max<int64_t>(len - 1, 1));
+  at::Tensor out = at::empty_like(w);
+  const float *g = grad.data_ptr<float>(), *src = w.data_ptr<float>(), *mean = means.data_ptr<float>(),
+              *inv = invs.data_ptr<float>(), *scale = scales.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const float slope = static_cast<float>(-2.0 * t), gain = static_cast<float>(4.0 * k * t);
+  by_rows(rows, len, [&](int64_t r) {
+    const float *p = src + r * len, *gr = g + r * len;
+    float* h = dst + r * len;
+    libra_h_span(gr, p, h, len, mean[r], inv[r], scale[r], slope, gain);
+    const float h_mean = static_cast<float>(plain_sum(h, len) / static_cast<double>(len));
+    const float spread = static_cast<float>(h_u_sum(h, p, len, mean[r], inv[r]) / dof);
+    libra_grad_span(p, h, len, mean[r], inv[r], h_mean, spread);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(quantswap_native, m) {
+  m.def("libra_sign(Tensor w) -> (Tensor, Tensor, Tensor, Tensor)", &libra_sign);
+  m.def("libra_sign_backward(Tensor grad, Tensor w, Tensor mean, Tensor inv, Tensor scale, float k, float t) -> Tensor",
+        &libra_sign_backward);
+  m.def("scaled_sign(Tensor x, Tensor? scale) -> Tensor", &scaled_sign);
+  m.def("approx_grad(Tensor grad, Tensor x) -> Tensor", &approx_grad);
+  m.def("ede_grad(Tensor grad, Tensor x, float k, float t) -> Tensor", &ede_grad);
+  m.def("clipped_scaled_grad(Tensor grad, Tensor x, float bound, float factor) -> Tensor", &clipped_scaled_grad);
+  m.def("row_mean_abs(Tensor w) -> Tensor", &row_mean_abs);
+  m.def("mean_abs_sign_backward(Tensor grad, Tensor w, Tensor scale, bool scale_grad) -> Tensor", &mean_abs_sign_backward);
+  m.def("ternary_expand(Tensor w, float[] thresholds) -> (Tensor, Tensor)", &ternary_expand);
+}
+
+}  // namespace quantswap
