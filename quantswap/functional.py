@@ -80,7 +80,7 @@ def _kernels():
 
 
 def fast_sign(x: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
-    """``scale · sign(x)``, the training forward's sign (``scale`` broadcasts against ``x``).
+    """``scale · sign(x)``, the training forward's sign (``scale >= 0``, broadcast against ``x``).
 
     Equals ``scale * sign(x)`` for every number, ``-0.0`` included, without the boolean mask and
     ``where`` that :func:`sign` reads, which on the CPU cost ten times a multiplication: one fused

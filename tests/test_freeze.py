@@ -10,8 +10,12 @@ import quantswap
 from quantswap.methods.ternary import TernaryWeight
 
 
+@pytest.mark.parametrize("kernels", ["native", "pytorch"])
 @pytest.mark.parametrize("shape", [(8, 3, 3, 3), (5, 7), (4, 1, 1, 1)])
-def test_decode_of_encode_is_the_forward_bit_for_bit(variant, shape):
+def test_decode_of_encode_is_the_forward_bit_for_bit(variant, shape, kernels, monkeypatch):
+    """With the fused training kernels and without (no compiler): the codec reads the forward's numbers."""
+    if kernels == "pytorch":
+        monkeypatch.setattr(quantswap.functional, "_native", lambda *tensors: False)
     codec = variant.config().weight_quantizer(nn.Conv2d(3, 8, 3))
     w = torch.randn(shape)
     w.view(-1)[::5] = 0.0  # exact zeros: sign(0) = +1

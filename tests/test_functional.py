@@ -112,3 +112,58 @@ def test_ternary_levels_codes_and_scale():
 def test_unknown_estimator_is_a_clear_error():
     with pytest.raises(ValueError, match="clipped"):
         QF.sign_ste(torch.zeros(1), "sigmoid")
+
+
+# -- the fused native kernels (quantswap/kernels/training.cpp) against the PyTorch formulas -----------
+
+NATIVE = __import__("quantswap.kernels", fromlist=["load"]).load().backend == "native"
+
+
+def _both(fn, *args, monkeypatch):
+    """``fn(*args)`` with the native kernels, then with the PyTorch path (``QF._native`` off)."""
+    native = fn(*args)
+    with monkeypatch.context() as m:
+        m.setattr(QF, "_native", lambda *tensors: False)
+        reference = fn(*args)
+    return native, reference
+
+
+@pytest.mark.skipif(not NATIVE, reason="no C++ compiler: the PyTorch path is the only one")
+def test_native_elementwise_kernels_equal_the_pytorch_formulas(monkeypatch):
+    x = torch.cat([torch.randn(5000) * 2, torch.tensor([0.0, -0.0, 1.0, -1.0, 0.5, -2.0])])
+    g = torch.randn_like(x)
+    for fn in (QF.fast_sign, lambda v: QF.fast_sign(v, 0.25), lambda v: QF.approx_grad(g, v)):
+        native, reference = _both(fn, x, monkeypatch=monkeypatch)
+        assert torch.equal(native, reference)  # the same operations: bit for bit
+    assert torch.equal(QF.fast_sign(x), QF.sign(x))  # -0.0 -> +1 as everywhere in quantswap
+    for k, t in [(10.0, 0.1), (1.0, 10.0), (2.5, 0.7)]:
+        native, reference = _both(lambda v: QF.ede_grad(g, v, k, t), x, monkeypatch=monkeypatch)
+        exact = g.double() * k * t * (1 - torch.tanh(t * x.double()) ** 2)
+        torch.testing.assert_close(native.double(), exact, rtol=1e-6, atol=1e-6)  # the polynomial exp: 2 ulp
+        torch.testing.assert_close(reference.double(), exact, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not NATIVE, reason="no C++ compiler: the PyTorch path is the only one")
+@pytest.mark.parametrize("quantize", [
+    lambda w: QF.mean_abs_sign(w, scale_grad=True),
+    lambda w: QF.mean_abs_sign(w, scale_grad=False),
+    lambda w: QF.ternary_expand(w, (0.05, 0.1, 0.15)),
+    lambda w: __import__("quantswap.methods.irnet", fromlist=["IRNetWeight"]).IRNetWeight()(w),
+], ids=["xnor", "bireal", "ternary", "irnet"])
+def test_native_weight_quantizers_equal_the_pytorch_formulas(quantize, monkeypatch):
+    """Forward and gradient of the fused weight kernels against the PyTorch path: the sums run in double
+    lanes there and in float32 here, so scales agree to float32 rounding and signs exactly."""
+    w = torch.randn(16, 8, 3, 3) * 0.7
+    w[3] = 0.25  # a constant filter
+    g = torch.randn_like(w)
+
+    def forward_backward(v):
+        v = v.clone().requires_grad_(True)
+        out = quantize(v)
+        out.backward(g)
+        return out.detach(), v.grad
+
+    (out, grad), (ref_out, ref_grad) = _both(forward_backward, w, monkeypatch=monkeypatch)
+    assert torch.equal(out.sign(), ref_out.sign())
+    torch.testing.assert_close(out, ref_out, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)

@@ -175,6 +175,19 @@ QS_CLONES void libra_grad_span(const float* __restrict w, float* __restrict y, i
   }
 }
 
+// ReCU's h = g * 1[|u| <= level], u = (w - mean) * inv, written to y.
+QS_CLONES void window_h_span(const float* __restrict g, const float* __restrict w, float* __restrict y, int64_t n,
+                             float mean, float inv, float level) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float u = (w[i] - mean) * inv, gi = g[i];
+    y[i] = std::fabs(u) <= level ? gi : 0.0f;
+  }
+}
+
+QS_CLONES void centred_sign_span(const float* __restrict w, float* __restrict y, int64_t n, float mean) {
+  for (int64_t i = 0; i < n; ++i) y[i] = w[i] - mean >= 0.0f ? 1.0f : -1.0f;
+}
+
 QS_CLONES float abs_max(const float* __restrict p, int64_t n) {
   float m[kLanes] = {0.0f};
   int64_t i = 0;
@@ -378,9 +391,59 @@ at::Tensor libra_sign_backward(const at::Tensor& grad, const at::Tensor& w, cons
   return out;
 }
 
+// ReCU per row: mean, d = sqrt(var + 1e-5) / (2 sqrt 2) (unbiased variance), u = (w - mean) / d, and
+// wq = sign(u) = sign(w - mean). Returns (wq, mean, 1/d, sum |u|) with the last three [rows]; the caller
+// turns the layer's mean |u| into the clamp level.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recu_sign(const at::Tensor& w) {
+  check_dense(w, "w");
+  TORCH_CHECK(w.dim() >= 1, "recu_sign: a weight with rows");
+  const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
+  const double dof = static_cast<double>(std::max<int64_t>(len - 1, 1));
+  at::Tensor out = at::empty_like(w), means = at::empty({rows}, w.options()), invs = at::empty({rows}, w.options()),
+             abs_sums = at::empty({rows}, w.options().dtype(at::kDouble));
+  const float* src = w.data_ptr<float>();
+  float *dst = out.data_ptr<float>(), *mean = means.data_ptr<float>(), *inv = invs.data_ptr<float>();
+  double* abs_sum = abs_sums.data_ptr<double>();
+  by_rows(rows, len, [&](int64_t r) {
+    const float* p = src + r * len;
+    const float m = static_cast<float>(plain_sum(p, len) / static_cast<double>(len));
+    const double variance = centred_square_sum(p, len, m) / dof;
+    const float i = static_cast<float>(2.0 * std::sqrt(2.0) / std::sqrt(variance + 1e-5));
+    mean[r] = m, inv[r] = i;
+    abs_sum[r] = standardized_abs_sum(p, len, m, i);
+    centred_sign_span(p, dst + r * len, len, m);
+  });
+  return {out, means, invs, abs_sums};
+}
+
+// Its backward, identity through the sign and the clamp's window through the standardization:
+// h = g * 1[|u| <= level], grad_w = (h - mean h - u * sum(h u) / (8 (len - 1))) / d.
+at::Tensor recu_sign_backward(const at::Tensor& grad, const at::Tensor& w, const at::Tensor& means,
+                              const at::Tensor& invs, double level) {
+  check_pair(grad, w);
+  const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
+  const double dof = static_cast<double>(std::max<int64_t>(len - 1, 1));
+  at::Tensor out = at::empty_like(w);
+  const float *g = grad.data_ptr<float>(), *src = w.data_ptr<float>(), *mean = means.data_ptr<float>(),
+              *inv = invs.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const float q = static_cast<float>(level);
+  by_rows(rows, len, [&](int64_t r) {
+    const float *p = src + r * len, *gr = g + r * len;
+    float* h = dst + r * len;
+    window_h_span(gr, p, h, len, mean[r], inv[r], q);
+    const float h_mean = static_cast<float>(plain_sum(h, len) / static_cast<double>(len));
+    const float spread = static_cast<float>(h_u_sum(h, p, len, mean[r], inv[r]) / (8.0 * dof));
+    libra_grad_span(p, h, len, mean[r], inv[r], h_mean, spread);
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(quantswap_native, m) {
+  m.def("recu_sign(Tensor w) -> (Tensor, Tensor, Tensor, Tensor)", &recu_sign);
+  m.def("recu_sign_backward(Tensor grad, Tensor w, Tensor mean, Tensor inv, float level) -> Tensor", &recu_sign_backward);
   m.def("libra_sign(Tensor w) -> (Tensor, Tensor, Tensor, Tensor)", &libra_sign);
   m.def("libra_sign_backward(Tensor grad, Tensor w, Tensor mean, Tensor inv, Tensor scale, float k, float t) -> Tensor",
         &libra_sign_backward);

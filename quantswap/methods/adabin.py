@@ -123,10 +123,29 @@ class AdaBinSign(nn.Module):
         self.beta = nn.Parameter(torch.tensor(0.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.alpha * QF.sign_ste((x - self.beta) / self.alpha, "approx") + self.beta
+        return _AdaptiveActivation.apply(x, self.alpha, self.beta)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha.item():.4g}, beta={self.beta.item():.4g}"
+
+
+class _AdaptiveActivation(torch.autograd.Function):
+    """``α·sign(u) + β``, ``u = (x − β)/α``, ApproxSign backward in closed form: with ``d = g·S'(u)``,
+    ``∂L/∂x = d``, ``∂L/∂α = Σ g·sign(u) − Σ d·u``, ``∂L/∂β = Σ g − Σ d``. Saves ``x`` and the two scalars."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, alpha, beta)
+        return QF.fast_sign((x - beta) / alpha) * alpha + beta  # α may turn negative: multiply, not copysign
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, alpha, beta = ctx.saved_tensors
+        u = (x - beta) / alpha
+        d = QF.approx_grad(grad, u)
+        grad_alpha = (grad * QF.fast_sign(u)).sum() - (d * u).sum()
+        grad_beta = grad.sum() - d.sum()
+        return d, grad_alpha.view_as(alpha), grad_beta.view_as(beta)
 
 
 @register_method

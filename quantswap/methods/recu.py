@@ -76,6 +76,11 @@ class _RectifiedSign(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        if w.dim() > 1 and QF._native(w):  # the same numbers, one fused kernel per pass
+            out, mean, inverse, abs_sums = QF._kernels().recu_sign(w)
+            level = (-(abs_sums.sum() / w.numel()) * torch.log(2 - 2 * tau)).float()
+            ctx.save_for_backward(w, mean, inverse, level)
+            return out
         w_std, mean, spread = _standardized(w)
         level = (-w_std.abs().mean() * torch.log(2 - 2 * tau)).to(w_std.dtype)  # Q_τ over the layer, detached
         ctx.save_for_backward(w, mean, spread, level)
@@ -84,6 +89,8 @@ class _RectifiedSign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         w, mean, spread, level = ctx.saved_tensors
+        if mean.dim() == 1:  # the native forward's per-row numbers (spread holds 1/d)
+            return QF._kernels().recu_sign_backward(grad.contiguous(), w, mean, spread, level.item()), None
         w_std = (w.flatten(1) - mean).div_(spread)
         h = QF.clipped_grad(grad.flatten(1), w_std, level)
         dof = max(w_std.shape[1] - 1, 1)
@@ -117,6 +124,8 @@ class ReCUWeight(BinaryWeightQuantizer, ScheduledQuantizer):
 
     @torch.no_grad()
     def binarize(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if w.dim() > 1 and QF._native(w):  # the forward's own mean: codes decode to it bit for bit
+            return QF._kernels().recu_sign(w)[0] >= 0, self.constant_scale(w, w.dtype)
         return self.standardize(w) >= 0, self.constant_scale(w, w.dtype)
 
     def constant_scale(self, codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
