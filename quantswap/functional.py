@@ -64,10 +64,16 @@ def sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
+def _tracing() -> bool:
+    """Under ``torch.compile`` or ``torch.export`` (and so ONNX export): the plain formulas, which the
+    compiler fuses itself and an exporter translates."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def _native(*tensors: torch.Tensor) -> bool:
-    """Whether the fused C++ kernels (``quantswap/kernels/training.cpp``) take these tensors: eager mode
-    (torch.compile fuses the PyTorch version itself), CPU, float32, contiguous. Builds them at first use."""
-    if torch.compiler.is_compiling() or not all(
+    """Whether the fused C++ kernels (``quantswap/kernels/training.cpp``) take these tensors: eager mode,
+    CPU, float32, contiguous. Builds them at first use."""
+    if _tracing() or not all(
             t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
         return False
     from quantswap.kernels import native
@@ -88,6 +94,8 @@ def fast_sign(x: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tenso
     ``copysign(scale, x + 0.0)`` (``-0.0 + 0.0`` is ``+0.0``). A NaN in ``x`` gives ``±scale`` here
     where :func:`sign` gives ``-1``.
     """
+    if _tracing():  # ONNX has no copysign: this is GreaterOrEqual + Where there
+        return sign(x) * scale
     if _native(x):
         if not isinstance(scale, torch.Tensor):
             out = _kernels().scaled_sign(x, None)

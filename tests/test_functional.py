@@ -137,7 +137,7 @@ def test_native_elementwise_kernels_equal_the_pytorch_formulas(monkeypatch):
         assert torch.equal(native, reference)  # the same operations: bit for bit
     assert torch.equal(QF.fast_sign(x), QF.sign(x))  # -0.0 -> +1 as everywhere in quantswap
     for k, t in [(10.0, 0.1), (1.0, 10.0), (2.5, 0.7)]:
-        native, reference = _both(lambda v: QF.ede_grad(g, v, k, t), x, monkeypatch=monkeypatch)
+        native, reference = _both(lambda v, k=k, t=t: QF.ede_grad(g, v, k, t), x, monkeypatch=monkeypatch)
         exact = g.double() * k * t * (1 - torch.tanh(t * x.double()) ** 2)
         torch.testing.assert_close(native.double(), exact, rtol=1e-6, atol=1e-6)  # the polynomial exp: 2 ulp
         torch.testing.assert_close(reference.double(), exact, rtol=1e-6, atol=1e-6)
@@ -149,7 +149,9 @@ def test_native_elementwise_kernels_equal_the_pytorch_formulas(monkeypatch):
     lambda w: QF.mean_abs_sign(w, scale_grad=False),
     lambda w: QF.ternary_expand(w, (0.05, 0.1, 0.15)),
     lambda w: __import__("quantswap.methods.irnet", fromlist=["IRNetWeight"]).IRNetWeight()(w),
-], ids=["xnor", "bireal", "ternary", "irnet"])
+    lambda w: __import__("quantswap.methods.recu", fromlist=["ReCUWeight"]).ReCUWeight()(w),
+    lambda w: __import__("quantswap.methods.adabin", fromlist=["AdaBinWeight"]).AdaBinWeight(0.1, 10.0)(w),
+], ids=["xnor", "bireal", "ternary", "irnet", "recu", "adabin"])
 def test_native_weight_quantizers_equal_the_pytorch_formulas(quantize, monkeypatch):
     """Forward and gradient of the fused weight kernels against the PyTorch path: the sums run in double
     lanes there and in float32 here, so scales agree to float32 rounding and signs exactly."""

@@ -188,6 +188,38 @@ QS_CLONES void centred_sign_span(const float* __restrict w, float* __restrict y,
   for (int64_t i = 0; i < n; ++i) y[i] = w[i] - mean >= 0.0f ? 1.0f : -1.0f;
 }
 
+// AdaBin's e = g * EDE'(u), u = (w - beta) / alpha, written to y.
+QS_CLONES void adaptive_e_span(const float* __restrict g, const float* __restrict w, float* __restrict y, int64_t n,
+                               float beta, float alpha, float slope, float gain) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float u = (w[i] - beta) / alpha;
+    const float z = exp_nonpositive(slope * std::fabs(u));
+    const float one_plus = 1.0f + z;
+    y[i] = g[i] * (gain * z / (one_plus * one_plus));
+  }
+}
+
+QS_CLONES double adaptive_sign_sum(const float* __restrict g, const float* __restrict w, int64_t n, float beta) {
+  QS_LANE_SUM(n, (w[j] - beta >= 0.0f ? g[j] : -g[j]))
+}
+
+QS_CLONES double adaptive_e_u_sum(const float* __restrict e, const float* __restrict w, int64_t n, float beta,
+                                  float alpha) {
+  QS_LANE_SUM(n, e[j] * ((w[j] - beta) / alpha))
+}
+
+QS_CLONES void adaptive_sign_span(const float* __restrict w, float* __restrict y, int64_t n, float beta, float alpha) {
+  for (int64_t i = 0; i < n; ++i) y[i] = (w[i] - beta >= 0.0f ? alpha : -alpha) + beta;
+}
+
+QS_CLONES void adaptive_grad_span(const float* __restrict w, float* __restrict y, int64_t n, float beta, float alpha,
+                                  float centre, float spread) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float u = (w[i] - beta) / alpha;
+    y[i] = (y[i] + centre) + u * spread;
+  }
+}
+
 QS_CLONES float abs_max(const float* __restrict p, int64_t n) {
   float m[kLanes] = {0.0f};
   int64_t i = 0;
@@ -439,9 +471,57 @@ at::Tensor recu_sign_backward(const at::Tensor& grad, const at::Tensor& w, const
   return out;
 }
 
+// AdaBin per row: beta = mean, alpha = the population std (at least 1e-8), wq = alpha * sign(w - beta) + beta.
+// Returns (wq, beta, alpha), the last two [rows].
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_sign(const at::Tensor& w) {
+  check_dense(w, "w");
+  TORCH_CHECK(w.dim() >= 1, "adaptive_sign: a weight with rows");
+  const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
+  at::Tensor out = at::empty_like(w), betas = at::empty({rows}, w.options()), alphas = at::empty({rows}, w.options());
+  const float* src = w.data_ptr<float>();
+  float *dst = out.data_ptr<float>(), *beta = betas.data_ptr<float>(), *alpha = alphas.data_ptr<float>();
+  by_rows(rows, len, [&](int64_t r) {
+    const float* p = src + r * len;
+    const float b = static_cast<float>(plain_sum(p, len) / static_cast<double>(len));
+    const float a = std::max(static_cast<float>(std::sqrt(centred_square_sum(p, len, b) / static_cast<double>(len))), 1e-8f);
+    beta[r] = b, alpha[r] = a;
+    adaptive_sign_span(p, dst + r * len, len, b, a);
+  });
+  return {out, betas, alphas};
+}
+
+// Its backward, EDE through u = (w - beta) / alpha and through alpha and beta: with e = g * EDE'(u) and means
+// over the row, grad_w = e + (mean g - mean e) + u * (mean(g sign u) - mean(e u)) [the last term 0 where alpha
+// is clamped].
+at::Tensor adaptive_sign_backward(const at::Tensor& grad, const at::Tensor& w, const at::Tensor& betas,
+                                  const at::Tensor& alphas, double k, double t) {
+  check_pair(grad, w);
+  const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
+  at::Tensor out = at::empty_like(w);
+  const float *g = grad.data_ptr<float>(), *src = w.data_ptr<float>(), *beta = betas.data_ptr<float>(),
+              *alpha = alphas.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const float slope = static_cast<float>(-2.0 * t), gain = static_cast<float>(4.0 * k * t);
+  const double n = static_cast<double>(len);
+  by_rows(rows, len, [&](int64_t r) {
+    const float *p = src + r * len, *gr = g + r * len;
+    float* e = dst + r * len;
+    adaptive_e_span(gr, p, e, len, beta[r], alpha[r], slope, gain);
+    const float centre = static_cast<float>((plain_sum(gr, len) - plain_sum(e, len)) / n);
+    const float spread = alpha[r] > 1e-8f
+        ? static_cast<float>((adaptive_sign_sum(gr, p, len, beta[r]) - adaptive_e_u_sum(e, p, len, beta[r], alpha[r])) / n)
+        : 0.0f;
+    adaptive_grad_span(p, e, len, beta[r], alpha[r], centre, spread);
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(quantswap_native, m) {
+  m.def("adaptive_sign(Tensor w) -> (Tensor, Tensor, Tensor)", &adaptive_sign);
+  m.def("adaptive_sign_backward(Tensor grad, Tensor w, Tensor beta, Tensor alpha, float k, float t) -> Tensor",
+        &adaptive_sign_backward);
   m.def("recu_sign(Tensor w) -> (Tensor, Tensor, Tensor, Tensor)", &recu_sign);
   m.def("recu_sign_backward(Tensor grad, Tensor w, Tensor mean, Tensor inv, float level) -> Tensor", &recu_sign_backward);
   m.def("libra_sign(Tensor w) -> (Tensor, Tensor, Tensor, Tensor)", &libra_sign);

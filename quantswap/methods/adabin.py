@@ -61,6 +61,10 @@ class _AdaptiveSign(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
+        if w.dim() > 1 and QF._native(w):  # the same numbers, one fused kernel per pass
+            out, beta, alpha = QF._kernels().adaptive_sign(w)
+            ctx.save_for_backward(w, beta, alpha, kt)
+            return out
         beta, alpha = _centre_and_spread(w)
         ctx.save_for_backward(w, beta, alpha, kt)
         return QF.fast_sign((w - beta) / alpha, alpha) + beta
@@ -68,6 +72,9 @@ class _AdaptiveSign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         w, beta, alpha, kt = ctx.saved_tensors
+        if beta.dim() == 1:  # the native forward's per-row numbers
+            k, t = kt.tolist()
+            return QF._kernels().adaptive_sign_backward(grad.contiguous(), w, beta, alpha, k, t), None
         dims = tuple(range(1, w.dim()))
         u = (w - beta) / alpha
         e = QF.ede_grad(grad, u, kt[0], kt[1])
@@ -92,6 +99,10 @@ class AdaBinWeight(WeightQuantizer, EDEScheduled):
 
     @torch.no_grad()
     def encode(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if w.dim() > 1 and QF._native(w):  # the forward's own β and α: codes decode to it bit for bit
+            _, beta, alpha = QF._kernels().adaptive_sign(w)
+            shape = (-1,) + (1,) * (w.dim() - 1)
+            return QF.sign(w - beta.view(shape)).to(torch.int8), torch.stack([alpha, beta])
         beta, alpha = _centre_and_spread(w)
         codes = QF.sign((w - beta) / alpha).to(torch.int8)
         return codes, torch.stack([alpha.flatten(), beta.flatten()])

@@ -62,9 +62,10 @@ class _QuantMixin:
         """Where the convolution or matmul saves its operands for the backward, keep less than two float
         copies: binary inputs (exactly ±1) as int8, and no quantized weight at all (the backward
         quantizes the latent weight again, which is cheaper than keeping a float copy of every weight
-        from the forward to the backward). A no-op outside autograd and under ``torch.compile``
-        (inductor plans its own buffers)."""
-        if not torch.is_grad_enabled() or torch.compiler.is_compiling() or self.is_frozen:
+        from the forward to the backward). A no-op outside autograd and under ``torch.compile`` or
+        ``torch.export`` (inductor plans its own buffers)."""
+        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        if not torch.is_grad_enabled() or tracing or self.is_frozen:
             return contextlib.nullcontext()
         return torch.autograd.graph.saved_tensors_hooks(
             _CompactSaves(self, x if self._unit_signs() else None, w).pack, _CompactSaves.unpack)
