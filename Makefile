@@ -14,7 +14,7 @@ FASHION_MNIST_LOCAL := $(CURDIR)/.data/debian$(FASHION_MNIST_SYSTEM)
 export QUANTSWAP_FASHION_MNIST ?= $(FASHION_MNIST_LOCAL)
 PARENT := runs/fashion-mnist-parent/model.safetensors
 
-.PHONY: install data demo test test-giants test-sweep lint bench accuracy zoo gpu-bench clean
+.PHONY: install data demo test test-giants test-sweep lint bench bench-train accuracy zoo gpu-bench clean
 
 install: $(STAMP)
 
@@ -58,6 +58,14 @@ test-sweep: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check quantswap tests benchmarks
 	$(BIN)/ruff format --check quantswap tests benchmarks
+
+# Issue 14's training numbers in one go: step ratios at 64 and 224 px, eager and compiled, peak training
+# memory and eval-mode latency, every method (about 20 minutes on 2 CPU cores).
+bench-train: $(STAMP)
+	$(BIN)/python benchmarks/swap_overhead.py --output BENCHMARKS.md
+	$(BIN)/python benchmarks/compile_speed.py --output BENCHMARKS.md
+	$(BIN)/python benchmarks/training_memory.py --output BENCHMARKS.md
+	$(BIN)/python benchmarks/eval_latency.py --output BENCHMARKS.md
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/swap_overhead.py --output BENCHMARKS.md
