@@ -64,7 +64,7 @@ def main():
     args = arguments(__doc__)
     fp = measure("float")
     rows = [(label, measure(label) / fp) for label in ALL_VARIANTS]
-    missed = [f"{label} {ratio:.2f}" for label, ratio in rows if ratio > GOAL]
+    missed = [f"{label} {ratio:.3f}" for label, ratio in rows if ratio > GOAL]
     lines = [
         f"Measured by `python benchmarks/training_memory.py` on {machine()}.",
         "",
