@@ -470,7 +470,8 @@ def test_a_binary_conv_keeps_int8_signs_and_no_quantized_weight_for_its_backward
     signs, weight = layer._quantize_input(x), layer.quantized_weight()
     packed = [layer._compact_saves(signs, weight).pack_hook(t) for t in (signs, weight)]
     assert packed[0][0] == "signs" and packed[0][1].dtype == torch.int8  # not a float copy of the signs
-    assert packed[1][0] == "weight" and not any(isinstance(p, torch.Tensor) for p in packed[1])  # nothing weight-sized
+    kept = [p for p in packed[1] if isinstance(p, torch.Tensor)]
+    assert packed[1][0] == "weight" and len(kept) == 1 and kept[0] is layer.weight  # the parameter, no copy
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         layer(x)
     assert (torch.float32, (8, 8, 3, 3)) in saved  # the latent weight (a parameter: no copy)
@@ -484,3 +485,20 @@ def test_changing_the_latent_weight_before_backward_is_an_error():
         layer.weight.add_(1.0)
     with pytest.raises(RuntimeError, match="changed between the forward and the backward"):
         y.sum().backward()
+
+
+def test_the_backward_quantizes_the_weight_the_forward_read_under_functional_call(monkeypatch):
+    """torch.func.functional_call swaps parameters in for the forward only: the backward must quantize the
+    swapped-in weight, not the module's own."""
+    model = quantswap.binarize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 3)),
+                               method="irnet").train()
+    layer = model.get_submodule("1")
+    other = {"weight": (torch.randn_like(layer.weight) * 0.3).requires_grad_(True), "bias": layer.bias}
+    x = torch.randn(2, 8, 6, 6)
+    torch.func.functional_call(layer, other, (x,)).square().sum().backward()
+    grad = other["weight"].grad.clone()
+    other["weight"].grad = None
+    with monkeypatch.context() as m:
+        m.setattr(type(layer), "_compact_saves", lambda self, x, w: __import__("contextlib").nullcontext())
+        torch.func.functional_call(layer, other, (x,)).square().sum().backward()
+    assert torch.equal(grad, other["weight"].grad)

@@ -118,8 +118,9 @@ class _CompactSaves:
 
     def pack(self, tensor: torch.Tensor):
         identity = _identity(tensor)
-        if identity == self.weight:
-            return ("weight", self.layer, self.layer.weight._version, tensor.dtype)
+        if identity == self.weight:  # the latent weight the forward read (torch.func may have swapped it in)
+            latent = self.layer.weight
+            return ("weight", self.layer.weight_quantizer, latent, latent._version, tensor.dtype)
         if identity == self.signs:
             return ("signs", tensor.to(torch.int8), tensor.dtype)  # preserve_format: the same strides back
         return tensor
@@ -131,13 +132,13 @@ class _CompactSaves:
         if packed[0] == "signs":
             _, codes, dtype = packed
             return codes.to(dtype)
-        _, layer, version, dtype = packed
-        if layer.weight._version != version:
+        _, quantizer, latent, version, dtype = packed
+        if latent._version != version:
             raise RuntimeError(
-                f"the latent weight of a {type(layer).__name__} changed between the forward and the backward "
+                "the latent weight of a quantized layer changed between the forward and the backward "
                 "(an optimizer step or an in-place edit before backward()); run backward() first")
         with torch.no_grad():
-            return layer.weight_quantizer(layer.weight).to(dtype)
+            return quantizer(latent.detach()).to(dtype)
 
 
 def _redecode_frozen_weight(layer: _QuantMixin, incompatible_keys) -> None:
