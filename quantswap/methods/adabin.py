@@ -174,7 +174,7 @@ class AdaBinConfig(BiRealLayout):
     citation = ("Tu, Chen, Ren, Wang. AdaBin: Improving Binary Neural Networks with Adaptive Binary Sets. "
                 "ECCV 2022. arXiv:2208.08084")
     code = "huawei-noah/Efficient-Computing"
-    variants = (Variant("adabin", "adabin", benchmark=False),)  # a benchmark row once measured (issue 13)
+    variants = (Variant("adabin", "adabin"),)
 
     t_min: float = 1e-3
     t_max: float = 10.0

@@ -79,7 +79,7 @@ class ReActConfig(BiRealLayout):
     citation = ("Liu, Shen, Savvides, Cheng. ReActNet: Towards Precise Binary Neural Network with Generalized "
                 "Activation Functions. ECCV 2020. arXiv:2003.03488")
     code = "liuzechun/ReActNet"
-    variants = (Variant("react", "react", benchmark=False),)  # a benchmark row once measured (issue 13)
+    variants = (Variant("react", "react"),)
 
     def weight_quantizer(self, layer: nn.Module) -> nn.Module:
         return BiRealWeight()

@@ -186,7 +186,7 @@ class ReCUConfig(BiRealLayout):
     citation = ("Xu, Lin, Zhang, Wang, Chen, Chao, Ji. ReCU: Reviving the Dead Weights in Binary Neural "
                 "Networks. ICCV 2021. arXiv:2103.12369")
     code = "z-hXu/ReCU"
-    variants = (Variant("recu", "recu", benchmark=False),)  # a benchmark row once measured (issue 13)
+    variants = (Variant("recu", "recu"),)
 
     tau_min: float = 0.85
     tau_max: float = 0.99
