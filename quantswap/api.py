@@ -99,7 +99,8 @@ def binarize(
 
     ``options`` are the method config's fields: the shared ``activations``, ``weights`` (``False``:
     real weights with binary activations, W32/A1, the first stage of two-step training; see
-    :func:`quantize_weights`), ``skip_first``, ``skip_last``, ``include``, ``exclude``, and the
+    :func:`quantize_weights`), ``skip_first``, ``skip_last``, ``skip_depthwise`` (depthwise convs stay real
+    unless ``False``), ``include``, ``exclude``, and the
     method's own (see ``quantswap.methods``).
 
     Example:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["QuantConfig", "Variant", "config_for", "config_from_dict", "CONFIG_VERSION", "KINDS"]
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: skip_depthwise (version 1 configs quantized depthwise convs)
 KINDS = ("binary", "ternary")
 
 #: A step of a swap: reads and edits the :class:`~quantswap.fx.pipeline.SwapContext` in place.
@@ -91,6 +91,9 @@ class QuantConfig(abc.ABC):
             :func:`quantswap.quantize_weights` ends.
         skip_first: keep the first Conv/Linear layers (those with no Conv/Linear upstream) real.
         skip_last: keep the last Conv/Linear layers (those with no Conv/Linear downstream) real.
+        skip_depthwise: keep depthwise convs (one input channel per filter, as in MobileNet and
+            EfficientNet) real: quantizing their 9 weights per filter cost MobileNetV2 9-25 top-1 points
+            for a fifth of a megabyte (docs/methods.md#depthwise-convolutions). ``False`` quantizes them.
         include: if given, only layers whose qualified name matches one of these fnmatch patterns
             are candidates.
         exclude: layers whose qualified name matches one of these patterns stay real.
@@ -111,6 +114,7 @@ class QuantConfig(abc.ABC):
     weights: bool = True
     skip_first: bool = True
     skip_last: bool = True
+    skip_depthwise: bool = True
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
 
@@ -129,8 +133,9 @@ class QuantConfig(abc.ABC):
                 f"or pick a W1/A1 method ({', '.join(methods_with_binary_activations())})"
             )
 
-        if not isinstance(self.weights, bool):
-            raise TypeError(f"weights must be True or False, got {self.weights!r}")
+        for name in ("weights", "skip_first", "skip_last", "skip_depthwise"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not self.weights and not self.activations:
             raise ValueError("weights=False keeps the weights real, so it needs binary activations (W32/A1): pass "
                              "activations=True with a W1/A1 method, or drop weights=False")
@@ -227,4 +232,6 @@ def config_from_dict(data: dict[str, Any]) -> QuantConfig:
             "upgrade quantswap (pip install -U quantswap)"
         )
     method = data.pop("method")
+    if version < 2:
+        data.setdefault("skip_depthwise", False)  # what a version 1 config's swap did
     return config_for(method, **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

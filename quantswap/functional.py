@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -40,6 +41,7 @@ __all__ = [
     "ESTIMATORS",
     "sign",
     "fast_sign",
+    "channel_piecewise",
     "clipped_grad",
     "approx_grad",
     "ede_grad",
@@ -76,9 +78,14 @@ def _native(*tensors: torch.Tensor) -> bool:
     if _tracing() or not all(
             t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
         return False
-    from quantswap.kernels import native
+    return _native_module().loaded()
 
-    return native.loaded()
+
+@functools.cache
+def _native_module():
+    from quantswap.kernels import native  # imported on first use: building the kernels needs a compiler
+
+    return native
 
 
 def _kernels():
@@ -141,19 +148,13 @@ def ede_grad(grad: torch.Tensor, x: torch.Tensor, k: torch.Tensor | float, t: to
     return torch.addcmul(z, z, z, value=-1).mul_(grad).mul_(4 * k * t)
 
 
-def _surrogate_grad(grad: torch.Tensor, x: torch.Tensor, estimator: str) -> torch.Tensor:
-    if estimator == "clipped":
-        return clipped_grad(grad, x)
-    if estimator == "approx":
-        return approx_grad(grad, x)
-    raise AssertionError(estimator)  # identity never reaches here
-
-
 class _SignSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, estimator: str) -> torch.Tensor:
         ctx.estimator = estimator
-        if estimator != "identity":
+        if estimator == "clipped":  # the backward needs only where |x| <= 1: one byte per element, not four
+            ctx.save_for_backward(x.abs() <= 1)
+        elif estimator == "approx":
             ctx.save_for_backward(x)
         return fast_sign(x)
 
@@ -161,8 +162,8 @@ class _SignSTE(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         if ctx.estimator == "identity":
             return grad, None
-        (x,) = ctx.saved_tensors
-        return _surrogate_grad(grad, x, ctx.estimator), None
+        (saved,) = ctx.saved_tensors
+        return (grad * saved if ctx.estimator == "clipped" else approx_grad(grad, saved)), None
 
 
 def sign_ste(x: torch.Tensor, estimator: str = "clipped") -> torch.Tensor:
@@ -282,6 +283,35 @@ def mean_abs_sign(w: torch.Tensor, scale_grad: bool = True) -> torch.Tensor:
     return _MeanAbsSign.apply(w, scale_grad)
 
 
+class _ChannelPiecewise(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, shift_in, pos, neg, shift_out):
+        ctx.save_for_backward(x, shift_in, pos, neg)
+        return _kernels().channel_piecewise(x, shift_in, pos, neg, shift_out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, shift_in, pos, neg = ctx.saved_tensors
+        grad_x, sums = _kernels().channel_piecewise_backward(grad.contiguous(), x, shift_in, pos, neg)
+        return grad_x, -sums[3], sums[0], sums[1], sums[2]
+
+
+def channel_piecewise(x: torch.Tensor, shift_in: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                      shift_out: torch.Tensor) -> torch.Tensor:
+    """Per channel ``c`` (dimension 1 of ``x``): ``(pos_c if u > 0 else neg_c) · u + shift_out_c`` with
+    ``u = x − shift_in_c``: RPReLU (``pos = 1``), Maxout (no shifts) and ChannelScale (``pos = neg``).
+
+    Where the native kernels run, one pass forward and one backward (each parameter's gradient summed
+    per channel in double, in a fixed order), saving only ``x``; elsewhere the same formula in PyTorch.
+    A parameter may be passed twice (ChannelScale): autograd adds its two gradients.
+    """
+    if x.dim() >= 2 and _native(x, shift_in, pos, neg, shift_out):
+        return _ChannelPiecewise.apply(x, shift_in, pos, neg, shift_out)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    u = x - shift_in.view(shape)
+    return torch.where(u > 0, pos.view(shape), neg.view(shape)) * u + shift_out.view(shape)
+
+
 def ternary_branches(w: torch.Tensor, thresholds: Sequence[float]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per threshold ``τ``, the mask ``|W| >= τ·max|W|`` (as 0/1 in ``w``'s dtype) and the scale
     ``α = mean(|W| : mask)``.
@@ -291,18 +321,20 @@ def ternary_branches(w: torch.Tensor, thresholds: Sequence[float]) -> list[tuple
     float arithmetic rather than comparisons into boolean tensors (ten times slower on the CPU).
     """
     w = w.detach()
+    # the forward's α where it runs natively (summed in double by its kernel), else the float sums below
     native_alphas = _kernels().ternary_expand(w, list(thresholds))[1].unbind() if _native(w) else None
     mag = w.abs()
     peak = mag.max()
     branches = []
-    for tau in thresholds:
+    for i, tau in enumerate(thresholds):
         below = torch.nextafter(tau * peak, -peak.new_ones(()))  # |W| > below  <=>  |W| >= tau * peak
         mask = (mag - below).sign_().clamp_min_(0)  # x - y is never 0 for floats x > y
+        if native_alphas is not None:
+            branches.append((mask, native_alphas[i]))
+            continue
         # a float sum of ones: exact to 2^24 weights, a rounding of 1e-7 beyond (the codec reads the same α)
         count = mask.sum().clamp_min(1)
         branches.append((mask, (mag * mask).sum() / count))  # α stays a tensor: no sync
-    if native_alphas is not None:  # the forward's α, summed in double by the native kernel
-        branches = [(mask, alpha) for (mask, _), alpha in zip(branches, native_alphas, strict=True)]
     return branches
 
 

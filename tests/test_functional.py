@@ -169,3 +169,49 @@ def test_native_weight_quantizers_equal_the_pytorch_formulas(quantize, monkeypat
     assert torch.equal(out.sign(), ref_out.sign())
     torch.testing.assert_close(out, ref_out, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not NATIVE, reason="no C++ compiler: the PyTorch path is the only one")
+@pytest.mark.parametrize("block", ["rprelu", "maxout", "scale"])
+def test_native_channel_blocks_equal_their_formulas(block, monkeypatch):
+    """RPReLU, Maxout and ChannelScale (one native kernel each way) against their defining formulas in
+    float64: outputs and the gradients of the input and of every per-channel parameter."""
+    from quantswap.nn.blocks import ChannelScale, Maxout, RPReLU
+
+    torch.manual_seed(0)
+    module = {"rprelu": lambda: RPReLU(6), "maxout": lambda: Maxout(6),
+              "scale": lambda: ChannelScale(torch.rand(6) + 0.5)}[block]()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(4, 6, 5, 7) * 2
+    x[0, 0, 0, :3] = 0.0  # ties at u = 0 take the negative side's slope
+    g = torch.randn_like(x)
+    shape = (1, -1, 1, 1)
+
+    def formula(v, params):  # float64, from the definitions in quantswap/nn/blocks.py
+        if block == "rprelu":
+            u = v - params["shift_in"].view(shape)
+            return torch.where(u > 0, u, params["slope"].view(shape) * u) + params["shift_out"].view(shape)
+        if block == "maxout":
+            return torch.where(v > 0, params["positive"].view(shape) * v, params["negative"].view(shape) * v)
+        return v * params["scale"].view(shape)
+
+    def forward_backward(v):
+        v = v.clone().requires_grad_(True)
+        module.zero_grad()
+        out = module(v)
+        out.backward(g)
+        return out.detach(), v.grad, {n: p.grad.clone() for n, p in module.named_parameters()}
+
+    native, pytorch = _both(forward_backward, x, monkeypatch=monkeypatch)
+    params = {n: p.detach().double().requires_grad_(True) for n, p in module.named_parameters()}
+    v = x.double().requires_grad_(True)
+    want = formula(v, params)
+    want.backward(g.double())
+    for out, grad, grads in (native, pytorch):
+        torch.testing.assert_close(out.double(), want.detach(), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(grad.double(), v.grad, rtol=1e-6, atol=1e-6)
+        for name, p in params.items():
+            torch.testing.assert_close(grads[name].double(), p.grad, rtol=1e-5, atol=1e-5)
+    assert torch.equal(native[0], pytorch[0]) and torch.equal(native[1], pytorch[1])  # elementwise: bit for bit

@@ -43,7 +43,9 @@ class OddConvs(nn.Module):
 @pytest.mark.parametrize("method", ["mcdonnell", "ternary"])
 def test_weight_only_swap_equals_the_float_model_with_quantized_weights(method):
     model = OddConvs().eval()
-    swapped = quantswap.ternarize(model, 2) if method == "ternary" else quantswap.binarize(model, method=method)
+    options = dict(skip_depthwise=False)  # quantize the depthwise conv too (it is kept real by default)
+    swapped = (quantswap.ternarize(model, 2, **options) if method == "ternary"
+               else quantswap.binarize(model, method=method, **options))
     reference = copy.deepcopy(model)
     for name in quantswap.get_swap_report(swapped).quantized:
         layer = swapped.get_submodule(name)
@@ -98,6 +100,38 @@ def test_include_exclude_and_skip_options():
     report = quantswap.get_swap_report(quantswap.binarize(resnet18(), method="mcdonnell", skip_first=False,
                                                           skip_last=False))
     assert "conv1" in report.quantized and "fc" in report.quantized
+
+
+class Separable(nn.Module):
+    """A depthwise 3x3 (groups == in_channels), a grouped conv (2 channels per group) and a pointwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.pointwise = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.pointwise(self.grouped(self.depthwise(self.stem(x)))))
+
+
+def test_depthwise_convs_stay_real_unless_asked():
+    report = quantswap.get_swap_report(quantswap.binarize(Separable(), method="irnet"))
+    assert report.kept_real["depthwise"] == "depthwise conv (skip_depthwise=True)"
+    assert report.quantized == ["grouped", "pointwise"]  # a grouped conv with 2 channels per group is not depthwise
+    report = quantswap.get_swap_report(quantswap.ternarize(Separable(), expansion=2, skip_depthwise=False))
+    assert report.quantized == ["depthwise", "grouped", "pointwise"]
+    with pytest.raises(TypeError, match="skip_depthwise must be True or False"):
+        quantswap.binarize(Separable(), method="irnet", skip_depthwise="no")
+
+
+def test_a_config_written_before_skip_depthwise_rebuilds_the_swap_it_made():
+    new = quantswap.config_for("irnet").to_dict()
+    assert new["version"] == 2 and new["skip_depthwise"] is True
+    old = {k: v for k, v in new.items() if k != "skip_depthwise"} | {"version": 1}
+    assert quantswap.config_from_dict(old).skip_depthwise is False  # version 1 quantized depthwise convs
 
 
 def test_binary_activation_methods_replace_relus_feeding_binary_layers():

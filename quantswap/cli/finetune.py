@@ -32,6 +32,7 @@ HELP = {
     "method_options": "other options of the method's config as KEY=VALUE, e.g. t_min=0.01 keep_downsample=false",
     "include": "glob patterns of layer names to swap, e.g. 'layer4.*' (default: every eligible layer)",
     "exclude": "glob patterns of layer names kept real, e.g. 'features.*.conv.1.0'",
+    "skip_depthwise": "keep depthwise convs real (the default; --no-skip-depthwise quantizes them)",
     "weights": "DEFAULT (the builder's pretrained weights, online), none, or a local .safetensors / torch state dict",
     "data": "fashion-mnist, cifar10, cifar100 or imagefolder:PATH (PATH/train, PATH/val)",
     "optimizer": "any timm optimizer name: adamw, adam, sgd, lamb, ...",

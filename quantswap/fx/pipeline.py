@@ -117,6 +117,11 @@ def _eligible(ctx: SwapContext) -> tuple[list[str], set[str], set[str]]:
     return eligible, first, last
 
 
+def is_depthwise(layer: nn.Module) -> bool:
+    """A conv with one input channel per filter (``groups == in_channels > 1``): MobileNet's 3x3s."""
+    return isinstance(layer, nn.Conv2d) and layer.groups > 1 and layer.groups == layer.in_channels
+
+
 def _why_real(config: QuantConfig, name: str, layer: nn.Module, first: set[str], last: set[str]) -> str | None:
     def matches(patterns: Iterable[str]) -> bool:
         return any(fnmatch.fnmatchcase(name, p) for p in patterns)
@@ -129,6 +134,8 @@ def _why_real(config: QuantConfig, name: str, layer: nn.Module, first: set[str],
         return "first layer (skip_first=True)"
     if config.skip_last and name in last:
         return "last layer (skip_last=True)"
+    if config.skip_depthwise and is_depthwise(layer):
+        return "depthwise conv (skip_depthwise=True)"
     if config.keep_real(layer):
         return f"kept real by method {config.method!r}"
     return None

@@ -106,6 +106,22 @@ QS_CLONES void apply_sign_span(const float* __restrict x, float* __restrict y, i
   }
 }
 
+// The per-channel piecewise-linear map of RPReLU, Maxout and ChannelScale on one channel's span:
+// u = x - shift_in, y = (u > 0 ? pos : neg) * u + shift_out.
+QS_CLONES void piecewise_span(const float* __restrict x, float* __restrict y, int64_t n, float shift_in, float pos,
+                              float neg, float shift_out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float u = x[i] - shift_in;
+    y[i] = (u > 0.0f ? pos : neg) * u + shift_out;
+  }
+}
+
+// Its input gradient: g * (u > 0 ? pos : neg).
+QS_CLONES void piecewise_grad_span(const float* __restrict g, const float* __restrict x, float* __restrict y, int64_t n,
+                                   float shift_in, float pos, float neg) {
+  for (int64_t i = 0; i < n; ++i) y[i] = g[i] * (x[i] - shift_in > 0.0f ? pos : neg);
+}
+
 // The sums, in kLanes double lanes: acc[l] += term(i) for i = l mod kLanes, lanes added in order at the end.
 #define QS_LANE_SUM(n, term)                                                   \
   double acc[kLanes] = {0.0};                                                  \
@@ -138,6 +154,14 @@ QS_CLONES double kept_count(const float* __restrict p, int64_t n, float delta) {
 }
 
 QS_CLONES double plain_sum(const float* __restrict p, int64_t n) { QS_LANE_SUM(n, p[j]) }
+
+// sum of g * u over u = x - shift_in > 0 (positive) or <= 0 (!positive): the slopes' gradients.
+QS_CLONES double side_sum(const float* __restrict g, const float* __restrict x, int64_t n, float shift_in, bool positive) {
+  if (positive) {
+    QS_LANE_SUM(n, (x[j] - shift_in > 0.0f ? g[j] * (x[j] - shift_in) : 0.0f))
+  }
+  QS_LANE_SUM(n, (x[j] - shift_in > 0.0f ? 0.0f : g[j] * (x[j] - shift_in)))
+}
 
 QS_CLONES double centred_square_sum(const float* __restrict p, int64_t n, float mean) {
   QS_LANE_SUM(n, (p[j] - mean) * (p[j] - mean))
@@ -240,6 +264,9 @@ void check_pair(const at::Tensor& grad, const at::Tensor& x) {
   TORCH_CHECK(grad.sizes() == x.sizes(), "grad and x must have the same shape");
 }
 
+// n - 1, the unbiased variance's divisor (1 for a one-element row).
+inline double degrees_of_freedom(int64_t len) { return static_cast<double>(std::max<int64_t>(len - 1, 1)); }
+
 // body(begin, end) over [0, n) in blocks of kGrain elements.
 template <typename F>
 void elementwise(int64_t n, const F& body) {
@@ -273,36 +300,34 @@ at::Tensor scaled_sign(const at::Tensor& x, const std::optional<at::Tensor>& sca
   return out;
 }
 
-// grad * max(0, 2 - 2|x|): ApproxSign's derivative.
-at::Tensor approx_grad(const at::Tensor& grad, const at::Tensor& x) {
+// out = span(grad, x) over two tensors of one shape, in parallel blocks: span(g, x, out, n) writes n elements.
+template <typename Span>
+at::Tensor map_pair(const at::Tensor& grad, const at::Tensor& x, const Span& span) {
   check_pair(grad, x);
   at::Tensor out = at::empty_like(x);
   const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>();
   float* dst = out.data_ptr<float>();
-  elementwise(x.numel(), [&](int64_t b, int64_t e) { approx_span(g + b, src + b, dst + b, e - b); });
+  elementwise(x.numel(), [&](int64_t b, int64_t e) { span(g + b, src + b, dst + b, e - b); });
   return out;
+}
+
+// grad * max(0, 2 - 2|x|): ApproxSign's derivative.
+at::Tensor approx_grad(const at::Tensor& grad, const at::Tensor& x) {
+  return map_pair(grad, x, [](const float* g, const float* v, float* y, int64_t n) { approx_span(g, v, y, n); });
 }
 
 // grad * k t (1 - tanh^2(t x)) = grad * 4 k t e / (1 + e)^2 with e = exp(-2 t |x|): the Error Decay Estimator.
 at::Tensor ede_grad(const at::Tensor& grad, const at::Tensor& x, double k, double t) {
-  check_pair(grad, x);
-  at::Tensor out = at::empty_like(x);
-  const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
   const float slope = static_cast<float>(-2.0 * t), gain = static_cast<float>(4.0 * k * t);
-  elementwise(x.numel(), [&](int64_t b, int64_t e) { ede_span(g + b, src + b, dst + b, e - b, slope, gain); });
-  return out;
+  return map_pair(grad, x, [&](const float* g, const float* v, float* y, int64_t n) { ede_span(g, v, y, n, slope, gain); });
 }
 
 // grad * factor * 1[|x| < bound]: the ternary straight-through estimator summed over `factor` branches.
 at::Tensor clipped_scaled_grad(const at::Tensor& grad, const at::Tensor& x, double bound, double factor) {
-  check_pair(grad, x);
-  at::Tensor out = at::empty_like(x);
-  const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
   const float b = static_cast<float>(bound), f = static_cast<float>(factor);
-  elementwise(x.numel(), [&](int64_t s, int64_t e) { clipped_scaled_span(g + s, src + s, dst + s, e - s, b, f); });
-  return out;
+  return map_pair(grad, x, [&](const float* g, const float* v, float* y, int64_t n) {
+    clipped_scaled_span(g, v, y, n, b, f);
+  });
 }
 
 // Per row of w [rows, ...]: mean |w|, summed in double.
@@ -381,7 +406,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> libra_sign(const at::
   check_dense(w, "w");
   TORCH_CHECK(w.dim() >= 1, "libra_sign: a weight with rows");
   const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
-  const double dof = static_cast<double>(std::max<int64_t>(len - 1, 1));
+  const double dof = degrees_of_freedom(len);
   at::Tensor out = at::empty_like(w), means = at::empty({rows}, w.options()), invs = at::empty({rows}, w.options()),
              scales = at::empty({rows}, w.options());
   const float* src = w.data_ptr<float>();
@@ -400,27 +425,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> libra_sign(const at::
   return {out, means, invs, scales};
 }
 
+// The per-row backward drivers: out = body(r, grad row, w row, out row, len) for each row of w [rows, ...].
+template <typename Body>
+at::Tensor rows_backward(const at::Tensor& grad, const at::Tensor& w, const Body& body) {
+  check_pair(grad, w);
+  const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
+  at::Tensor out = at::empty_like(w);
+  const float *g = grad.data_ptr<float>(), *src = w.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  by_rows(rows, len, [&](int64_t r) { body(r, g + r * len, src + r * len, dst + r * len, len); });
+  return out;
+}
+
 // Its backward, EDE through the standardization: h = scale * g * EDE'(u),
 // grad_w = (h - mean h - u * sum(h u) / (len - 1)) * inv.
 at::Tensor libra_sign_backward(const at::Tensor& grad, const at::Tensor& w, const at::Tensor& means,
                                const at::Tensor& invs, const at::Tensor& scales, double k, double t) {
-  check_pair(grad, w);
-  const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
-  const double dof = static_cast<double>(std::max<int64_t>(len - 1, 1));
-  at::Tensor out = at::empty_like(w);
-  const float *g = grad.data_ptr<float>(), *src = w.data_ptr<float>(), *mean = means.data_ptr<float>(),
-              *inv = invs.data_ptr<float>(), *scale = scales.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
+  const float *mean = means.data_ptr<float>(), *inv = invs.data_ptr<float>(), *scale = scales.data_ptr<float>();
   const float slope = static_cast<float>(-2.0 * t), gain = static_cast<float>(4.0 * k * t);
-  by_rows(rows, len, [&](int64_t r) {
-    const float *p = src + r * len, *gr = g + r * len;
-    float* h = dst + r * len;
-    libra_h_span(gr, p, h, len, mean[r], inv[r], scale[r], slope, gain);
+  return rows_backward(grad, w, [&](int64_t r, const float* g, const float* p, float* h, int64_t len) {
+    libra_h_span(g, p, h, len, mean[r], inv[r], scale[r], slope, gain);
     const float h_mean = static_cast<float>(plain_sum(h, len) / static_cast<double>(len));
-    const float spread = static_cast<float>(h_u_sum(h, p, len, mean[r], inv[r]) / dof);
+    const float spread = static_cast<float>(h_u_sum(h, p, len, mean[r], inv[r]) / degrees_of_freedom(len));
     libra_grad_span(p, h, len, mean[r], inv[r], h_mean, spread);
   });
-  return out;
 }
 
 // ReCU per row: mean, d = sqrt(var + 1e-5) / (2 sqrt 2) (unbiased variance), u = (w - mean) / d, and
@@ -430,7 +458,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recu_sign(const at::T
   check_dense(w, "w");
   TORCH_CHECK(w.dim() >= 1, "recu_sign: a weight with rows");
   const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
-  const double dof = static_cast<double>(std::max<int64_t>(len - 1, 1));
+  const double dof = degrees_of_freedom(len);
   at::Tensor out = at::empty_like(w), means = at::empty({rows}, w.options()), invs = at::empty({rows}, w.options()),
              abs_sums = at::empty({rows}, w.options().dtype(at::kDouble));
   const float* src = w.data_ptr<float>();
@@ -452,23 +480,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recu_sign(const at::T
 // h = g * 1[|u| <= level], grad_w = (h - mean h - u * sum(h u) / (8 (len - 1))) / d.
 at::Tensor recu_sign_backward(const at::Tensor& grad, const at::Tensor& w, const at::Tensor& means,
                               const at::Tensor& invs, double level) {
-  check_pair(grad, w);
-  const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
-  const double dof = static_cast<double>(std::max<int64_t>(len - 1, 1));
-  at::Tensor out = at::empty_like(w);
-  const float *g = grad.data_ptr<float>(), *src = w.data_ptr<float>(), *mean = means.data_ptr<float>(),
-              *inv = invs.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
+  const float *mean = means.data_ptr<float>(), *inv = invs.data_ptr<float>();
   const float q = static_cast<float>(level);
-  by_rows(rows, len, [&](int64_t r) {
-    const float *p = src + r * len, *gr = g + r * len;
-    float* h = dst + r * len;
-    window_h_span(gr, p, h, len, mean[r], inv[r], q);
+  return rows_backward(grad, w, [&](int64_t r, const float* g, const float* p, float* h, int64_t len) {
+    window_h_span(g, p, h, len, mean[r], inv[r], q);
     const float h_mean = static_cast<float>(plain_sum(h, len) / static_cast<double>(len));
-    const float spread = static_cast<float>(h_u_sum(h, p, len, mean[r], inv[r]) / (8.0 * dof));
+    const float spread = static_cast<float>(h_u_sum(h, p, len, mean[r], inv[r]) / (8.0 * degrees_of_freedom(len)));
     libra_grad_span(p, h, len, mean[r], inv[r], h_mean, spread);
   });
-  return out;
 }
 
 // AdaBin per row: beta = mean, alpha = the population std (at least 1e-8), wq = alpha * sign(w - beta) + beta.
@@ -495,25 +514,68 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_sign(const at::Tensor& w
 // is clamped].
 at::Tensor adaptive_sign_backward(const at::Tensor& grad, const at::Tensor& w, const at::Tensor& betas,
                                   const at::Tensor& alphas, double k, double t) {
-  check_pair(grad, w);
-  const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
-  at::Tensor out = at::empty_like(w);
-  const float *g = grad.data_ptr<float>(), *src = w.data_ptr<float>(), *beta = betas.data_ptr<float>(),
-              *alpha = alphas.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
+  const float *beta = betas.data_ptr<float>(), *alpha = alphas.data_ptr<float>();
   const float slope = static_cast<float>(-2.0 * t), gain = static_cast<float>(4.0 * k * t);
-  const double n = static_cast<double>(len);
-  by_rows(rows, len, [&](int64_t r) {
-    const float *p = src + r * len, *gr = g + r * len;
-    float* e = dst + r * len;
-    adaptive_e_span(gr, p, e, len, beta[r], alpha[r], slope, gain);
-    const float centre = static_cast<float>((plain_sum(gr, len) - plain_sum(e, len)) / n);
+  return rows_backward(grad, w, [&](int64_t r, const float* g, const float* p, float* e, int64_t len) {
+    const double n = static_cast<double>(len);
+    adaptive_e_span(g, p, e, len, beta[r], alpha[r], slope, gain);
+    const float centre = static_cast<float>((plain_sum(g, len) - plain_sum(e, len)) / n);
     const float spread = alpha[r] > 1e-8f
-        ? static_cast<float>((adaptive_sign_sum(gr, p, len, beta[r]) - adaptive_e_u_sum(e, p, len, beta[r], alpha[r])) / n)
+        ? static_cast<float>((adaptive_sign_sum(g, p, len, beta[r]) - adaptive_e_u_sum(e, p, len, beta[r], alpha[r])) / n)
         : 0.0f;
     adaptive_grad_span(p, e, len, beta[r], alpha[r], centre, spread);
   });
+}
+
+// The per-channel piecewise-linear map over x [N, C, *] (channel c: dimension 1), one parameter per channel:
+// y = (u > 0 ? pos : neg) * u + shift_out with u = x - shift_in. RPReLU is pos = 1, neg = its slope;
+// Maxout shift_in = shift_out = 0; ChannelScale pos = neg = its scale.
+at::Tensor channel_piecewise(const at::Tensor& x, const at::Tensor& shift_in, const at::Tensor& pos,
+                             const at::Tensor& neg, const at::Tensor& shift_out) {
+  check_dense(x, "x");
+  TORCH_CHECK(x.dim() >= 2, "channel_piecewise: x must be [N, C, ...]");
+  const int64_t channels = x.size(1), blocks = x.size(0) * channels, len = blocks ? x.numel() / blocks : 0;
+  for (const at::Tensor* t : {&shift_in, &pos, &neg, &shift_out}) {
+    check_dense(*t, "a channel parameter");
+    TORCH_CHECK(t->numel() == channels, "channel_piecewise: one parameter per channel");
+  }
+  at::Tensor out = at::empty_like(x);
+  const float *src = x.data_ptr<float>(), *in = shift_in.data_ptr<float>(), *a = pos.data_ptr<float>(),
+              *b = neg.data_ptr<float>(), *o = shift_out.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  by_rows(blocks, len, [&](int64_t k) {
+    const int64_t c = k % channels;
+    piecewise_span(src + k * len, dst + k * len, len, in[c], a[c], b[c], o[c]);
+  });
   return out;
+}
+
+// Its backward: (grad_x, sums [4, C]) with, per channel, the sums over N and the trailing dimensions of
+// g * u where u > 0, g * u where u <= 0, g, and grad_x: the gradients of pos, neg, shift_out and -shift_in.
+// Each channel is summed by one task in a fixed order (double lanes, then the N blocks in turn).
+std::tuple<at::Tensor, at::Tensor> channel_piecewise_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                              const at::Tensor& shift_in, const at::Tensor& pos,
+                                                              const at::Tensor& neg) {
+  check_pair(grad, x);
+  TORCH_CHECK(x.dim() >= 2, "channel_piecewise_backward: x must be [N, C, ...]");
+  const int64_t batch = x.size(0), channels = x.size(1), len = batch * channels ? x.numel() / (batch * channels) : 0;
+  at::Tensor out = at::empty_like(x), sums = at::empty({4, channels}, x.options());
+  const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>(), *in = shift_in.data_ptr<float>(),
+              *a = pos.data_ptr<float>(), *b = neg.data_ptr<float>();
+  float *dst = out.data_ptr<float>(), *sum = sums.data_ptr<float>();
+  by_rows(channels, batch * len, [&](int64_t c) {
+    double total[4] = {0.0, 0.0, 0.0, 0.0};
+    for (int64_t n = 0; n < batch; ++n) {
+      const int64_t at = (n * channels + c) * len;
+      piecewise_grad_span(g + at, src + at, dst + at, len, in[c], a[c], b[c]);
+      total[0] += side_sum(g + at, src + at, len, in[c], true);
+      total[1] += side_sum(g + at, src + at, len, in[c], false);
+      total[2] += plain_sum(g + at, len);
+      total[3] += plain_sum(dst + at, len);
+    }
+    for (int j = 0; j < 4; ++j) sum[j * channels + c] = static_cast<float>(total[j]);
+  });
+  return {out, sums};
 }
 
 }  // namespace
@@ -534,6 +596,10 @@ TORCH_LIBRARY_FRAGMENT(quantswap_native, m) {
   m.def("row_mean_abs(Tensor w) -> Tensor", &row_mean_abs);
   m.def("mean_abs_sign_backward(Tensor grad, Tensor w, Tensor scale, bool scale_grad) -> Tensor", &mean_abs_sign_backward);
   m.def("ternary_expand(Tensor w, float[] thresholds) -> (Tensor, Tensor)", &ternary_expand);
+  m.def("channel_piecewise(Tensor x, Tensor shift_in, Tensor pos, Tensor neg, Tensor shift_out) -> Tensor",
+        &channel_piecewise);
+  m.def("channel_piecewise_backward(Tensor grad, Tensor x, Tensor shift_in, Tensor pos, Tensor neg) -> (Tensor, Tensor)",
+        &channel_piecewise_backward);
 }
 
 }  // namespace quantswap

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+from quantswap import functional as QF
 
 __all__ = ["ChannelScale", "Maxout", "RPReLU", "ShiftedReLU", "bireal_shortcut"]
 
@@ -29,7 +29,8 @@ class ChannelScale(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channel_dim == -1:
             return x * self.scale
-        return x * self.scale.view((1, -1) + (1,) * (x.dim() - 2))
+        zero = torch.zeros_like(self.scale)
+        return QF.channel_piecewise(x, zero, self.scale, self.scale, zero)
 
     def extra_repr(self) -> str:
         return f"channels={self.scale.numel()}, channel_dim={self.channel_dim}"
@@ -50,8 +51,7 @@ class RPReLU(nn.Module):
         self.shift_out = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return F.prelu(x - self.shift_in.view(shape), self.slope) + self.shift_out.view(shape)
+        return QF.channel_piecewise(x, self.shift_in, torch.ones_like(self.slope), self.slope, self.shift_out)
 
     def extra_repr(self) -> str:
         return f"channels={self.slope.numel()}"
@@ -68,8 +68,8 @@ class Maxout(nn.Module):
         self.positive = nn.Parameter(torch.full((channels,), positive))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return self.positive.view(shape) * F.relu(x) - self.negative.view(shape) * F.relu(-x)
+        zero = torch.zeros_like(self.positive)
+        return QF.channel_piecewise(x, zero, self.positive, self.negative, zero)
 
     def extra_repr(self) -> str:
         return f"channels={self.positive.numel()}"

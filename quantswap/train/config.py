@@ -73,6 +73,7 @@ class FinetuneConfig:
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # the method config's own fields
     skip_first: bool = True
     skip_last: bool = True
+    skip_depthwise: bool = True  # keep depthwise convs real (QuantConfig.skip_depthwise)
     include: list[str] | None = None  # glob patterns of layer names to swap (default: every eligible layer)
     exclude: list[str] = dataclasses.field(default_factory=list)  # glob patterns of layer names kept real
     weights: str = "DEFAULT"  # DEFAULT (the builder's pretrained weights), none, or a local file
@@ -237,7 +238,8 @@ class FinetuneConfig:
             >>> FinetuneConfig(method="ternary", expansion=2).quant_config().label
             'ternary t=2'
         """
-        options = {"skip_first": self.skip_first, "skip_last": self.skip_last, "include": self.include,
+        options = {"skip_first": self.skip_first, "skip_last": self.skip_last, "skip_depthwise": self.skip_depthwise,
+                   "include": self.include,
                    "exclude": self.exclude, **self.method_options}
         for name in ("activations", "expansion"):  # None: the method's default (and no such option needed)
             if getattr(self, name) is not None:
