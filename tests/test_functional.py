@@ -215,3 +215,34 @@ def test_native_channel_blocks_equal_their_formulas(block, monkeypatch):
         for name, p in params.items():
             torch.testing.assert_close(grads[name].double(), p.grad, rtol=1e-5, atol=1e-5)
     assert torch.equal(native[0], pytorch[0]) and torch.equal(native[1], pytorch[1])  # elementwise: bit for bit
+
+
+@pytest.mark.skipif(not NATIVE, reason="no C++ compiler: the PyTorch path is the only one")
+@pytest.mark.parametrize("activation", ["react", "recu", "adabin"])
+def test_native_activation_quantizers_equal_the_pytorch_path(activation, monkeypatch):
+    """RSign, ReCU's normalized ApproxSign and AdaBin's adaptive sign: one fused kernel each way against
+    their PyTorch autograd path (the methods' tests check that path against the closed forms). Signs
+    and the input gradient's elementwise part agree exactly, sums to float32 rounding."""
+    from quantswap.methods.adabin import AdaBinSign
+    from quantswap.methods.react import RSign
+    from quantswap.methods.recu import ReCUSign
+
+    torch.manual_seed(0)
+    module = {"react": lambda: RSign(6), "recu": ReCUSign, "adabin": AdaBinSign}[activation]()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    x, g = torch.randn(4, 6, 5, 7), torch.randn(4, 6, 5, 7)
+
+    def forward_backward(v):
+        v = v.clone().requires_grad_(True)
+        module.zero_grad()
+        out = module(v)
+        out.backward(g)
+        return out.detach(), v.grad, [p.grad.clone() for p in module.parameters()]
+
+    (out, grad, grads), (ref_out, ref_grad, ref_grads) = _both(forward_backward, x, monkeypatch=monkeypatch)
+    assert torch.equal(out, ref_out)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+    for p, q in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)

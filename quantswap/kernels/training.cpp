@@ -61,10 +61,6 @@ QS_CLONES void sign_span(const float* __restrict x, float* __restrict y, int64_t
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] >= 0.0f ? pos : neg;
 }
 
-QS_CLONES void approx_span(const float* __restrict g, const float* __restrict x, float* __restrict y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = std::max(2.0f - 2.0f * std::fabs(x[i]), 0.0f) * g[i];
-}
-
 QS_CLONES void ede_span(const float* __restrict g, const float* __restrict x, float* __restrict y, int64_t n,
                         float slope, float gain) {
   for (int64_t i = 0; i < n; ++i) {
@@ -104,6 +100,28 @@ QS_CLONES void apply_sign_span(const float* __restrict x, float* __restrict y, i
     const float level = y[i];
     y[i] = x[i] >= 0.0f ? level : -level;
   }
+}
+
+// RSign: y = sign(x + shift).
+QS_CLONES void shifted_sign_span(const float* __restrict x, float* __restrict y, int64_t n, float shift) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] + shift >= 0.0f ? 1.0f : -1.0f;
+}
+
+// ApproxSign's derivative at z = (x + shift) * inv: y = g * max(0, 2 - 2|z|) (RSign: inv = 1; ReCU's activation:
+// shift = 0, inv = 1 / its per-sample std).
+QS_CLONES void approx_at_span(const float* __restrict g, const float* __restrict x, float* __restrict y, int64_t n,
+                              float shift, float inv) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::max(2.0f - 2.0f * std::fabs((x[i] + shift) * inv), 0.0f) * g[i];
+}
+
+// AdaBin's activation: y = (u >= 0 ? alpha : -alpha) + beta with u = (x - beta) / alpha (alpha may be negative).
+QS_CLONES void adaptive_activation_span(const float* __restrict x, float* __restrict y, int64_t n, float beta, float alpha) {
+  for (int64_t i = 0; i < n; ++i) y[i] = ((x[i] - beta) / alpha >= 0.0f ? alpha : -alpha) + beta;
+}
+
+QS_CLONES void adaptive_activation_grad_span(const float* __restrict g, const float* __restrict x, float* __restrict y,
+                                             int64_t n, float beta, float alpha) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::max(2.0f - 2.0f * std::fabs((x[i] - beta) / alpha), 0.0f) * g[i];
 }
 
 // The per-channel piecewise-linear map of RPReLU, Maxout and ChannelScale on one channel's span:
@@ -161,6 +179,17 @@ QS_CLONES double side_sum(const float* __restrict g, const float* __restrict x, 
     QS_LANE_SUM(n, (x[j] - shift_in > 0.0f ? g[j] * (x[j] - shift_in) : 0.0f))
   }
   QS_LANE_SUM(n, (x[j] - shift_in > 0.0f ? 0.0f : g[j] * (x[j] - shift_in)))
+}
+
+// AdaBin's activation sums: g * sign(u) and d * u with u = (x - beta) / alpha.
+QS_CLONES double adaptive_activation_sign_sum(const float* __restrict g, const float* __restrict x, int64_t n, float beta,
+                                              float alpha) {
+  QS_LANE_SUM(n, ((x[j] - beta) / alpha >= 0.0f ? g[j] : -g[j]))
+}
+
+QS_CLONES double adaptive_activation_du_sum(const float* __restrict d, const float* __restrict x, int64_t n, float beta,
+                                            float alpha) {
+  QS_LANE_SUM(n, d[j] * ((x[j] - beta) / alpha))
 }
 
 QS_CLONES double centred_square_sum(const float* __restrict p, int64_t n, float mean) {
@@ -313,7 +342,7 @@ at::Tensor map_pair(const at::Tensor& grad, const at::Tensor& x, const Span& spa
 
 // grad * max(0, 2 - 2|x|): ApproxSign's derivative.
 at::Tensor approx_grad(const at::Tensor& grad, const at::Tensor& x) {
-  return map_pair(grad, x, [](const float* g, const float* v, float* y, int64_t n) { approx_span(g, v, y, n); });
+  return map_pair(grad, x, [](const float* g, const float* v, float* y, int64_t n) { approx_at_span(g, v, y, n, 0.0f, 1.0f); });
 }
 
 // grad * k t (1 - tanh^2(t x)) = grad * 4 k t e / (1 + e)^2 with e = exp(-2 t |x|): the Error Decay Estimator.
@@ -527,54 +556,157 @@ at::Tensor adaptive_sign_backward(const at::Tensor& grad, const at::Tensor& w, c
   });
 }
 
-// The per-channel piecewise-linear map over x [N, C, *] (channel c: dimension 1), one parameter per channel:
+// x [N, C, *] as N * C blocks of `len` elements; channel c's blocks are n * C + c.
+struct Channels {
+  int64_t batch, channels, len;
+  Channels(const at::Tensor& x, const char* op) {
+    check_dense(x, "x");
+    TORCH_CHECK(x.dim() >= 2, op, ": x must be [N, C, ...]");
+    batch = x.size(0), channels = x.size(1), len = batch * channels ? x.numel() / (batch * channels) : 0;
+  }
+  const float* param(const at::Tensor& t) const {
+    check_dense(t, "a channel parameter");
+    TORCH_CHECK(t.numel() == channels, "one parameter per channel");
+    return t.data_ptr<float>();
+  }
+  // body(c, block) for every block of x, about kGrain elements per task.
+  template <typename F>
+  void blocks(const F& body) const {
+    by_rows(batch * channels, len, [&](int64_t k) { body(k % channels, k * len); });
+  }
+  // body(c, sums) per channel, one task per channel, which visits its blocks in order through each(n -> offset):
+  // per-channel sums do not depend on the number of threads.
+  template <typename F>
+  void per_channel(const F& body) const {
+    by_rows(channels, batch * len, [&](int64_t c) { body(c, [&](int64_t n) { return (n * channels + c) * len; }); });
+  }
+};
+
+// The per-channel piecewise-linear map, one parameter per channel (dimension 1 of x):
 // y = (u > 0 ? pos : neg) * u + shift_out with u = x - shift_in. RPReLU is pos = 1, neg = its slope;
 // Maxout shift_in = shift_out = 0; ChannelScale pos = neg = its scale.
 at::Tensor channel_piecewise(const at::Tensor& x, const at::Tensor& shift_in, const at::Tensor& pos,
                              const at::Tensor& neg, const at::Tensor& shift_out) {
-  check_dense(x, "x");
-  TORCH_CHECK(x.dim() >= 2, "channel_piecewise: x must be [N, C, ...]");
-  const int64_t channels = x.size(1), blocks = x.size(0) * channels, len = blocks ? x.numel() / blocks : 0;
-  for (const at::Tensor* t : {&shift_in, &pos, &neg, &shift_out}) {
-    check_dense(*t, "a channel parameter");
-    TORCH_CHECK(t->numel() == channels, "channel_piecewise: one parameter per channel");
-  }
+  const Channels ch(x, "channel_piecewise");
+  const float *in = ch.param(shift_in), *a = ch.param(pos), *b = ch.param(neg), *o = ch.param(shift_out);
   at::Tensor out = at::empty_like(x);
-  const float *src = x.data_ptr<float>(), *in = shift_in.data_ptr<float>(), *a = pos.data_ptr<float>(),
-              *b = neg.data_ptr<float>(), *o = shift_out.data_ptr<float>();
+  const float* src = x.data_ptr<float>();
   float* dst = out.data_ptr<float>();
-  by_rows(blocks, len, [&](int64_t k) {
-    const int64_t c = k % channels;
-    piecewise_span(src + k * len, dst + k * len, len, in[c], a[c], b[c], o[c]);
-  });
+  ch.blocks([&](int64_t c, int64_t at) { piecewise_span(src + at, dst + at, ch.len, in[c], a[c], b[c], o[c]); });
   return out;
 }
 
 // Its backward: (grad_x, sums [4, C]) with, per channel, the sums over N and the trailing dimensions of
 // g * u where u > 0, g * u where u <= 0, g, and grad_x: the gradients of pos, neg, shift_out and -shift_in.
-// Each channel is summed by one task in a fixed order (double lanes, then the N blocks in turn).
 std::tuple<at::Tensor, at::Tensor> channel_piecewise_backward(const at::Tensor& grad, const at::Tensor& x,
                                                               const at::Tensor& shift_in, const at::Tensor& pos,
                                                               const at::Tensor& neg) {
   check_pair(grad, x);
-  TORCH_CHECK(x.dim() >= 2, "channel_piecewise_backward: x must be [N, C, ...]");
-  const int64_t batch = x.size(0), channels = x.size(1), len = batch * channels ? x.numel() / (batch * channels) : 0;
-  at::Tensor out = at::empty_like(x), sums = at::empty({4, channels}, x.options());
-  const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>(), *in = shift_in.data_ptr<float>(),
-              *a = pos.data_ptr<float>(), *b = neg.data_ptr<float>();
+  const Channels ch(x, "channel_piecewise_backward");
+  const float *in = ch.param(shift_in), *a = ch.param(pos), *b = ch.param(neg);
+  at::Tensor out = at::empty_like(x), sums = at::empty({4, ch.channels}, x.options());
+  const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>();
   float *dst = out.data_ptr<float>(), *sum = sums.data_ptr<float>();
-  by_rows(channels, batch * len, [&](int64_t c) {
+  ch.per_channel([&](int64_t c, const auto& block) {
     double total[4] = {0.0, 0.0, 0.0, 0.0};
-    for (int64_t n = 0; n < batch; ++n) {
-      const int64_t at = (n * channels + c) * len;
-      piecewise_grad_span(g + at, src + at, dst + at, len, in[c], a[c], b[c]);
-      total[0] += side_sum(g + at, src + at, len, in[c], true);
-      total[1] += side_sum(g + at, src + at, len, in[c], false);
-      total[2] += plain_sum(g + at, len);
-      total[3] += plain_sum(dst + at, len);
+    for (int64_t n = 0; n < ch.batch; ++n) {
+      const int64_t at = block(n);
+      piecewise_grad_span(g + at, src + at, dst + at, ch.len, in[c], a[c], b[c]);
+      total[0] += side_sum(g + at, src + at, ch.len, in[c], true);
+      total[1] += side_sum(g + at, src + at, ch.len, in[c], false);
+      total[2] += plain_sum(g + at, ch.len);
+      total[3] += plain_sum(dst + at, ch.len);
     }
-    for (int j = 0; j < 4; ++j) sum[j * channels + c] = static_cast<float>(total[j]);
+    for (int j = 0; j < 4; ++j) sum[j * ch.channels + c] = static_cast<float>(total[j]);
   });
+  return {out, sums};
+}
+
+// ReActNet's RSign: y = sign(x + shift[c]) per channel (dimension 1).
+at::Tensor channel_shift_sign(const at::Tensor& x, const at::Tensor& shift) {
+  const Channels ch(x, "channel_shift_sign");
+  const float* b = ch.param(shift);
+  at::Tensor out = at::empty_like(x);
+  const float* src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  ch.blocks([&](int64_t c, int64_t at) { shifted_sign_span(src + at, dst + at, ch.len, b[c]); });
+  return out;
+}
+
+// Its backward, ApproxSign at x + shift: (grad_x, grad_shift [C]) = (g * max(0, 2 - 2|x + shift|), its sum per channel).
+std::tuple<at::Tensor, at::Tensor> channel_shift_sign_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                               const at::Tensor& shift) {
+  check_pair(grad, x);
+  const Channels ch(x, "channel_shift_sign_backward");
+  const float* b = ch.param(shift);
+  at::Tensor out = at::empty_like(x), sums = at::empty({ch.channels}, x.options());
+  const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>();
+  float *dst = out.data_ptr<float>(), *sum = sums.data_ptr<float>();
+  ch.per_channel([&](int64_t c, const auto& block) {
+    double total = 0.0;
+    for (int64_t n = 0; n < ch.batch; ++n) {
+      const int64_t at = block(n);
+      approx_at_span(g + at, src + at, dst + at, ch.len, b[c], 1.0f);
+      total += plain_sum(dst + at, ch.len);
+    }
+    sum[c] = static_cast<float>(total);
+  });
+  return {out, sums};
+}
+
+// ReCU's activation backward per sample (row of x [N, ...]): ApproxSign at z = x / sigma with sigma = sqrt(var + 1e-5)
+// (unbiased variance), differentiated through sigma: h = g * max(0, 2 - 2|z|),
+// grad_x = (h - (x - mean) / sigma * sum(h z) / (len - 1)) / sigma.
+at::Tensor normalized_approx_backward(const at::Tensor& grad, const at::Tensor& x) {
+  return rows_backward(grad, x, [&](int64_t, const float* g, const float* p, float* h, int64_t len) {
+    const double dof = degrees_of_freedom(len);
+    const float mean = static_cast<float>(plain_sum(p, len) / static_cast<double>(len));
+    const float inv = static_cast<float>(1.0 / std::sqrt(centred_square_sum(p, len, mean) / dof + 1e-5));
+    approx_at_span(g, p, h, len, 0.0f, inv);
+    const float dot = static_cast<float>(h_u_sum(h, p, len, 0.0f, inv) / dof);
+    libra_grad_span(p, h, len, mean, inv, 0.0f, dot);
+  });
+}
+
+// AdaBin's activation over all of x with learnable scalars: y = (u >= 0 ? alpha : -alpha) + beta, u = (x - beta) / alpha.
+at::Tensor adaptive_activation(const at::Tensor& x, double beta, double alpha) {
+  check_dense(x, "x");
+  at::Tensor out = at::empty_like(x);
+  const float* src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const float b = static_cast<float>(beta), a = static_cast<float>(alpha);
+  elementwise(x.numel(), [&](int64_t s, int64_t e) { adaptive_activation_span(src + s, dst + s, e - s, b, a); });
+  return out;
+}
+
+// Its backward, ApproxSign at u: (grad_x, sums [4]) with d = g * max(0, 2 - 2|u|) and the sums of g * sign(u), d * u,
+// g and d (blocks of kGrain elements summed in order, so the sums do not depend on the number of threads).
+std::tuple<at::Tensor, at::Tensor> adaptive_activation_backward(const at::Tensor& grad, const at::Tensor& x, double beta,
+                                                                double alpha) {
+  check_pair(grad, x);
+  const int64_t n = x.numel(), blocks = (n + kGrain - 1) / kGrain;
+  at::Tensor out = at::empty_like(x);
+  const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const float b = static_cast<float>(beta), a = static_cast<float>(alpha);
+  std::vector<double> partial(blocks * 4, 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t k = first; k < last; ++k) {
+      const int64_t at = k * kGrain, len = std::min(n, at + kGrain) - at;
+      adaptive_activation_grad_span(g + at, src + at, dst + at, len, b, a);
+      partial[k * 4] = adaptive_activation_sign_sum(g + at, src + at, len, b, a);
+      partial[k * 4 + 1] = adaptive_activation_du_sum(dst + at, src + at, len, b, a);
+      partial[k * 4 + 2] = plain_sum(g + at, len);
+      partial[k * 4 + 3] = plain_sum(dst + at, len);
+    }
+  });
+  at::Tensor sums = at::empty({4}, x.options());
+  float* sum = sums.data_ptr<float>();
+  for (int j = 0; j < 4; ++j) {
+    double total = 0.0;
+    for (int64_t k = 0; k < blocks; ++k) total += partial[k * 4 + j];
+    sum[j] = static_cast<float>(total);
+  }
   return {out, sums};
 }
 
@@ -600,6 +732,13 @@ TORCH_LIBRARY_FRAGMENT(quantswap_native, m) {
         &channel_piecewise);
   m.def("channel_piecewise_backward(Tensor grad, Tensor x, Tensor shift_in, Tensor pos, Tensor neg) -> (Tensor, Tensor)",
         &channel_piecewise_backward);
+  m.def("channel_shift_sign(Tensor x, Tensor shift) -> Tensor", &channel_shift_sign);
+  m.def("channel_shift_sign_backward(Tensor grad, Tensor x, Tensor shift) -> (Tensor, Tensor)",
+        &channel_shift_sign_backward);
+  m.def("normalized_approx_backward(Tensor grad, Tensor x) -> Tensor", &normalized_approx_backward);
+  m.def("adaptive_activation(Tensor x, float beta, float alpha) -> Tensor", &adaptive_activation);
+  m.def("adaptive_activation_backward(Tensor grad, Tensor x, float beta, float alpha) -> (Tensor, Tensor)",
+        &adaptive_activation_backward);
 }
 
 }  // namespace quantswap

@@ -59,10 +59,27 @@ class RSign(nn.Module):
         return x + (self.bias if self.channel_dim == -1 else self.bias.view((1, -1) + (1,) * (x.dim() - 2)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channel_dim == 1 and x.dim() >= 2 and QF._native(x, self.bias):
+            return _ShiftedSign.apply(x, self.bias)
         return QF.sign_ste(self.sign_input(x), "approx")
 
     def extra_repr(self) -> str:
         return f"channels={self.bias.numel()}, channel_dim={self.channel_dim}"
+
+
+class _ShiftedSign(torch.autograd.Function):
+    """RSign in one native pass each way: ``sign(x + b)``, ApproxSign backward to ``x`` and ``b`` (summed
+    per channel); saves ``x``, not ``x + b``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, bias)
+        return QF._kernels().channel_shift_sign(x, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, bias = ctx.saved_tensors
+        return QF._kernels().channel_shift_sign_backward(grad.contiguous(), x, bias)
 
 
 @register_method
