@@ -59,8 +59,8 @@ class Budget:
                 f"training images (two-stage runs: {self.images // 2:,} per stage), batch 128; top-1 on {val}")
 
 
-FULL = Budget("full", parent_images=None, parent_epochs=10, images=60_000, val_images=None,
-              curve=(15_000, 30_000, 120_000, 240_000))
+FULL = Budget("full", parent_images=None, parent_epochs=10, images=30_000, val_images=None,
+              curve=(7_500, 15_000, 60_000, 120_000))
 QUICK = Budget("quick", parent_images=3_000, parent_epochs=2, images=640, val_images=1_000, curve=(320, 1_280))
 TRAINING_SET = 60_000  # Fashion-MNIST's training images
 
