@@ -121,6 +121,31 @@ def run(folder: Path, images: int, **options) -> dict:
     return json.loads(cached.read_text())
 
 
+def start(folder: Path, **options) -> dict:
+    """Top-1 of the swapped parent before its first step, as is and with BatchNorm re-estimated on
+    RECALIBRATE_BATCHES training batches (what ``--recalibrate-bn`` does), cached in ``folder/result.json``."""
+    from quantswap.train.distributed import setup
+    from quantswap.train.loaders import build_loaders
+    from quantswap.train.loop import evaluate
+    from quantswap.train.parent import build_parent, build_student
+
+    cached = folder / "result.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    started = time.perf_counter()
+    cfg = FinetuneConfig(**{**SHARED, **options, "output": str(folder)})
+    dist = setup("cpu")
+    data = build_loaders(cfg, dist)
+    model = build_student(cfg.stage_configs()[0], build_parent(cfg, data.num_classes).model)
+    result = {"top1": evaluate(model, data.val, dist.device, desc="start", disable=True)["top1"]}
+    quantswap.recalibrate_bn(model, data.train, batches=RECALIBRATE_BATCHES)
+    result["recalibrated_top1"] = evaluate(model, data.val, dist.device, desc="start", disable=True)["top1"]
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def summarize(folder: Path, result: dict, seconds: float) -> dict:
     """What the report needs of a finished run: top-1 (and per epoch), size, training speed, wall time."""
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -193,6 +218,8 @@ def measure(root: Path, budget: Budget, seeds: list[int], transfer: bool) -> dic
         results[f"{best}, BN re-estimated|{seed}"] = run(
             root / f"seed{seed}" / f"{slug(best)}-recalibrate-bn", budget.images, seed=seed, **recipe(best),
             recalibrate_bn=RECALIBRATE_BATCHES, **student)
+        results[f"{best}, start|{seed}"] = start(root / f"seed{seed}" / f"{slug(best)}-start", seed=seed,
+                                                 **recipe(best), **student)
     for images in budget.curve:
         results[f"{best}|images={images}"] = run(root / f"seed{seeds[0]}" / f"{slug(best)}-images-{images}", images,
                                                  seed=seeds[0], **recipe(best), **student)
@@ -266,10 +293,12 @@ def report(results: dict, seeds: list[int], budget: Budget, minutes: float, args
         f"best W1/A1 ({top_binary}) {gap:.2f} points below FP (goal: within {W1A1_GOAL:g}; stretch {W1A1_STRETCH:g}: "
         f"{'met' if gap <= W1A1_STRETCH else 'missed'})")
     recalibrated = _mean([results[f"{best}, BN re-estimated|{s}"] for s in seeds], "top1")
+    starts = [results[f"{best}, start|{s}"] for s in seeds]
     lines += ["", f"BN re-estimated: {best} with `--recalibrate-bn {RECALIBRATE_BATCHES}` (BatchNorm statistics "
-              f"re-estimated on {RECALIBRATE_BATCHES} training batches after the swap), "
-              f"{recalibrated - _mean([results[f'{best}|{s}'] for s in seeds], 'top1'):+.2f} points at the end of "
-              "the run."]
+              f"re-estimated on {RECALIBRATE_BATCHES} training batches after the swap). At the start of fine-tuning "
+              f"the swapped parent's top-1 goes from {_mean(starts, 'top1'):.2f} to {_mean(starts, 'recalibrated_top1'):.2f}; "
+              f"at the end of the run it is {recalibrated - _mean([results[f'{best}|{s}'] for s in seeds], 'top1'):+.2f} "
+              "points against the run without."]
     if budget.curve:
         lines += ["", f"The budget curve: {best} (seed {seeds[0]}) on fewer and more training images "
                   "(more than 60k: whole epochs):", "", "| training images | top-1 | Δ vs FP |", "|---|---|---|"]
