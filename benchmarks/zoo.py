@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from accuracy import FULL, TRANSFER, VARIANTS, mobilenet_v2_weights, slug
+from accuracy import FULL, TRANSFER, VARIANTS, binary, mobilenet_v2_weights, slug
 
 from quantswap import FinetuneConfig, finetune
 from quantswap.card import model_card
@@ -36,7 +36,9 @@ def entries(runs: Path) -> list[dict]:
     """The zoo: every distilled ResNet-18 method and the quantized MobileNetV2 transfers, seed 0."""
     seed0 = runs / FULL.name / "seed0"
     found = [{"name": f"resnet18-{slug(v)}-fashion-mnist", "run": seed0 / f"{slug(v)}-kd", "row": v,
-              "column": "KD seed 0"} for v in VARIANTS]
+              "column": "seed 0"} for v in VARIANTS]
+    found += [{"name": f"resnet18-{slug(v)}-two-stage-fashion-mnist", "run": seed0 / f"{slug(v)}-two-stage",
+               "row": f"{v}, two-stage", "column": "seed 0"} for v in filter(binary, VARIANTS)]
     found += [{"name": f"mobilenet-v2-{slug(v)}-fashion-mnist", "run": runs / FULL.name / "transfer" / slug(v),
                "row": f"MobileNetV2 {v}", "column": "top-1"} for v in TRANSFER if v != "FP"]
     return found
@@ -57,7 +59,11 @@ def export(runs: Path) -> None:
     shutil.copyfile(parent_recipe, HUB / "resnet18-fp-parent-recipe.yaml")
     manifest = {"organization": ORG, "benchmark_section": SECTION,
                 "parent_recipe": "hub/resnet18-fp-parent-recipe.yaml", "entries": []}
-    for entry in entries(runs):
+    found = entries(runs)
+    for stale in sorted(HUB.iterdir()):  # entries of an earlier benchmark that this one no longer has
+        if (stale / "config.json").is_file() and stale.name not in {e["name"] for e in found}:
+            shutil.rmtree(stale)
+    for entry in found:
         folder = HUB / entry["name"]
         folder.mkdir(parents=True, exist_ok=True)
         config = CheckpointConfig.read(entry["run"] / "model")

@@ -152,9 +152,11 @@ class _SignSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, estimator: str) -> torch.Tensor:
         ctx.estimator = estimator
-        if estimator == "clipped":  # the backward needs only where |x| <= 1: one byte per element, not four
-            ctx.save_for_backward(x.abs() <= 1)
-        elif estimator == "approx":
+        if estimator == "clipped" and _native(x):  # the backward needs only where |x| <= 1: one byte, not four
+            out, mask = _kernels().sign_with_mask(x)
+            ctx.save_for_backward(mask)
+            return out
+        if estimator != "identity":
             ctx.save_for_backward(x)
         return fast_sign(x)
 
@@ -163,7 +165,9 @@ class _SignSTE(torch.autograd.Function):
         if ctx.estimator == "identity":
             return grad, None
         (saved,) = ctx.saved_tensors
-        return (grad * saved if ctx.estimator == "clipped" else approx_grad(grad, saved)), None
+        if saved.dtype == torch.uint8:
+            return _kernels().masked_grad(grad.contiguous(), saved), None
+        return (clipped_grad(grad, saved) if ctx.estimator == "clipped" else approx_grad(grad, saved)), None
 
 
 def sign_ste(x: torch.Tensor, estimator: str = "clipped") -> torch.Tensor:

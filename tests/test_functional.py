@@ -246,3 +246,24 @@ def test_native_activation_quantizers_equal_the_pytorch_path(activation, monkeyp
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
     for p, q in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not NATIVE, reason="no C++ compiler: the PyTorch path is the only one")
+@pytest.mark.parametrize("estimator", ["clipped", "approx", "identity"])
+def test_native_sign_ste_equals_the_pytorch_path_and_keeps_a_byte_mask(estimator, monkeypatch):
+    x = torch.cat([torch.randn(5000) * 2, torch.tensor([0.0, -0.0, 1.0, -1.0, 0.5, -2.0])])
+    g = torch.randn_like(x)
+    saved = []
+
+    def forward_backward(v):
+        v = v.clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+            out = QF.sign_ste(v, estimator)
+        out.backward(g)
+        return out.detach(), v.grad
+
+    (out, grad), (ref_out, ref_grad) = _both(forward_backward, x, monkeypatch=monkeypatch)
+    assert torch.equal(out, ref_out) and torch.equal(grad, ref_grad)
+    if estimator == "clipped":
+        assert saved[0] == torch.uint8  # the native path keeps 1[|x| <= 1], not x
+        assert torch.equal(grad, g * (x.abs() <= 1))

@@ -102,6 +102,19 @@ QS_CLONES void apply_sign_span(const float* __restrict x, float* __restrict y, i
   }
 }
 
+// sign(x) and the clipped estimator's mask 1[|x| <= 1], one byte per element.
+QS_CLONES void sign_mask_span(const float* __restrict x, float* __restrict y, uint8_t* __restrict m, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    y[i] = v >= 0.0f ? 1.0f : -1.0f;
+    m[i] = std::fabs(v) <= 1.0f ? 1 : 0;
+  }
+}
+
+QS_CLONES void masked_span(const float* __restrict g, const uint8_t* __restrict m, float* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = m[i] ? g[i] : 0.0f;
+}
+
 // RSign: y = sign(x + shift).
 QS_CLONES void shifted_sign_span(const float* __restrict x, float* __restrict y, int64_t n, float shift) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] + shift >= 0.0f ? 1.0f : -1.0f;
@@ -556,6 +569,30 @@ at::Tensor adaptive_sign_backward(const at::Tensor& grad, const at::Tensor& w, c
   });
 }
 
+// The clipped straight-through sign: (sign(x), 1[|x| <= 1] as uint8), in one pass; the backward keeps the byte mask.
+std::tuple<at::Tensor, at::Tensor> sign_with_mask(const at::Tensor& x) {
+  check_dense(x, "x");
+  at::Tensor out = at::empty_like(x), mask = at::empty_like(x, x.options().dtype(at::kByte));
+  const float* src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  uint8_t* m = mask.data_ptr<uint8_t>();
+  elementwise(x.numel(), [&](int64_t b, int64_t e) { sign_mask_span(src + b, dst + b, m + b, e - b); });
+  return {out, mask};
+}
+
+// Its backward: grad where the mask is set, else 0.
+at::Tensor masked_grad(const at::Tensor& grad, const at::Tensor& mask) {
+  check_dense(grad, "grad");
+  TORCH_CHECK(mask.is_contiguous() && mask.scalar_type() == at::kByte && mask.sizes() == grad.sizes(),
+              "masked_grad: a contiguous uint8 mask of grad's shape");
+  at::Tensor out = at::empty_like(grad);
+  const float* g = grad.data_ptr<float>();
+  const uint8_t* m = mask.data_ptr<uint8_t>();
+  float* dst = out.data_ptr<float>();
+  elementwise(grad.numel(), [&](int64_t b, int64_t e) { masked_span(g + b, m + b, dst + b, e - b); });
+  return out;
+}
+
 // x [N, C, *] as N * C blocks of `len` elements; channel c's blocks are n * C + c.
 struct Channels {
   int64_t batch, channels, len;
@@ -732,6 +769,8 @@ TORCH_LIBRARY_FRAGMENT(quantswap_native, m) {
         &channel_piecewise);
   m.def("channel_piecewise_backward(Tensor grad, Tensor x, Tensor shift_in, Tensor pos, Tensor neg) -> (Tensor, Tensor)",
         &channel_piecewise_backward);
+  m.def("sign_with_mask(Tensor x) -> (Tensor, Tensor)", &sign_with_mask);
+  m.def("masked_grad(Tensor grad, Tensor mask) -> Tensor", &masked_grad);
   m.def("channel_shift_sign(Tensor x, Tensor shift) -> Tensor", &channel_shift_sign);
   m.def("channel_shift_sign_backward(Tensor grad, Tensor x, Tensor shift) -> (Tensor, Tensor)",
         &channel_shift_sign_backward);
