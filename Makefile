@@ -76,7 +76,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/training_memory.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/inference.py --output BENCHMARKS.md
 
-# Every method fine-tuned from one converged FP parent on Fashion-MNIST (about 90 minutes on 2 CPU cores; runs are
+# Every method fine-tuned from one converged FP parent on Fashion-MNIST (about 75 minutes on 2 CPU cores; runs are
 # cached in runs/accuracy, so an interrupted run continues), then the zoo exported from it into hub/.
 accuracy: $(STAMP) data
 	$(BIN)/python benchmarks/accuracy.py --output BENCHMARKS.md --plot benchmarks/accuracy.png --json benchmarks/accuracy.json

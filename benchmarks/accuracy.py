@@ -306,8 +306,15 @@ def report(results: dict, seeds: list[int], budget: Budget, minutes: float, args
     if budget.curve:
         lines += ["", f"The budget curve: {best} (seed {seeds[0]}) on fewer and more training images "
                   "(more than 60k: whole epochs):", "", "| training images | top-1 | Δ vs FP |", "|---|---|---|"]
-        for images, r in budget_curve(results, best, budget, seeds[0]):
+        points = budget_curve(results, best, budget, seeds[0])
+        for images, r in points:
             lines.append(f"| {images:,} | {r['top1']:.2f} | {r['top1'] - fp:+.2f} |")
+        for goal in (W1A1_GOAL, W1A1_STRETCH):
+            reached = next(((n, r) for n, r in points if fp - r["top1"] <= goal), None)
+            (met if reached else missed).append(
+                f"{best} within {goal:g} points of FP on the budget curve: "
+                + (f"from {reached[0]:,} training images ({reached[1]['top1'] - fp:+.2f})" if reached
+                   else f"not by {points[-1][0]:,} images ({points[-1][1]['top1'] - fp:+.2f})"))
     if any(k.startswith("mobilenet_v2") for k in results):
         lines += ["", f"Transfer from the real torchvision MobileNetV2 ImageNet weights (a new 10-class head, so labels "
                   f"only; {budget.images:,} images, seed {seeds[0]}):", "",
@@ -338,7 +345,7 @@ def budget_curve(results: dict, best: str, budget: Budget, seed: int) -> list[tu
 
 
 #: Where a point's label goes when the default (up and right) would run into a neighbour's.
-LABEL_OFFSETS = {"irnet W1/A32": (8, -12), "mcdonnell W1/A32": (-8, 8)}
+LABEL_OFFSETS = {"irnet W1/A32": (8, -12), "mcdonnell W1/A32": (-8, 8), "adabin W1/A1": (8, -10)}
 
 
 def plot(results: dict, seeds: list[int], path: str, budget: Budget) -> None:

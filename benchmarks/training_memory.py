@@ -79,7 +79,10 @@ def main():
         + (f"missed by {', '.join(missed)}." if missed else f"met (worst {max(r for _, r in rows):.2f}).")
         + " Quantized layers keep binary inputs for the backward as int8 and no quantized weight (the backward "
         "quantizes the latent weight again); the weight quantizers save the latent weight and a few numbers per "
-        "channel; the sign's estimator keeps its float input.",
+        "channel; XNOR-Net's clipped estimator keeps a one-byte mask, ApproxSign and EDE (whose derivative varies "
+        "with x) and the per-channel activation modules keep their float input. Over the goal: ReCU keeps both a "
+        "binary conv's output (its learned scale's gradient needs it) and the BatchNorm's input after it; AdaBin's "
+        "binary inputs are two learned values, not ±1, so they stay float.",
     ]
     publish(lines, "Peak training memory", args.output)
 

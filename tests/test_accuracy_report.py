@@ -55,6 +55,7 @@ def test_goals_are_judged_from_the_numbers():
     assert "top-1 goes from 10.00 to 40.00; at the end of the run it is +0.10 points" in recalibration
     assert lines[lines.index("| training images | top-1 | Δ vs FP |") + 2:][:2] == ["| 50 | 80.00 | -5.00 |",
                                                                                         "| 100 | 84.90 | -0.10 |"]
+    assert f"{best} within 3 points of FP on the budget curve: from 100 training images (-0.10)" in met
 
 
 def test_zoo_rebuild_verdict_allows_the_stated_tolerance_and_prints_the_difference():
