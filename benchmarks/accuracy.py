@@ -362,7 +362,7 @@ def plot(results: dict, seeds: list[int], path: str, budget: Budget) -> None:
         names = [n + suffix for n in VARIANTS if not suffix or binary(n)]
         xs = [results[f"{n}|{seeds[0]}"]["file_bytes"] / 1e6 for n in names]
         ys = [_mean([results[f"{n}|{s}"] for s in seeds], "top1") for n in names]
-        for name, x, y in zip(names, xs, ys):
+        for name, x, y in zip(names, xs, ys, strict=True):
             if not suffix:
                 ax.annotate(name, (x, y), textcoords="offset points", fontsize=7,
                             xytext=LABEL_OFFSETS.get(name, (4, 4)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
 from quantswap import functional as QF
 
 __all__ = ["ChannelScale", "Maxout", "RPReLU", "ShiftedReLU", "bireal_shortcut"]
