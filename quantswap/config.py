@@ -19,7 +19,7 @@ Example:
     >>> config_for("irnet", t_mn=0.2)
     Traceback (most recent call last):
     ...
-    TypeError: unknown option(s) ['t_mn'] for method 'irnet' (did you mean 't_min'?); its options are ['activations', 'exclude', 'include', 'keep_downsample', 'skip_first', 'skip_last', 't_max', 't_min', 'weights']
+    TypeError: unknown option(s) ['t_mn'] for method 'irnet' (did you mean 't_min'?); its options are ['activations', 'exclude', 'include', 'keep_downsample', 'skip_depthwise', 'skip_first', 'skip_last', 't_max', 't_min', 'weights']
 """
 
 from __future__ import annotations
