@@ -1,13 +1,15 @@
-// quantswap's fused training kernels: the elementwise passes of the quantizers' forward and backward.
+// quantswap's fused training kernels: the elementwise passes of the quantizers' forward and backward, and
+// of the activation modules of ReActNet, ReCU and AdaBin.
 //
 // Each op here is one memory pass (two where a per-row reduction comes first) over float32 tensors
 // that the Python caller (quantswap/functional.py) has checked to be contiguous CPU float32; everywhere
 // else, and under torch.compile, the same functions run as a few PyTorch operators. The sign
 // convention is quantswap's: sign(x) = +1 for x >= 0 (-0.0 included), -1 otherwise (NaN too).
 //
-// Results equal the PyTorch versions bit for bit, except for two: ede_grad (its exp is a polynomial
-// within 2 ulp, the PyTorch version goes through sigmoid) and the per-row sums (accumulated in double
-// here, in float32 pairwise there). The codecs read the same sums as the forward, so a frozen model
+// Results equal the PyTorch versions bit for bit, except for three: ede_grad (its exp is a polynomial
+// within 2 ulp, the PyTorch version goes through sigmoid), ReCU's activation backward (it multiplies by
+// 1/sigma where PyTorch divides by sigma) and the sums, per row, per channel or over a tensor
+// (accumulated in double here, in float32 pairwise there). The codecs read the same sums as the forward, so a frozen model
 // still decodes to the trained one exactly.
 //
 // Work is split with at::parallel_for over fixed blocks, and every reduction combines its blocks in
