@@ -42,6 +42,7 @@ __all__ = [
     "sign",
     "fast_sign",
     "channel_piecewise",
+    "channel_scale",
     "clipped_grad",
     "approx_grad",
     "ede_grad",
@@ -259,8 +260,12 @@ def per_channel_mean_abs(w: torch.Tensor) -> torch.Tensor:
 class _MeanAbsSign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor, scale_grad: bool) -> torch.Tensor:
-        scale = per_channel_mean_abs(w.detach())
         ctx.scale_grad = scale_grad
+        if w.dim() > 1 and _native(w):  # one read of each row: per_channel_mean_abs and fast_sign's numbers
+            out, scale = _kernels().mean_abs_sign(w)
+            ctx.save_for_backward(w, scale.view((-1,) + (1,) * (w.dim() - 1)))  # as per_channel_mean_abs shapes it
+            return out
+        scale = per_channel_mean_abs(w.detach())
         ctx.save_for_backward(w, scale)
         return fast_sign(w, scale)
 
@@ -314,6 +319,37 @@ def channel_piecewise(x: torch.Tensor, shift_in: torch.Tensor, pos: torch.Tensor
     shape = (1, -1) + (1,) * (x.dim() - 2)
     u = x - shift_in.view(shape)
     return torch.where(u > 0, pos.view(shape), neg.view(shape)) * u + shift_out.view(shape)
+
+
+class _ChannelScale(torch.autograd.Function):
+    """``x · s`` per channel, saving its output rather than its input: the BatchNorm after it (ReCU's
+    layout) saves that same tensor, so the two keep one copy. ``∂L/∂s_c = Σ g·x = Σ g·y / s_c``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        zero = torch.zeros_like(scale)
+        out = _kernels().channel_piecewise(x, zero, scale, scale, zero)
+        ctx.save_for_backward(out, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out, scale = ctx.saved_tensors
+        grad_x, sums = _kernels().channel_piecewise_backward(grad.contiguous(), out, torch.zeros_like(scale), scale, scale)
+        return grad_x, (sums[0] + sums[1]) / scale
+
+
+def channel_scale(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x · scale_c`` per channel ``c`` (dimension 1 of ``x``), ReCU's learned output scale.
+
+    Where the native kernels run and no scale is 0, one pass each way that saves the output, not the
+    input (a BatchNorm after it keeps the same tensor); otherwise :func:`channel_piecewise` with
+    ``pos = neg = scale``.
+    """
+    if x.dim() >= 2 and _native(x, scale) and bool(scale.ne(0).all()):
+        return _ChannelScale.apply(x, scale)
+    zero = torch.zeros_like(scale)
+    return channel_piecewise(x, zero, scale, scale, zero)
 
 
 def ternary_branches(w: torch.Tensor, thresholds: Sequence[float]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -172,6 +172,36 @@ def test_native_weight_quantizers_equal_the_pytorch_formulas(quantize, monkeypat
 
 
 @pytest.mark.skipif(not NATIVE, reason="no C++ compiler: the PyTorch path is the only one")
+def test_native_mean_abs_sign_is_the_codecs_scale_times_the_sign():
+    """The fused forward (one read of each row) gives the numbers a codec decodes: ``mean|W|`` per row
+    from :func:`per_channel_mean_abs` times :func:`fast_sign`, bit for bit."""
+    w = torch.randn(32, 16, 3, 3)
+    with torch.no_grad():
+        assert torch.equal(QF.mean_abs_sign(w), QF.fast_sign(w, QF.per_channel_mean_abs(w)))
+
+
+@pytest.mark.skipif(not NATIVE, reason="no C++ compiler: the PyTorch path is the only one")
+def test_channel_scale_keeps_its_output_for_the_batchnorm_after_it():
+    """ReCU's scale saves ``y = x·s`` (which the BatchNorm after it saves too), not ``x``, and recovers
+    ``∂L/∂s = Σ g·y / s``; a zero scale falls back to saving ``x`` (``y / 0`` would lose it)."""
+    from quantswap.nn.blocks import ChannelScale
+
+    torch.manual_seed(0)
+    x, g = torch.randn(4, 3, 5, 5, requires_grad=True), torch.randn(4, 3, 5, 5)
+    for scale in (torch.tensor([0.5, -1.5, 2.0]), torch.tensor([0.5, 0.0, 2.0])):
+        module = ChannelScale(scale)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            y = module(x)
+        y.backward(g)
+        assert (y.data_ptr() in {t.data_ptr() for t in saved}) == bool(scale.ne(0).all())
+        want = (g.double() * x.detach().double()).sum((0, 2, 3))
+        torch.testing.assert_close(module.scale.grad.double(), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(x.grad, g * scale.view(1, -1, 1, 1))
+        x.grad = None
+
+
+@pytest.mark.skipif(not NATIVE, reason="no C++ compiler: the PyTorch path is the only one")
 @pytest.mark.parametrize("block", ["rprelu", "maxout", "scale"])
 def test_native_channel_blocks_equal_their_formulas(block, monkeypatch):
     """RPReLU, Maxout and ChannelScale (one native kernel each way) against their defining formulas in

@@ -477,6 +477,31 @@ def test_a_binary_conv_keeps_int8_signs_and_no_quantized_weight_for_its_backward
     assert (torch.float32, (8, 8, 3, 3)) in saved  # the latent weight (a parameter: no copy)
 
 
+def test_adabin_layers_keep_their_two_valued_inputs_as_one_byte_each(monkeypatch):
+    """AdaBin's binary activations are ``β ∓ α``, not ±1: a binary conv keeps a uint8 code per element and
+    the two values, and the backward reads back exactly the forward's input (every gradient bit for bit)."""
+    from torchvision.models import resnet18
+
+    from quantswap.methods.adabin import AdaBinSign
+
+    torch.manual_seed(0)
+    model = quantswap.binarize(resnet18(num_classes=10), method="adabin").train()
+    with torch.no_grad():
+        for sign in (m for m in model.modules() if isinstance(m, AdaBinSign)):
+            sign.alpha.uniform_(0.5, 1.5)
+            sign.beta.uniform_(-0.3, 0.3)
+    layer = model.layer1[0].conv2
+    x = layer._quantize_input(torch.randn(2, 64, 8, 8))
+    lo, hi = layer.input_quantizer.levels()
+    assert set(x.unique().tolist()) == {lo, hi} and (lo, hi) != (-1.0, 1.0)
+    if QF._native(x):
+        packed = layer._compact_saves(x, layer.quantized_weight()).pack_hook(x)
+        assert packed[0] == "levels" and packed[1].dtype == torch.uint8
+        assert torch.equal(layer._compact_saves(x, layer.weight).unpack_hook(packed), x)
+    for name, compact, plain in _grads_with_and_without_compact_saves(model, torch.randn(2, 3, 32, 32), monkeypatch):
+        assert compact is None or torch.equal(compact, plain), name
+
+
 def test_changing_the_latent_weight_before_backward_is_an_error():
     layer = quantswap.binarize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 3)),
                                method="xnor").get_submodule("1").train()

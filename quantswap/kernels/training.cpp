@@ -117,6 +117,15 @@ QS_CLONES void masked_span(const float* __restrict g, const uint8_t* __restrict 
   for (int64_t i = 0; i < n; ++i) y[i] = m[i] ? g[i] : 0.0f;
 }
 
+// A two-valued tensor as one byte per element and back: m = 1[x == hi]; y = m ? hi : lo.
+QS_CLONES void level_code_span(const float* __restrict x, uint8_t* __restrict m, int64_t n, float hi) {
+  for (int64_t i = 0; i < n; ++i) m[i] = x[i] == hi ? 1 : 0;
+}
+
+QS_CLONES void level_value_span(const uint8_t* __restrict m, float* __restrict y, int64_t n, float lo, float hi) {
+  for (int64_t i = 0; i < n; ++i) y[i] = m[i] ? hi : lo;
+}
+
 // RSign: y = sign(x + shift).
 QS_CLONES void shifted_sign_span(const float* __restrict x, float* __restrict y, int64_t n, float shift) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] + shift >= 0.0f ? 1.0f : -1.0f;
@@ -386,6 +395,22 @@ at::Tensor row_mean_abs(const at::Tensor& w) {
   return out;
 }
 
+// Per row of w: scale = mean |w| (summed in double) and out = scale * sign(w), the row read from memory once
+// (the second pass finds it in cache): row_mean_abs and scaled_sign's numbers in one call.
+std::tuple<at::Tensor, at::Tensor> mean_abs_sign(const at::Tensor& w) {
+  check_dense(w, "w");
+  TORCH_CHECK(w.dim() >= 1, "mean_abs_sign: a weight with rows");
+  const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
+  at::Tensor out = at::empty_like(w), scales = at::empty({rows}, w.options());
+  const float* src = w.data_ptr<float>();
+  float *dst = out.data_ptr<float>(), *s = scales.data_ptr<float>();
+  by_rows(rows, len, [&](int64_t r) {
+    s[r] = static_cast<float>(abs_sum(src + r * len, len) / static_cast<double>(len));
+    sign_span(src + r * len, dst + r * len, len, s[r], -s[r]);
+  });
+  return {out, scales};
+}
+
 // The backward of scale[row] * sign(w) with the clipped estimator, scale = mean|w| per row:
 // grad_w = scale * grad * 1[|w| <= 1] (+ sgn(w) * sum(grad * sign(w)) / len when scale_grad).
 at::Tensor mean_abs_sign_backward(const at::Tensor& grad, const at::Tensor& w, const at::Tensor& scale, bool scale_grad) {
@@ -595,6 +620,28 @@ at::Tensor masked_grad(const at::Tensor& grad, const at::Tensor& mask) {
   return out;
 }
 
+// A tensor that holds two values, lo and hi (AdaBin's binary activations), as a uint8 code 1[x == hi] per element.
+at::Tensor level_codes(const at::Tensor& x, double hi) {
+  check_dense(x, "x");
+  at::Tensor codes = at::empty_like(x, x.options().dtype(at::kByte));
+  const float* src = x.data_ptr<float>();
+  uint8_t* m = codes.data_ptr<uint8_t>();
+  const float h = static_cast<float>(hi);
+  elementwise(x.numel(), [&](int64_t b, int64_t e) { level_code_span(src + b, m + b, e - b, h); });
+  return codes;
+}
+
+// Back from the codes: hi where set, else lo.
+at::Tensor level_values(const at::Tensor& codes, double lo, double hi) {
+  TORCH_CHECK(codes.is_contiguous() && codes.scalar_type() == at::kByte, "level_values: contiguous uint8 codes");
+  at::Tensor out = at::empty_like(codes, codes.options().dtype(at::kFloat));
+  const uint8_t* m = codes.data_ptr<uint8_t>();
+  float* dst = out.data_ptr<float>();
+  const float l = static_cast<float>(lo), h = static_cast<float>(hi);
+  elementwise(codes.numel(), [&](int64_t b, int64_t e) { level_value_span(m + b, dst + b, e - b, l, h); });
+  return out;
+}
+
 // x [N, C, *] as N * C blocks of `len` elements; channel c's blocks are n * C + c.
 struct Channels {
   int64_t batch, channels, len;
@@ -765,6 +812,7 @@ TORCH_LIBRARY_FRAGMENT(quantswap_native, m) {
   m.def("ede_grad(Tensor grad, Tensor x, float k, float t) -> Tensor", &ede_grad);
   m.def("clipped_scaled_grad(Tensor grad, Tensor x, float bound, float factor) -> Tensor", &clipped_scaled_grad);
   m.def("row_mean_abs(Tensor w) -> Tensor", &row_mean_abs);
+  m.def("mean_abs_sign(Tensor w) -> (Tensor, Tensor)", &mean_abs_sign);
   m.def("mean_abs_sign_backward(Tensor grad, Tensor w, Tensor scale, bool scale_grad) -> Tensor", &mean_abs_sign_backward);
   m.def("ternary_expand(Tensor w, float[] thresholds) -> (Tensor, Tensor)", &ternary_expand);
   m.def("channel_piecewise(Tensor x, Tensor shift_in, Tensor pos, Tensor neg, Tensor shift_out) -> Tensor",
@@ -773,6 +821,8 @@ TORCH_LIBRARY_FRAGMENT(quantswap_native, m) {
         &channel_piecewise_backward);
   m.def("sign_with_mask(Tensor x) -> (Tensor, Tensor)", &sign_with_mask);
   m.def("masked_grad(Tensor grad, Tensor mask) -> Tensor", &masked_grad);
+  m.def("level_codes(Tensor x, float hi) -> Tensor", &level_codes);
+  m.def("level_values(Tensor codes, float lo, float hi) -> Tensor", &level_values);
   m.def("channel_shift_sign(Tensor x, Tensor shift) -> Tensor", &channel_shift_sign);
   m.def("channel_shift_sign_backward(Tensor grad, Tensor x, Tensor shift) -> (Tensor, Tensor)",
         &channel_shift_sign_backward);

@@ -136,6 +136,12 @@ class AdaBinSign(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _AdaptiveActivation.apply(x, self.alpha, self.beta)
 
+    def levels(self) -> tuple[float, float]:
+        """The two values of the output, ``(β − α, β + α)``, rounded as the forward rounds them (float32):
+        a binary layer saves its input as one byte per element and these two numbers."""
+        alpha, beta = self.alpha.detach(), self.beta.detach()
+        return (-alpha + beta).item(), (alpha + beta).item()
+
     def extra_repr(self) -> str:
         return f"alpha={self.alpha.item():.4g}, beta={self.beta.item():.4g}"
 

@@ -30,8 +30,7 @@ class ChannelScale(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channel_dim == -1:
             return x * self.scale
-        zero = torch.zeros_like(self.scale)
-        return QF.channel_piecewise(x, zero, self.scale, self.scale, zero)
+        return QF.channel_scale(x, self.scale)
 
     def extra_repr(self) -> str:
         return f"channels={self.scale.numel()}, channel_dim={self.channel_dim}"

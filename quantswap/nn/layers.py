@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from quantswap import functional as QF
 from quantswap.nn.quantizers import FrozenWeight, WeightQuantizer
 
 __all__ = ["QuantConv2d", "QuantLinear", "QuantLayer", "is_quantized_layer", "quantized_weight_keys"]
@@ -60,20 +61,26 @@ class _QuantMixin:
 
     def _compact_saves(self, x: torch.Tensor, w: torch.Tensor) -> contextlib.AbstractContextManager:
         """Where the convolution or matmul saves its operands for the backward, keep less than two float
-        copies: binary inputs (exactly ±1) as int8, and no quantized weight at all (the backward
-        quantizes the latent weight again, which is cheaper than keeping a float copy of every weight
-        from the forward to the backward). A no-op outside autograd and under ``torch.compile`` or
-        ``torch.export`` (inductor plans its own buffers)."""
+        copies: binary inputs (two values: ±1, or AdaBin's learned pair) as one byte per element, and no
+        quantized weight at all (the backward quantizes the latent weight again, which is cheaper than
+        keeping a float copy of every weight from the forward to the backward). A no-op outside autograd
+        and under ``torch.compile`` or ``torch.export`` (inductor plans its own buffers)."""
         tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
         if not torch.is_grad_enabled() or tracing or self.is_frozen:
             return contextlib.nullcontext()
+        levels = self._input_levels(x)
         return torch.autograd.graph.saved_tensors_hooks(
-            _CompactSaves(self, x if self._unit_signs() else None, w).pack, _CompactSaves.unpack)
+            _CompactSaves(self, x if levels else None, w, levels).pack, _CompactSaves.unpack)
 
-    def _unit_signs(self) -> bool:
-        """Whether the input quantizer's output is exactly ±1 (a plain sign of something)."""
+    def _input_levels(self, x: torch.Tensor) -> tuple[float, float] | None:
+        """``(lo, hi)``, the two values of the input quantizer's output ``x``: ``(-1, 1)`` for a plain sign
+        of something, an input quantizer's ``levels()`` where the native kernels code them (AdaBin's
+        ``β ∓ α``); ``None`` when its output is not known to be two values."""
         q = self.input_quantizer
-        return getattr(q, "plain_sign", False) or hasattr(q, "sign_input")
+        if getattr(q, "plain_sign", False) or hasattr(q, "sign_input"):
+            return -1.0, 1.0
+        levels = getattr(q, "levels", None)
+        return levels() if levels is not None and QF._native(x) else None
 
     @property
     def binary_activations(self) -> bool:
@@ -113,8 +120,9 @@ def _identity(tensor: torch.Tensor | None) -> tuple | None:
 class _CompactSaves:
     """The saved-tensor hooks of :meth:`_QuantMixin._compact_saves` for one call of one layer."""
 
-    def __init__(self, layer: _QuantMixin, signs: torch.Tensor | None, weight: torch.Tensor):
-        self.layer, self.signs, self.weight = layer, _identity(signs), _identity(weight)
+    def __init__(self, layer: _QuantMixin, signs: torch.Tensor | None, weight: torch.Tensor,
+                 levels: tuple[float, float] | None = None):
+        self.layer, self.signs, self.weight, self.levels = layer, _identity(signs), _identity(weight), levels
 
     def pack(self, tensor: torch.Tensor):
         identity = _identity(tensor)
@@ -122,7 +130,10 @@ class _CompactSaves:
             latent = self.layer.weight
             return ("weight", self.layer.weight_quantizer, latent, latent._version, tensor.dtype)
         if identity == self.signs:
-            return ("signs", tensor.to(torch.int8), tensor.dtype)  # preserve_format: the same strides back
+            if self.levels == (-1.0, 1.0):
+                return ("signs", tensor.to(torch.int8), tensor.dtype)  # preserve_format: the same strides back
+            if tensor.is_contiguous():
+                return ("levels", QF._kernels().level_codes(tensor, self.levels[1]), self.levels)
         return tensor
 
     @staticmethod
@@ -132,6 +143,9 @@ class _CompactSaves:
         if packed[0] == "signs":
             _, codes, dtype = packed
             return codes.to(dtype)
+        if packed[0] == "levels":
+            _, codes, (lo, hi) = packed
+            return QF._kernels().level_values(codes, lo, hi)
         _, quantizer, latent, version, dtype = packed
         if latent._version != version:
             raise RuntimeError(
