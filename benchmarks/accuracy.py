@@ -51,6 +51,9 @@ class Budget:
     val_images: int | None
     #: The budget curve: the best W1/A1 method again on these many training images (seed 0).
     curve: tuple[int, ...] = ()
+    #: The other goals' rows (W1/A32, ternary t=2, the best W1/A1 method's two stages and the MobileNetV2
+    #: transfers with their FP transfer) again on these many training images (seed 0).
+    goal_curve: tuple[int, ...] = ()
 
     def describe(self) -> str:
         parent = "60k" if self.parent_images is None else f"{self.parent_images:,}"
@@ -60,8 +63,9 @@ class Budget:
 
 
 FULL = Budget("full", parent_images=None, parent_epochs=10, images=30_000, val_images=None,
-              curve=(7_500, 15_000, 60_000, 120_000, 240_000, 480_000))
-QUICK = Budget("quick", parent_images=3_000, parent_epochs=2, images=640, val_images=1_000, curve=(320, 1_280))
+              curve=(7_500, 15_000, 60_000, 120_000, 240_000, 480_000), goal_curve=(60_000, 120_000))
+QUICK = Budget("quick", parent_images=3_000, parent_epochs=2, images=640, val_images=1_000, curve=(320, 1_280),
+               goal_curve=(1_280,))
 TRAINING_SET = 60_000  # Fashion-MNIST's training images
 
 TERNARY_LR = 1e-4
@@ -224,13 +228,28 @@ def measure(root: Path, budget: Budget, seeds: list[int], transfer: bool) -> dic
     for images in budget.curve:
         results[f"{best}|images={images}"] = run(root / f"seed{seeds[0]}" / f"{slug(best)}-images-{images}", images,
                                                  seed=seeds[0], **recipe(best), **student)
+    for images in budget.goal_curve:
+        for name in goal_rows():
+            results[f"{name}|images={images}"] = run(root / f"seed{seeds[0]}" / f"{slug(name)}-images-{images}",
+                                                     images, seed=seeds[0], **recipe(name), **student)
+        results[f"{best}, two-stage|images={images}"] = run(
+            root / f"seed{seeds[0]}" / f"{slug(best)}-two-stage-images-{images}", images // 2, seed=seeds[0],
+            **recipe(best), stages=TWO_STAGES, **student)
     if transfer:
         weights = mobilenet_v2_weights(root / "weights")
+        mobilenet = dict(model="torchvision:mobilenet_v2", weights=str(weights), seed=seeds[0], **val)
         for name, options in TRANSFER.items():
-            results[f"mobilenet_v2 {name}"] = run(root / "transfer" / slug(name), budget.images,
-                                                  model="torchvision:mobilenet_v2", weights=str(weights),
-                                                  seed=seeds[0], **options, **val)
+            results[f"mobilenet_v2 {name}"] = run(root / "transfer" / slug(name), budget.images, **options, **mobilenet)
+        for images in budget.goal_curve:
+            for name in ("FP", *TRANSFER_GOALS):
+                results[f"mobilenet_v2 {name}|images={images}"] = run(
+                    root / "transfer" / f"{slug(name)}-images-{images}", images, **TRANSFER[name], **mobilenet)
     return results
+
+
+def goal_rows() -> list[str]:
+    """The one-stage rows with a goal of their own (W1/A32 and ternary t=2), in VARIANTS order."""
+    return [name for name in VARIANTS if name in GOALS or name.split()[-1] in GOALS]
 
 
 def best_binary(results: dict, seeds: list[int]) -> str:
@@ -315,6 +334,11 @@ def report(results: dict, seeds: list[int], budget: Budget, minutes: float, args
                 f"{best} within {goal:g} points of FP on the budget curve: "
                 + (f"from {reached[0]:,} training images ({reached[1]['top1'] - fp:+.2f})" if reached
                    else f"not by {points[-1][0]:,} images ({points[-1][1]['top1'] - fp:+.2f})"))
+    if budget.goal_curve:
+        table, reached, unreached = goal_curve(results, best, budget, seeds[0])
+        lines += ["", *table]
+        met += reached
+        missed += unreached
     if any(k.startswith("mobilenet_v2") for k in results):
         lines += ["", f"Transfer from the real torchvision MobileNetV2 ImageNet weights (a new 10-class head, so labels "
                   f"only; {budget.images:,} images, seed {seeds[0]}):", "",
@@ -338,13 +362,53 @@ def report(results: dict, seeds: list[int], budget: Budget, minutes: float, args
                   f"that is: {best} goes from {first['top1'] - fp:+.2f} points on {few:,} images to "
                   f"{last['top1'] - fp:+.2f} on {many:,}. The two-stage runs split the same budget, so each stage "
                   "sees half of it; the papers' two-step recipes give each stage a full training run (ReActNet: "
-                  "256 + 256 epochs). The W1/A32, ternary and MobileNetV2 rows were not run on more images here."]
+                  "256 + 256 epochs)."
+                  + (" The other goals' table shows which of them more images reach." if budget.goal_curve else "")]
     lines += ["", "Goals (issue 13), on the mean against the FP parent: the best W1/A1 method within "
               f"{W1A1_GOAL:g} points (stretch {W1A1_STRETCH:g}), two-stage better than one stage at the same budget, "
               "W1/A32 within 0.5, ternary t=2 within 0.3, the MobileNetV2 ternary t=2 and irnet W1/A32 transfers within "
               f"{TRANSFER_GOAL:g} of the FP transfer.", "",
               f"- Met: {'; '.join(met) if met else 'none'}.", f"- Missed: {'; '.join(missed) if missed else 'none'}."]
     return lines
+
+
+def goal_curve(results: dict, best: str, budget: Budget, seed: int) -> tuple[list[str], list[str], list[str]]:
+    """The other goals' rows on more images: the table's lines, and each goal as met from some number of
+    images or missed up to the most. Seed ``seed`` throughout; each row against its own reference at the
+    same number of images (the FP parent, the one-stage run, the FP transfer)."""
+    counts = sorted({budget.images, *budget.goal_curve})
+
+    def at(key: str, images: int) -> dict:
+        return results[f"{key}|{seed}" if images == budget.images else f"{key}|images={images}"]
+
+    def transfer_at(name: str, images: int) -> dict:
+        return results[f"mobilenet_v2 {name}" if images == budget.images else f"mobilenet_v2 {name}|images={images}"]
+
+    fp = results["FP parent"]["top1"]
+    rows = [(name, GOALS.get(name, GOALS.get(name.split()[-1])), lambda n, name=name: at(name, n)["top1"],
+             lambda n: fp, "FP") for name in goal_rows()]
+    rows.append((f"{best}, two-stage", 0.0, lambda n: at(f"{best}, two-stage", n)["top1"],
+                 lambda n: at(best, n)["top1"], "one stage"))
+    if any(k.startswith("mobilenet_v2") and "|images=" in k for k in results):
+        rows += [(f"MobileNetV2 {name}", TRANSFER_GOAL, lambda n, name=name: transfer_at(name, n)["top1"],
+                  lambda n: transfer_at("FP", n)["top1"], "the FP transfer") for name in TRANSFER_GOALS]
+    lines = [f"The other goals on more training images (seed {seed}; top-1 and its difference from the row's "
+             "reference at the same number of images):", "",
+             "| row | reference | " + " | ".join(f"{n:,} images" for n in counts) + " | goal |",
+             "|---" * (len(counts) + 3) + "|"]
+    met, missed = [], []
+    for name, goal, top1, reference, against in rows:
+        deltas = [top1(n) - reference(n) for n in counts]
+        wanted = f"better than {against}" if goal == 0.0 else f"within {goal:g} of {against}"
+        lines.append(f"| {name} | {against} | " + " | ".join(f"{top1(n):.2f} ({d:+.2f})" for n, d in
+                                                              zip(counts, deltas, strict=True)) + f" | {wanted} |")
+        first = next((n for n, d in zip(counts, deltas, strict=True) if (d > 0 if goal == 0.0 else -d <= goal)), None)
+        if first is not None:
+            met.append(f"{name} {wanted} on more images: from {first:,} training images "
+                       f"({deltas[counts.index(first)]:+.2f})")
+        else:
+            missed.append(f"{name} {wanted} on more images: not by {counts[-1]:,} images ({deltas[-1]:+.2f})")
+    return lines, met, missed
 
 
 def budget_curve(results: dict, best: str, budget: Budget, seed: int) -> list[tuple[int, dict]]:

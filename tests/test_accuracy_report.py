@@ -30,7 +30,8 @@ def test_goals_are_judged_from_the_numbers():
     def result(top1: float) -> dict:
         return {"top1": top1, "train_img_s": 50.0, "file_bytes": 2e6, "wall_seconds": 1}
 
-    budget = accuracy.Budget("test", parent_images=None, parent_epochs=2, images=100, val_images=None, curve=(50,))
+    budget = accuracy.Budget("test", parent_images=None, parent_epochs=2, images=100, val_images=None, curve=(50, 200),
+                             goal_curve=(200,))
     results = {"FP parent": {**result(85.0), "train_img_s": 100.0, "epoch_top1": [84.5, 85.0]}}
     for name in accuracy.VARIANTS:
         results[f"{name}|0"] = result(84.9)  # 0.1 below FP
@@ -39,6 +40,10 @@ def test_goals_are_judged_from_the_numbers():
     results[f"{best}, BN re-estimated|0"] = result(85.0)
     results[f"{best}, start|0"] = {"top1": 10.0, "recalibrated_top1": 40.0, "wall_seconds": 1}
     results[f"{best}|images=50"] = result(80.0)
+    results[f"{best}|images=200"] = result(84.0)
+    for name in accuracy.goal_rows():
+        results[f"{name}|images=200"] = result(84.7 if name == "ternary t=2" else 84.6)  # 0.3 / 0.4 below FP
+    results[f"{best}, two-stage|images=200"] = result(84.1)  # +0.1 over one stage at 200 images
     options = SimpleNamespace(quick=False, seeds=[0], plot=None)
     lines = accuracy.report(results, [0], budget, minutes=0.0, args=options)
     met = next(line for line in lines if line.startswith("- Met:"))
@@ -56,6 +61,33 @@ def test_goals_are_judged_from_the_numbers():
     assert lines[lines.index("| training images | top-1 | Δ vs FP |") + 2:][:2] == ["| 50 | 80.00 | -5.00 |",
                                                                                         "| 100 | 84.90 | -0.10 |"]
     assert f"{best} within 3 points of FP on the budget curve: from 100 training images (-0.10)" in met
+    assert "| ternary t=2 | FP | 84.90 (-0.10) | 84.70 (-0.30) | within 0.3 of FP |" in lines
+    assert "ternary t=2 within 0.3 of FP on more images: from 100 training images (-0.10)" in met
+    assert f"{best}, two-stage better than one stage on more images: from 100 training images (+0.05)" in met
+    assert "MobileNetV2" not in missed  # no transfer runs, no transfer goals judged
+
+
+def test_goals_on_more_images_say_how_far_they_are_when_missed():
+    def result(top1: float) -> dict:
+        return {"top1": top1, "train_img_s": 50.0, "file_bytes": 2e6, "wall_seconds": 1}
+
+    budget = accuracy.Budget("test", parent_images=None, parent_epochs=2, images=100, val_images=None,
+                             goal_curve=(200, 400))
+    results = {"FP parent": result(90.0)}
+    best = "react W1/A1"
+    for images, delta in ((100, -2.0), (200, -1.0), (400, -0.6)):
+        for name in accuracy.goal_rows():
+            results[f"{name}|0" if images == 100 else f"{name}|images={images}"] = result(90.0 + delta)
+        for key, top1 in ((best, 80.0), (f"{best}, two-stage", 79.5)):
+            results[f"{key}|0" if images == 100 else f"{key}|images={images}"] = result(top1)
+        for name, top1 in (("FP", 88.0), ("ternary t=2", 87.5 + images / 1000), ("irnet W1/A32", 80.0)):
+            results[f"mobilenet_v2 {name}" if images == 100 else f"mobilenet_v2 {name}|images={images}"] = result(top1)
+    lines, met, missed = accuracy.goal_curve(results, best, budget, 0)
+    assert "irnet W1/A32 within 0.5 of FP on more images: not by 400 images (-0.60)" in missed
+    assert f"{best}, two-stage better than one stage on more images: not by 400 images (-0.50)" in missed
+    assert "MobileNetV2 ternary t=2 within 1 of the FP transfer on more images: from 100 training images (-0.40)" in met
+    assert "| MobileNetV2 irnet W1/A32 | the FP transfer | 80.00 (-8.00) | 80.00 (-8.00) | 80.00 (-8.00) | " \
+           "within 1 of the FP transfer |" in lines
 
 
 def test_zoo_rebuild_verdict_allows_the_stated_tolerance_and_prints_the_difference():

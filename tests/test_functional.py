@@ -191,7 +191,7 @@ def test_channel_scale_keeps_its_output_for_the_batchnorm_after_it():
     for scale in (torch.tensor([0.5, -1.5, 2.0]), torch.tensor([0.5, 0.0, 2.0])):
         module = ChannelScale(scale)
         saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t) or t, lambda t: t):
             y = module(x)
         y.backward(g)
         assert (y.data_ptr() in {t.data_ptr() for t in saved}) == bool(scale.ne(0).all())
