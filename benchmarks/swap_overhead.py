@@ -11,7 +11,7 @@ Freed memory stays in the process (``mallopt``, as ``MALLOC_MMAP_THRESHOLD_`` / 
 would): with glibc's defaults every step faults in fresh pages for its big tensors, which on a 2-core
 machine moves a ratio by +-0.3 from one run to the next.
 
-Usage: python benchmarks/swap_overhead.py [--rounds 10] [--rounds_224 5] [--output BENCHMARKS.md]
+Usage: python benchmarks/swap_overhead.py [--rounds 20] [--rounds_224 5] [--output BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def profile_rows(options, size=64, rows=6):
 
 
 def main():
-    args = arguments(__doc__, rounds=10, rounds_224=5)
+    args = arguments(__doc__, rounds=20, rounds_224=5)
     kept = keep_freed_memory()
     swaps = {name: swap_seconds(build) for name, build in
              [("resnet18", resnet18), ("resnet50", resnet50), ("mobilenet_v3_large", mobilenet_v3_large)]}

@@ -97,6 +97,12 @@ QS_CLONES void ternary_level_span(const float* __restrict x, float* __restrict y
   }
 }
 
+// The first branch writes its level (0 + level is the level, so no zero fill comes before it).
+QS_CLONES void ternary_first_level_span(const float* __restrict x, float* __restrict y, int64_t n, float delta,
+                                        float alpha) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::fabs(x[i]) >= delta ? alpha : 0.0f;
+}
+
 QS_CLONES void apply_sign_span(const float* __restrict x, float* __restrict y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float level = y[i];
@@ -191,8 +197,16 @@ QS_CLONES double kept_sum(const float* __restrict p, int64_t n, float delta) {
   QS_LANE_SUM(n, (std::fabs(p[j]) >= delta ? std::fabs(p[j]) : 0.0f))
 }
 
+// A count is exact in integer lanes: the same number as summing ones in double, without the conversions.
 QS_CLONES double kept_count(const float* __restrict p, int64_t n, float delta) {
-  QS_LANE_SUM(n, (std::fabs(p[j]) >= delta ? 1.0f : 0.0f))
+  int32_t acc[kLanes] = {0};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += std::fabs(p[i + l]) >= delta ? 1 : 0;
+  int64_t total = 0;
+  for (; i < n; ++i) total += std::fabs(p[i]) >= delta ? 1 : 0;
+  for (int l = 0; l < kLanes; ++l) total += acc[l];
+  return static_cast<double>(total);
 }
 
 QS_CLONES double plain_sum(const float* __restrict p, int64_t n) { QS_LANE_SUM(n, p[j]) }
@@ -459,10 +473,12 @@ std::tuple<at::Tensor, at::Tensor> ternary_expand(const at::Tensor& w, at::Array
     for (int64_t k = 0; k < blocks; ++k) kept += sums[(k * nb + j) * 2], count += sums[(k * nb + j) * 2 + 1];
     alpha[j] = static_cast<float>(kept / std::max(count, 1.0));
   }
-  at::Tensor out = at::zeros_like(w);
+  TORCH_CHECK(nb > 0, "ternary_expand: at least one threshold");
+  at::Tensor out = at::empty_like(w);
   float* dst = out.data_ptr<float>();
   elementwise(n, [&](int64_t b, int64_t e) {
-    for (int64_t j = 0; j < nb; ++j) ternary_level_span(src + b, dst + b, e - b, delta[j], alpha[j]);
+    ternary_first_level_span(src + b, dst + b, e - b, delta[0], alpha[0]);
+    for (int64_t j = 1; j < nb; ++j) ternary_level_span(src + b, dst + b, e - b, delta[j], alpha[j]);
     apply_sign_span(src + b, dst + b, e - b);
   });
   return {out, alphas};
