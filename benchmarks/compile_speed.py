@@ -4,8 +4,9 @@
 Each model (the float one included) is compiled once, warmed up until compilation is over, then
 timed: one SGD step (forward, backward, update), batch 32 at 64 px on the CPU. Each round times the
 float step and the method's step back to back, eager and compiled; a ratio is the median over rounds.
-Compilation time is reported, not counted in the step. Freed memory stays in the process, as in
-``swap_overhead.py``.
+Compilation time is reported, not counted in the step. Every model compiles with the options
+``quantswap finetune --compile`` uses (``quantswap.train.loop.compile_options``: on the CPU, no layout
+optimization). Freed memory stays in the process, as in ``swap_overhead.py``.
 
 Usage: python benchmarks/compile_speed.py [--rounds 8] [--output BENCHMARKS.md]
 """
@@ -20,10 +21,12 @@ from _common import ALL_VARIANTS, arguments, convert, keep_freed_memory, machine
 from swap_overhead import trainer
 from torchvision.models import resnet18
 
+from quantswap.train.loop import compile_options
+
 
 def compiled_trainer(model):
     """``(step, seconds the first two steps took)``: the first steps compile forward and backward."""
-    step = trainer(torch.compile(model), 64)
+    step = trainer(torch.compile(model, options=compile_options(torch.device("cpu"))), 64)
     start = time.perf_counter()
     step(), step()
     return step, time.perf_counter() - start

@@ -33,7 +33,7 @@ from quantswap.train.distributed import Dist
 from quantswap.train.loaders import Loaders
 from quantswap.train.run_state import STATE_NAME, RunFolder, RunState
 
-__all__ = ["Trainer", "TrainingDiverged", "distribution_loss", "evaluate"]
+__all__ = ["Trainer", "TrainingDiverged", "compile_options", "distribution_loss", "evaluate"]
 
 _logger = logging.getLogger(__name__)
 
@@ -66,6 +66,21 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, desc
     model.train(was_training)
     correct1, correct5, loss, count = Dist(device).all_reduce([correct1, correct5, loss, count])
     return {"top1": 100 * correct1 / count, "top5": 100 * correct5 / count, "loss": loss / count}
+
+
+def compile_options(device: torch.device) -> dict[str, Any] | None:
+    """inductor's options for ``torch.compile`` of a swapped model on ``device`` (what ``--compile`` uses).
+
+    On the CPU, no layout optimization: with it, inductor keeps each convolution's weight channels_last
+    and computes the weight quantizers' per-filter statistics in that order, one element at a time
+    (ResNet-18, batch 32, 64 px: ReCU's compiled step 2.3x the compiled float step, IR-Net's 1.7x; 1.3x
+    and 1.2x without, and the float step itself is faster). On CUDA, inductor's defaults.
+
+    Example:
+        >>> compile_options(torch.device("cpu"))
+        {'layout_optimization': False}
+    """
+    return {"layout_optimization": False} if device.type == "cpu" else None
 
 
 @contextlib.contextmanager
@@ -120,7 +135,7 @@ class Trainer:
             self.total_steps = min(cfg.max_steps, self.total_steps)
         self.train_model = nn.parallel.DistributedDataParallel(self.model) if self.dist.distributed else self.model
         if cfg.compile:  # the training forward only; validation and checkpoints use the module itself
-            self.train_model = torch.compile(self.train_model)
+            self.train_model = torch.compile(self.train_model, options=compile_options(device))
 
     # -- what last.pt holds of the trainer ----------------------------------------------------------
 
