@@ -3,8 +3,8 @@ SGD with momentum), each measured in a process of its own.
 
 What a process counts: its peak resident memory during three training steps (``VmHWM``, reset through
 ``/proc/self/clear_refs`` after two warm-up steps) minus its resident memory before the model was built
-(the interpreter and libraries, including what a first swap and step of a tiny model load). That is weights, gradients, optimizer state, what autograd saves for the
-backward and the step's temporaries. glibc is told to map every allocation above 64 KiB on its own and
+(the interpreter and libraries, including what a first swap and step of a tiny model load). That is
+weights, gradients, optimizer state, what autograd saves for the backward and the step's temporaries. glibc is told to map every allocation above 64 KiB on its own and
 to unmap it when freed (``MALLOC_MMAP_THRESHOLD_=65536``), so resident memory follows the live tensors
 instead of what the allocator keeps cached. Linux only (``/proc``).
 
