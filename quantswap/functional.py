@@ -335,8 +335,8 @@ class _ChannelScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         out, scale = ctx.saved_tensors
-        grad_x, sums = _kernels().channel_piecewise_backward(grad.contiguous(), out, torch.zeros_like(scale), scale, scale)
-        return grad_x, (sums[0] + sums[1]) / scale
+        grad_x, sums = _kernels().channel_scale_backward(grad.contiguous(), out, scale)
+        return grad_x, sums / scale
 
 
 def channel_scale(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

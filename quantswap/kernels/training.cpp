@@ -211,6 +211,11 @@ QS_CLONES double kept_count(const float* __restrict p, int64_t n, float delta) {
 
 QS_CLONES double plain_sum(const float* __restrict p, int64_t n) { QS_LANE_SUM(n, p[j]) }
 
+QS_CLONES double dot_sum(const float* __restrict a, const float* __restrict b, int64_t n) { QS_LANE_SUM(n, a[j] * b[j]) }
+
+// mean |p| over a row, summed in double: XNOR-Net's and Bi-Real's scale, one definition for every op that reads it.
+inline float row_mean(const float* p, int64_t len) { return static_cast<float>(abs_sum(p, len) / static_cast<double>(len)); }
+
 // sum of g * u over u = x - shift_in > 0 (positive) or <= 0 (!positive): the slopes' gradients.
 QS_CLONES double side_sum(const float* __restrict g, const float* __restrict x, int64_t n, float shift_in, bool positive) {
   if (positive) {
@@ -405,7 +410,7 @@ at::Tensor row_mean_abs(const at::Tensor& w) {
   at::Tensor out = at::empty({rows}, w.options());
   const float* src = w.data_ptr<float>();
   float* dst = out.data_ptr<float>();
-  by_rows(rows, len, [&](int64_t r) { dst[r] = static_cast<float>(abs_sum(src + r * len, len) / static_cast<double>(len)); });
+  by_rows(rows, len, [&](int64_t r) { dst[r] = row_mean(src + r * len, len); });
   return out;
 }
 
@@ -419,7 +424,7 @@ std::tuple<at::Tensor, at::Tensor> mean_abs_sign(const at::Tensor& w) {
   const float* src = w.data_ptr<float>();
   float *dst = out.data_ptr<float>(), *s = scales.data_ptr<float>();
   by_rows(rows, len, [&](int64_t r) {
-    s[r] = static_cast<float>(abs_sum(src + r * len, len) / static_cast<double>(len));
+    s[r] = row_mean(src + r * len, len);
     sign_span(src + r * len, dst + r * len, len, s[r], -s[r]);
   });
   return {out, scales};
@@ -724,6 +729,28 @@ std::tuple<at::Tensor, at::Tensor> channel_piecewise_backward(const at::Tensor& 
   return {out, sums};
 }
 
+// ChannelScale's backward from its output y = x * scale: (grad_x = g * scale, sums [C] = the sum of g * y per channel),
+// each channel one task over its blocks in order. The caller divides the sums by the scale: the scale's gradient.
+std::tuple<at::Tensor, at::Tensor> channel_scale_backward(const at::Tensor& grad, const at::Tensor& y,
+                                                          const at::Tensor& scale) {
+  check_pair(grad, y);
+  const Channels ch(y, "channel_scale_backward");
+  const float* s = ch.param(scale);
+  at::Tensor out = at::empty_like(y), sums = at::empty({ch.channels}, y.options());
+  const float *g = grad.data_ptr<float>(), *src = y.data_ptr<float>();
+  float *dst = out.data_ptr<float>(), *sum = sums.data_ptr<float>();
+  ch.per_channel([&](int64_t c, const auto& block) {
+    double total = 0.0;
+    for (int64_t n = 0; n < ch.batch; ++n) {
+      const int64_t at = block(n);
+      piecewise_grad_span(g + at, src + at, dst + at, ch.len, 0.0f, s[c], s[c]);
+      total += dot_sum(g + at, src + at, ch.len);
+    }
+    sum[c] = static_cast<float>(total);
+  });
+  return {out, sums};
+}
+
 // ReActNet's RSign: y = sign(x + shift[c]) per channel (dimension 1).
 at::Tensor channel_shift_sign(const at::Tensor& x, const at::Tensor& shift) {
   const Channels ch(x, "channel_shift_sign");
@@ -835,6 +862,7 @@ TORCH_LIBRARY_FRAGMENT(quantswap_native, m) {
         &channel_piecewise);
   m.def("channel_piecewise_backward(Tensor grad, Tensor x, Tensor shift_in, Tensor pos, Tensor neg) -> (Tensor, Tensor)",
         &channel_piecewise_backward);
+  m.def("channel_scale_backward(Tensor grad, Tensor y, Tensor scale) -> (Tensor, Tensor)", &channel_scale_backward);
   m.def("sign_with_mask(Tensor x) -> (Tensor, Tensor)", &sign_with_mask);
   m.def("masked_grad(Tensor grad, Tensor mask) -> Tensor", &masked_grad);
   m.def("level_codes(Tensor x, float hi) -> Tensor", &level_codes);
