@@ -57,6 +57,8 @@ __all__ = [
     "ternary_levels",
     "ternary_combine",
     "ternary_expand",
+    "ternary_expand_with_statistics",
+    "ternary_apply",
 ]
 
 ESTIMATORS = ("clipped", "approx", "identity")
@@ -406,16 +408,18 @@ def _ternary_levels_sum(masks: Sequence[torch.Tensor], alphas: Sequence[torch.Te
 
 class _TernaryExpand(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w: torch.Tensor, thresholds: tuple[float, ...]) -> torch.Tensor:
+    def forward(ctx, w: torch.Tensor, thresholds: tuple[float, ...]):
         ctx.save_for_backward(w)
         ctx.branches = len(thresholds)
         if _native(w):
-            return _kernels().ternary_expand(w, list(thresholds))[0]
+            out, alphas, deltas = _kernels().ternary_expand(w, list(thresholds))
+            ctx.mark_non_differentiable(deltas, alphas)
+            return out, (deltas, alphas)
         masks, alphas = zip(*ternary_branches(w, thresholds), strict=True)
-        return fast_sign(w, _ternary_levels_sum(masks, alphas, w.dtype))  # = ternary_combine(..., w < 0)
+        return fast_sign(w, _ternary_levels_sum(masks, alphas, w.dtype)), None  # = ternary_combine(..., w < 0)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor, *_):
         (w,) = ctx.saved_tensors
         if _native(grad, w):
             return _kernels().clipped_scaled_grad(grad, w, 1.0, float(ctx.branches)), None
@@ -430,4 +434,19 @@ def ternary_expand(w: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor
     straight-through estimator of every branch added up: ``∂L/∂W = t · g · 1[|W| < 1]``;
     ``α`` and ``δ`` are not differentiated (docs/methods.md#ternary-weights-with-residual-expansion).
     """
+    return ternary_expand_with_statistics(w, thresholds)[0]
+
+
+def ternary_expand_with_statistics(w: torch.Tensor, thresholds: Sequence[float]
+                                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """:func:`ternary_expand`, and where the native kernels ran its ``(δ, α)`` per branch, with which
+    :func:`ternary_apply` computes the same weight again in one pass (``None`` elsewhere)."""
     return _TernaryExpand.apply(w, tuple(thresholds))
+
+
+@torch.no_grad()
+def ternary_apply(w: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``sign(W) · Σ_b α_b · 1[|W| >= δ_b]`` from :func:`ternary_expand_with_statistics`' ``(δ, α)``: its
+    weight bit for bit, without the pass for ``max|W|`` and the one summing each branch's ``α``."""
+    deltas, alphas = statistics
+    return _kernels().ternary_apply(w, deltas, alphas)

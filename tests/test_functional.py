@@ -101,6 +101,22 @@ def test_ternary_expand_forward_and_gradient(thresholds):
     torch.testing.assert_close(grad, len(thresholds) * g * (w.abs() < 1).float(), atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("thresholds", [(0.05,), (0.05, 0.10, 0.15, 0.20)])
+def test_ternary_apply_gives_the_forward_weight_bit_for_bit_from_its_statistics(thresholds):
+    """The backward's one-pass recompute: the same numbers as the forward, weights on a threshold included."""
+    w = torch.randn(64, 32, 3, 3)
+    w.view(-1)[:4] = torch.tensor([1.0, -0.5, 0.05, -0.1]) * w.abs().max()  # |w| exactly at delta = 0.05, 0.1 max|w|
+    out, statistics = QF.ternary_expand_with_statistics(w, thresholds)
+    if not QF._native(w):
+        assert statistics is None  # the PyTorch path returns none: the layer quantizes again
+        return
+    deltas, alphas = statistics
+    assert torch.equal(deltas, torch.tensor(thresholds) * w.abs().max())  # in float32, as the forward
+    assert torch.equal(QF.ternary_apply(w, statistics), out)
+    assert torch.equal(QF.ternary_apply(w * 0.5, statistics), sum(  # other weights: the given deltas and alphas
+        torch.where(w.abs() * 0.5 >= d, a, 0.0) for d, a in zip(deltas, alphas, strict=True)) * QF.sign(w))
+
+
 def test_ternary_levels_codes_and_scale():
     w = torch.tensor([-1.0, -0.5, -0.04, 0.0, 0.05, 0.2, 1.0])
     codes, alpha = QF.ternary_levels(w, 0.05)  # delta = 0.05

@@ -441,7 +441,7 @@ def _grads_with_and_without_compact_saves(model, x, monkeypatch):
     plain = copy.deepcopy(model)
     model(x).square().sum().backward()
     with monkeypatch.context() as m:
-        m.setattr(_QuantMixin, "_compact_saves", lambda self, x, w: contextlib.nullcontext())
+        m.setattr(_QuantMixin, "_compact_saves", lambda self, *args: contextlib.nullcontext())
         plain(x).square().sum().backward()
     return [(name, p.grad, q.grad) for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True)]
 
@@ -502,6 +502,26 @@ def test_adabin_layers_keep_their_two_valued_inputs_as_one_byte_each(monkeypatch
         assert compact is None or torch.equal(compact, plain), name
 
 
+def test_a_ternary_layer_recomputes_its_weight_in_the_backward_from_the_forward_statistics(monkeypatch):
+    """The backward's quantized weight comes from the forward's δ and α in one pass (no second max|W| and
+    sums per branch); the gradients are those of keeping the weight, bit for bit."""
+    from torchvision.models import resnet18
+
+    from quantswap.methods.ternary import TernaryWeight
+
+    model = quantswap.ternarize(resnet18(num_classes=10), expansion=4).train()
+    x = torch.randn(2, 3, 32, 32)
+    if not QF._native(x):
+        pytest.skip("the statistics come from the native kernels")
+    calls = []
+    with monkeypatch.context() as m:
+        m.setattr(TernaryWeight, "forward", lambda self, w: calls.append(w) or QF.ternary_expand(w, self.thresholds))
+        grads = _grads_with_and_without_compact_saves(model, x, monkeypatch)
+    assert not calls  # neither the forward nor the backward ran the quantizer's full forward
+    for name, compact, plain in grads:
+        assert compact is None or torch.equal(compact, plain), name
+
+
 def test_changing_the_latent_weight_before_backward_is_an_error():
     layer = quantswap.binarize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 3)),
                                method="xnor").get_submodule("1").train()
@@ -524,6 +544,6 @@ def test_the_backward_quantizes_the_weight_the_forward_read_under_functional_cal
     grad = other["weight"].grad.clone()
     other["weight"].grad = None
     with monkeypatch.context() as m:
-        m.setattr(type(layer), "_compact_saves", lambda self, x, w: __import__("contextlib").nullcontext())
+        m.setattr(type(layer), "_compact_saves", lambda self, *args: __import__("contextlib").nullcontext())
         torch.func.functional_call(layer, other, (x,)).square().sum().backward()
     assert torch.equal(grad, other["weight"].grad)

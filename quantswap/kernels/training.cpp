@@ -448,11 +448,34 @@ at::Tensor mean_abs_sign_backward(const at::Tensor& grad, const at::Tensor& w, c
   return out;
 }
 
+// Residual-expansion ternary weight from its statistics: wq = sign(w) * sum_b alpha_b [|w| >= delta_b], added
+// branch by branch (deltas and alphas [branches], float32).
+void ternary_fill(const float* src, float* dst, int64_t n, const float* delta, const float* alpha, int64_t nb) {
+  elementwise(n, [&](int64_t b, int64_t e) {
+    ternary_first_level_span(src + b, dst + b, e - b, delta[0], alpha[0]);
+    for (int64_t j = 1; j < nb; ++j) ternary_level_span(src + b, dst + b, e - b, delta[j], alpha[j]);
+    apply_sign_span(src + b, dst + b, e - b);
+  });
+}
+
+// The weight of ternary_expand again, from the deltas and alphas it returned: one pass, no statistics.
+at::Tensor ternary_apply(const at::Tensor& w, const at::Tensor& deltas, const at::Tensor& alphas) {
+  check_dense(w, "w");
+  check_dense(deltas, "deltas");
+  check_dense(alphas, "alphas");
+  TORCH_CHECK(deltas.numel() > 0 && deltas.numel() == alphas.numel(), "ternary_apply: one delta and alpha per branch");
+  at::Tensor out = at::empty_like(w);
+  ternary_fill(w.data_ptr<float>(), out.data_ptr<float>(), w.numel(), deltas.data_ptr<float>(),
+               alphas.data_ptr<float>(), deltas.numel());
+  return out;
+}
+
 // Residual-expansion ternary weight: per threshold tau_b, delta_b = tau_b * max|w| and alpha_b = mean(|w| : |w| >=
-// delta_b); wq = sign(w) * sum_b alpha_b [|w| >= delta_b], added branch by branch. Returns (wq, alphas [branches]).
-std::tuple<at::Tensor, at::Tensor> ternary_expand(const at::Tensor& w, at::ArrayRef<double> thresholds) {
+// delta_b); wq = sign(w) * sum_b alpha_b [|w| >= delta_b]. Returns (wq, alphas, deltas), the last two [branches].
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ternary_expand(const at::Tensor& w, at::ArrayRef<double> thresholds) {
   check_dense(w, "w");
   const int64_t n = w.numel(), nb = static_cast<int64_t>(thresholds.size());
+  TORCH_CHECK(nb > 0, "ternary_expand: at least one threshold");
   const float* src = w.data_ptr<float>();
   const int64_t blocks = (n + kGrain - 1) / kGrain;
   auto block_len = [&](int64_t k) { return std::min(n, (k + 1) * kGrain) - k * kGrain; };
@@ -461,7 +484,8 @@ std::tuple<at::Tensor, at::Tensor> ternary_expand(const at::Tensor& w, at::Array
     for (int64_t k = b; k < e; ++k) block_peak[k] = abs_max(src + k * kGrain, block_len(k));
   });
   const float peak = blocks ? *std::max_element(block_peak.begin(), block_peak.end()) : 0.0f;
-  std::vector<float> delta(nb);
+  at::Tensor deltas = at::empty({nb}, w.options()), alphas = at::empty({nb}, w.options());
+  float *delta = deltas.data_ptr<float>(), *alpha = alphas.data_ptr<float>();
   for (int64_t j = 0; j < nb; ++j) delta[j] = static_cast<float>(thresholds[j]) * peak;
   std::vector<double> sums(blocks * nb * 2, 0.0);  // per block and branch: the kept |w| and their count
   at::parallel_for(0, blocks, 1, [&](int64_t b, int64_t e) {
@@ -471,22 +495,14 @@ std::tuple<at::Tensor, at::Tensor> ternary_expand(const at::Tensor& w, at::Array
         sums[(k * nb + j) * 2 + 1] = kept_count(src + k * kGrain, block_len(k), delta[j]);
       }
   });
-  at::Tensor alphas = at::empty({nb}, w.options());
-  float* alpha = alphas.data_ptr<float>();
   for (int64_t j = 0; j < nb; ++j) {
     double kept = 0.0, count = 0.0;
     for (int64_t k = 0; k < blocks; ++k) kept += sums[(k * nb + j) * 2], count += sums[(k * nb + j) * 2 + 1];
     alpha[j] = static_cast<float>(kept / std::max(count, 1.0));
   }
-  TORCH_CHECK(nb > 0, "ternary_expand: at least one threshold");
   at::Tensor out = at::empty_like(w);
-  float* dst = out.data_ptr<float>();
-  elementwise(n, [&](int64_t b, int64_t e) {
-    ternary_first_level_span(src + b, dst + b, e - b, delta[0], alpha[0]);
-    for (int64_t j = 1; j < nb; ++j) ternary_level_span(src + b, dst + b, e - b, delta[j], alpha[j]);
-    apply_sign_span(src + b, dst + b, e - b);
-  });
-  return {out, alphas};
+  ternary_fill(src, out.data_ptr<float>(), n, delta, alpha, nb);
+  return {out, alphas, deltas};
 }
 
 // IR-Net's Libra-PB per row: mean, the unbiased std (1/std = 0 for a filter whose std <= 1e-6 |mean|),
@@ -857,7 +873,8 @@ TORCH_LIBRARY_FRAGMENT(quantswap_native, m) {
   m.def("row_mean_abs(Tensor w) -> Tensor", &row_mean_abs);
   m.def("mean_abs_sign(Tensor w) -> (Tensor, Tensor)", &mean_abs_sign);
   m.def("mean_abs_sign_backward(Tensor grad, Tensor w, Tensor scale, bool scale_grad) -> Tensor", &mean_abs_sign_backward);
-  m.def("ternary_expand(Tensor w, float[] thresholds) -> (Tensor, Tensor)", &ternary_expand);
+  m.def("ternary_expand(Tensor w, float[] thresholds) -> (Tensor, Tensor, Tensor)", &ternary_expand);
+  m.def("ternary_apply(Tensor w, Tensor deltas, Tensor alphas) -> Tensor", &ternary_apply);
   m.def("channel_piecewise(Tensor x, Tensor shift_in, Tensor pos, Tensor neg, Tensor shift_out) -> Tensor",
         &channel_piecewise);
   m.def("channel_piecewise_backward(Tensor grad, Tensor x, Tensor shift_in, Tensor pos, Tensor neg) -> (Tensor, Tensor)",

@@ -56,6 +56,13 @@ class TernaryWeight(WeightQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return QF.ternary_expand(w, self.thresholds)
 
+    def quantize(self, w: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        return QF.ternary_expand_with_statistics(w, self.thresholds)
+
+    @torch.no_grad()
+    def requantize(self, w: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        return self(w) if statistics is None else QF.ternary_apply(w, statistics)
+
     @torch.no_grad()
     def ternarize(self, w: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per branch, ``(codes, alpha)`` with codes in {-1, 0, +1}; the forward is ``Σ α·codes``."""

@@ -13,6 +13,7 @@ decoded once; the latent float weight is dropped.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 from torch import nn
@@ -52,6 +53,13 @@ class _QuantMixin:
             self.__dict__["_eval_weight"] = cached
         return cached[1]
 
+    def _forward_weight(self) -> tuple[torch.Tensor, object]:
+        """The forward's weight and, with autograd on, what the backward may reuse to compute it again (see
+        :meth:`_compact_saves`)."""
+        if torch.is_grad_enabled() and isinstance(self.weight_quantizer, WeightQuantizer):
+            return self.weight_quantizer.quantize(self.weight)
+        return self.quantized_weight(), None
+
     def train(self, mode: bool = True):
         self.__dict__.pop("_eval_weight", None)  # a cached eval weight is not kept into training
         return super().train(mode)
@@ -59,18 +67,20 @@ class _QuantMixin:
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)
 
-    def _compact_saves(self, x: torch.Tensor, w: torch.Tensor) -> contextlib.AbstractContextManager:
+    def _compact_saves(self, x: torch.Tensor, w: torch.Tensor, statistics: object = None
+                       ) -> contextlib.AbstractContextManager:
         """Where the convolution or matmul saves its operands for the backward, keep less than two float
         copies: binary inputs (two values: ±1, or AdaBin's learned pair) as one byte per element, and no
-        quantized weight at all (the backward quantizes the latent weight again, which is cheaper than
-        keeping a float copy of every weight from the forward to the backward). A no-op outside autograd
-        and under ``torch.compile`` or ``torch.export`` (inductor plans its own buffers)."""
+        quantized weight at all (the backward quantizes the latent weight again, from the forward's
+        ``statistics`` where the quantizer returned some, which is cheaper than keeping a float copy of
+        every weight from the forward to the backward). A no-op outside autograd and under
+        ``torch.compile`` or ``torch.export`` (inductor plans its own buffers)."""
         tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
         if not torch.is_grad_enabled() or tracing or self.is_frozen:
             return contextlib.nullcontext()
         levels = self._input_levels(x)
         return torch.autograd.graph.saved_tensors_hooks(
-            _CompactSaves(self, x if levels else None, w, levels).pack, _CompactSaves.unpack)
+            _CompactSaves(self, x if levels else None, w, levels, statistics).pack, _CompactSaves.unpack)
 
     def _input_levels(self, x: torch.Tensor) -> tuple[float, float] | None:
         """``(lo, hi)``, the two values of the input quantizer's output ``x``: ``(-1, 1)`` for a plain sign
@@ -121,14 +131,17 @@ class _CompactSaves:
     """The saved-tensor hooks of :meth:`_QuantMixin._compact_saves` for one call of one layer."""
 
     def __init__(self, layer: _QuantMixin, signs: torch.Tensor | None, weight: torch.Tensor,
-                 levels: tuple[float, float] | None = None):
+                 levels: tuple[float, float] | None = None, statistics: object = None):
         self.layer, self.signs, self.weight, self.levels = layer, _identity(signs), _identity(weight), levels
+        quantizer = layer.weight_quantizer
+        self.requantize = quantizer if statistics is None else functools.partial(quantizer.requantize,
+                                                                                  statistics=statistics)
 
     def pack(self, tensor: torch.Tensor):
         identity = _identity(tensor)
         if identity == self.weight:  # the latent weight the forward read (torch.func may have swapped it in)
             latent = self.layer.weight
-            return ("weight", self.layer.weight_quantizer, latent, latent._version, tensor.dtype)
+            return ("weight", self.requantize, latent, latent._version, tensor.dtype)
         if identity == self.signs:
             if self.levels == (-1.0, 1.0):
                 return ("signs", tensor.to(torch.int8), tensor.dtype)  # preserve_format: the same strides back
@@ -146,13 +159,13 @@ class _CompactSaves:
         if packed[0] == "levels":
             _, codes, (lo, hi) = packed
             return QF._kernels().level_values(codes, lo, hi)
-        _, quantizer, latent, version, dtype = packed
+        _, requantize, latent, version, dtype = packed
         if latent._version != version:
             raise RuntimeError(
                 "the latent weight of a quantized layer changed between the forward and the backward "
                 "(an optimizer step or an in-place edit before backward()); run backward() first")
         with torch.no_grad():
-            return quantizer(latent.detach()).to(dtype)
+            return requantize(latent.detach()).to(dtype)
 
 
 def _redecode_frozen_weight(layer: _QuantMixin, incompatible_keys) -> None:
@@ -184,8 +197,8 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, w = self._quantize_input(x), self.quantized_weight()
-        with self._compact_saves(x, w):
+        x, (w, statistics) = self._quantize_input(x), self._forward_weight()
+        with self._compact_saves(x, w, statistics):
             return self._conv_forward(x, w, self.bias)
 
 
@@ -211,8 +224,8 @@ class QuantLinear(_QuantMixin, nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, w = self._quantize_input(x), self.quantized_weight()
-        with self._compact_saves(x, w):
+        x, (w, statistics) = self._quantize_input(x), self._forward_weight()
+        with self._compact_saves(x, w, statistics):
             return F.linear(x, w, self.bias)
 
 

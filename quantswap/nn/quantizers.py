@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,6 +88,21 @@ class WeightQuantizer(nn.Module):
         """What, besides the latent weight, the forward's value depends on (a quantizer with such state
         returns it): an eval-mode layer reuses its quantized weight while weight and key are unchanged."""
         return ()
+
+    def quantize(self, w: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """``forward(w)``, and what :meth:`requantize` may reuse to compute it again (``None``: nothing).
+
+        A training layer does not keep its quantized weight for the backward (the convolution's input
+        gradient needs it); it computes it again there. A quantizer whose forward reduces the whole weight
+        to a few statistics (ternary: ``max|W|`` and a mean per branch) returns them here, so that the
+        second time is one pass.
+        """
+        return self(w), None
+
+    @torch.no_grad()
+    def requantize(self, w: torch.Tensor, statistics: Any = None) -> torch.Tensor:
+        """``forward(w)`` without autograd, from :meth:`quantize`'s statistics of this same ``w``."""
+        return self(w)
 
     @abc.abstractmethod
     def encode(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
