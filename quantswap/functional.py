@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -51,6 +52,9 @@ __all__ = [
     "scaled_sign_identity",
     "per_channel_mean_abs",
     "mean_abs_sign",
+    "mean_abs_sign_with_statistics",
+    "RowSign",
+    "row_sign_apply",
     "ede_schedule",
     "check_ede_range",
     "ternary_branches",
@@ -259,20 +263,39 @@ def per_channel_mean_abs(w: torch.Tensor) -> torch.Tensor:
     return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
 
 
+class RowSign(NamedTuple):
+    """A per-row binary weight's numbers, one per output channel: the weight is
+    ``(scale if (W − centre)·inverse >= 0 else −scale) + offset`` row by row (absent: ``scale`` 1,
+    ``centre`` 0, ``inverse`` 1, no offset). What a weight quantizer's forward returns for
+    :func:`row_sign_apply` to compute its weight again in one pass (the backward does)."""
+
+    scale: torch.Tensor | None = None
+    centre: torch.Tensor | None = None
+    inverse: torch.Tensor | None = None
+    offset: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def row_sign_apply(w: torch.Tensor, statistics: RowSign) -> torch.Tensor:
+    """The weight a per-row binary quantizer computed from ``w``, again from its :class:`RowSign`: the same
+    expression as its native forward, so the same bits, without the per-row sums."""
+    return _kernels().row_sign_apply(w, *statistics)
+
+
 class _MeanAbsSign(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w: torch.Tensor, scale_grad: bool) -> torch.Tensor:
+    def forward(ctx, w: torch.Tensor, scale_grad: bool):
         ctx.scale_grad = scale_grad
         if w.dim() > 1 and _native(w):  # one read of each row: per_channel_mean_abs and fast_sign's numbers
             out, scale = _kernels().mean_abs_sign(w)
             ctx.save_for_backward(w, scale.view((-1,) + (1,) * (w.dim() - 1)))  # as per_channel_mean_abs shapes it
-            return out
+            return out, RowSign(scale)
         scale = per_channel_mean_abs(w.detach())
         ctx.save_for_backward(w, scale)
-        return fast_sign(w, scale)
+        return fast_sign(w, scale), None
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor, *_):
         w, scale = ctx.saved_tensors
         if w.dim() > 1 and _native(grad, w):
             return _kernels().mean_abs_sign_backward(grad, w, scale.reshape(-1), ctx.scale_grad), None
@@ -291,6 +314,11 @@ def mean_abs_sign(w: torch.Tensor, scale_grad: bool = True) -> torch.Tensor:
     gradient) keeps the first term. The same numbers as composing :func:`per_channel_mean_abs` and
     :func:`sign_ste` under autograd, in a few passes and saving only ``W`` and ``α``.
     """
+    return mean_abs_sign_with_statistics(w, scale_grad)[0]
+
+
+def mean_abs_sign_with_statistics(w: torch.Tensor, scale_grad: bool = True) -> tuple[torch.Tensor, RowSign | None]:
+    """:func:`mean_abs_sign`, and where the native kernels ran its :class:`RowSign` (``α`` per row)."""
     return _MeanAbsSign.apply(w, scale_grad)
 
 
@@ -413,7 +441,6 @@ class _TernaryExpand(torch.autograd.Function):
         ctx.branches = len(thresholds)
         if _native(w):
             out, alphas, deltas = _kernels().ternary_expand(w, list(thresholds))
-            ctx.mark_non_differentiable(deltas, alphas)
             return out, (deltas, alphas)
         masks, alphas = zip(*ternary_branches(w, thresholds), strict=True)
         return fast_sign(w, _ternary_levels_sum(masks, alphas, w.dtype)), None  # = ternary_combine(..., w < 0)

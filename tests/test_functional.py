@@ -117,6 +117,30 @@ def test_ternary_apply_gives_the_forward_weight_bit_for_bit_from_its_statistics(
         torch.where(w.abs() * 0.5 >= d, a, 0.0) for d, a in zip(deltas, alphas, strict=True)) * QF.sign(w))
 
 
+def test_row_sign_apply_gives_each_per_row_forward_bit_for_bit():
+    """The backward's recompute of XNOR-Net's, Bi-Real's, IR-Net's, ReCU's and AdaBin's weights from their
+    forward's per-row numbers: the same bits, with a constant filter (IR-Net: 1/std = 0), a zero filter
+    (scale 0, so -0.0 for negative weights) and -0.0 weights among the rows."""
+    from quantswap.methods.adabin import AdaBinWeight
+    from quantswap.methods.bireal import BiRealWeight
+    from quantswap.methods.irnet import IRNetWeight
+    from quantswap.methods.recu import ReCUWeight
+    from quantswap.methods.xnor import XnorWeight
+
+    w = torch.randn(16, 8, 3, 3)
+    w[1] = 0.25  # a constant filter
+    w[2] = 0.0
+    w[3, :, 0, 0] = -0.0
+    if not QF._native(w):
+        pytest.skip("the per-row numbers come from the native kernels")
+    for quantizer in (XnorWeight(), BiRealWeight(), IRNetWeight(), ReCUWeight(), AdaBinWeight()):
+        out, statistics = quantizer.quantize(w)
+        assert isinstance(statistics, QF.RowSign), type(quantizer).__name__
+        again = quantizer.requantize(w, statistics)
+        assert torch.equal(again.view(torch.int32), out.view(torch.int32)), type(quantizer).__name__  # -0.0 too
+        assert torch.equal(out, quantizer(w))
+
+
 def test_ternary_levels_codes_and_scale():
     w = torch.tensor([-1.0, -0.5, -0.04, 0.0, 0.05, 0.2, 1.0])
     codes, alpha = QF.ternary_levels(w, 0.05)  # delta = 0.05

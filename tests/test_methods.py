@@ -19,6 +19,7 @@ from quantswap.methods.mcdonnell import McDonnellWeight
 from quantswap.methods.ternary import TernaryWeight
 from quantswap.methods.xnor import XnorWeight
 from quantswap.nn import QuantConv2d, QuantLinear
+from quantswap.nn.layers import QuantLayer
 
 ATOL = 1e-6
 
@@ -502,22 +503,25 @@ def test_adabin_layers_keep_their_two_valued_inputs_as_one_byte_each(monkeypatch
         assert compact is None or torch.equal(compact, plain), name
 
 
-def test_a_ternary_layer_recomputes_its_weight_in_the_backward_from_the_forward_statistics(monkeypatch):
-    """The backward's quantized weight comes from the forward's δ and α in one pass (no second max|W| and
-    sums per branch); the gradients are those of keeping the weight, bit for bit."""
+@pytest.mark.parametrize("method, options", [("xnor", {}), ("bireal", {}), ("irnet", {}), ("react", {}), ("recu", {}),
+                                             ("adabin", {}), ("ternary", {"expansion": 1}), ("ternary", {"expansion": 4})])
+def test_the_backward_recomputes_the_weight_from_the_forward_statistics(method, options, monkeypatch):
+    """A layer's backward computes its quantized weight again from the forward's per-row numbers (ternary: δ
+    and α per branch) in one pass, not by running the quantizer again; the gradients are those of keeping
+    the weight, bit for bit (every parameter of a small ResNet, one step)."""
     from torchvision.models import resnet18
 
-    from quantswap.methods.ternary import TernaryWeight
-
-    model = quantswap.ternarize(resnet18(num_classes=10), expansion=4).train()
     x = torch.randn(2, 3, 32, 32)
     if not QF._native(x):
         pytest.skip("the statistics come from the native kernels")
+    model = quantswap.swap(resnet18(num_classes=10), quantswap.config_for(method, **options)).train()
+    quantizer = type(next(m for m in model.modules() if isinstance(m, QuantLayer)).weight_quantizer)
+    full_forward = quantizer.forward
     calls = []
     with monkeypatch.context() as m:
-        m.setattr(TernaryWeight, "forward", lambda self, w: calls.append(w) or QF.ternary_expand(w, self.thresholds))
+        m.setattr(quantizer, "forward", lambda self, w: calls.append(w) or full_forward(self, w))
         grads = _grads_with_and_without_compact_saves(model, x, monkeypatch)
-    assert not calls  # neither the forward nor the backward ran the quantizer's full forward
+    assert not calls  # the training forward ran quantize(), the backward requantize() from its statistics
     for name, compact, plain in grads:
         assert compact is None or torch.equal(compact, plain), name
 

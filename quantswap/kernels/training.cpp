@@ -63,6 +63,18 @@ QS_CLONES void sign_span(const float* __restrict x, float* __restrict y, int64_t
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] >= 0.0f ? pos : neg;
 }
 
+// The per-row binary weights' common form: (u >= 0 ? scale : -scale) with u = (w - centre) * inverse. w - 0 and
+// u * 1 are w and u exactly (-0.0 included), so the defaults change no bit; an offset is added only when given.
+QS_CLONES void row_sign_span(const float* __restrict w, float* __restrict y, int64_t n, float centre, float inverse,
+                             float scale) {
+  for (int64_t i = 0; i < n; ++i) y[i] = (w[i] - centre) * inverse >= 0.0f ? scale : -scale;
+}
+
+QS_CLONES void row_sign_offset_span(const float* __restrict w, float* __restrict y, int64_t n, float centre,
+                                    float inverse, float scale, float offset) {
+  for (int64_t i = 0; i < n; ++i) y[i] = ((w[i] - centre) * inverse >= 0.0f ? scale : -scale) + offset;
+}
+
 QS_CLONES void ede_span(const float* __restrict g, const float* __restrict x, float* __restrict y, int64_t n,
                         float slope, float gain) {
   for (int64_t i = 0; i < n; ++i) {
@@ -444,6 +456,36 @@ at::Tensor mean_abs_sign_backward(const at::Tensor& grad, const at::Tensor& w, c
     const float *gr = g + r * len, *wr = src + r * len;
     const float c = scale_grad ? static_cast<float>(signed_sum(gr, wr, len) / static_cast<double>(len)) : 0.0f;
     mean_abs_sign_grad_span(gr, wr, dst + r * len, len, s[r], c);
+  });
+  return out;
+}
+
+// A per-row binary weight again from its forward's per-row numbers (each [rows], or absent: centre 0, inverse 1,
+// scale 1, no offset): Libra-PB's (mean, 1/std, 2^k), ReCU's (mean), AdaBin's (beta, alpha as scale, beta as
+// offset), XNOR-Net's and Bi-Real's (mean |w| as scale). One pass; the same expressions as those forwards.
+at::Tensor row_sign_apply(const at::Tensor& w, const std::optional<at::Tensor>& scale,
+                          const std::optional<at::Tensor>& centre, const std::optional<at::Tensor>& inverse,
+                          const std::optional<at::Tensor>& offset) {
+  check_dense(w, "w");
+  TORCH_CHECK(w.dim() >= 1, "row_sign_apply: a weight with rows");
+  const int64_t rows = w.size(0), len = rows ? w.numel() / rows : 0;
+  auto row_values = [&](const std::optional<at::Tensor>& t, const char* name) -> const float* {
+    if (!t.has_value()) return nullptr;
+    check_dense(*t, name);
+    TORCH_CHECK(t->numel() == rows, "row_sign_apply: ", name, " must hold one value per row of w");
+    return t->data_ptr<float>();
+  };
+  const float *s = row_values(scale, "scale"), *c = row_values(centre, "centre"), *v = row_values(inverse, "inverse"),
+              *o = row_values(offset, "offset");
+  at::Tensor out = at::empty_like(w);
+  const float* src = w.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  by_rows(rows, len, [&](int64_t r) {
+    const float cr = c ? c[r] : 0.0f, vr = v ? v[r] : 1.0f, sr = s ? s[r] : 1.0f;
+    if (o)
+      row_sign_offset_span(src + r * len, dst + r * len, len, cr, vr, sr, o[r]);
+    else
+      row_sign_span(src + r * len, dst + r * len, len, cr, vr, sr);
   });
   return out;
 }
@@ -875,6 +917,8 @@ TORCH_LIBRARY_FRAGMENT(quantswap_native, m) {
   m.def("mean_abs_sign_backward(Tensor grad, Tensor w, Tensor scale, bool scale_grad) -> Tensor", &mean_abs_sign_backward);
   m.def("ternary_expand(Tensor w, float[] thresholds) -> (Tensor, Tensor, Tensor)", &ternary_expand);
   m.def("ternary_apply(Tensor w, Tensor deltas, Tensor alphas) -> Tensor", &ternary_apply);
+  m.def("row_sign_apply(Tensor w, Tensor? scale, Tensor? centre, Tensor? inverse, Tensor? offset) -> Tensor",
+        &row_sign_apply);
   m.def("channel_piecewise(Tensor x, Tensor shift_in, Tensor pos, Tensor neg, Tensor shift_out) -> Tensor",
         &channel_piecewise);
   m.def("channel_piecewise_backward(Tensor grad, Tensor x, Tensor shift_in, Tensor pos, Tensor neg) -> (Tensor, Tensor)",

@@ -60,17 +60,17 @@ class _AdaptiveSign(torch.autograd.Function):
     ``α`` is clamped at 1e-8)."""
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, w: torch.Tensor, kt: torch.Tensor) -> tuple[torch.Tensor, QF.RowSign | None]:
         if w.dim() > 1 and QF._native(w):  # the same numbers, one fused kernel per pass
             out, beta, alpha = QF._kernels().adaptive_sign(w)
             ctx.save_for_backward(w, beta, alpha, kt)
-            return out
+            return out, QF.RowSign(scale=alpha, centre=beta, offset=beta)
         beta, alpha = _centre_and_spread(w)
         ctx.save_for_backward(w, beta, alpha, kt)
-        return QF.fast_sign((w - beta) / alpha, alpha) + beta
+        return QF.fast_sign((w - beta) / alpha, alpha) + beta, None
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor, *_):
         w, beta, alpha, kt = ctx.saved_tensors
         if beta.dim() == 1:  # the native forward's per-row numbers
             k, t = kt.tolist()
@@ -95,6 +95,9 @@ class AdaBinWeight(WeightQuantizer, EDEScheduled):
         EDEScheduled.__init__(self, t_min, t_max)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.quantize(w)[0]
+
+    def quantize(self, w: torch.Tensor) -> tuple[torch.Tensor, QF.RowSign | None]:
         return _AdaptiveSign.apply(w, self.kt)
 
     @torch.no_grad()

@@ -40,7 +40,10 @@ class BiRealWeight(BinaryWeightQuantizer):
     """``α · sign(W)``, ``α = mean|W|`` per output channel (detached): ``∂L/∂W = α·1[|W| ≤ 1]·g``."""
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return QF.mean_abs_sign(w, scale_grad=False)
+        return self.quantize(w)[0]
+
+    def quantize(self, w: torch.Tensor) -> tuple[torch.Tensor, QF.RowSign | None]:
+        return QF.mean_abs_sign_with_statistics(w, scale_grad=False)
 
 
 @dataclasses.dataclass

@@ -71,18 +71,18 @@ class _LibraSign(torch.autograd.Function):
     with ``h = s·g·EDE'(Ŵ_std)``, ``∂L/∂W = (h − mean h − Ŵ_std · Σ(h·Ŵ_std)/(n − 1)) / std``."""
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, w: torch.Tensor, kt: torch.Tensor) -> tuple[torch.Tensor, QF.RowSign | None]:
         if w.dim() > 1 and QF._native(w):  # the same numbers in one fused kernel per pass
             out, mean, inverse, scale = QF._kernels().libra_sign(w)
             ctx.save_for_backward(w, mean, inverse, scale, kt)
-            return out
+            return out, QF.RowSign(scale, mean, inverse)
         w_std, mean, inverse = _standardized(w)
         scale = _power_of_two_scale(w_std)
         ctx.save_for_backward(w, mean, inverse, scale, kt)
-        return QF.fast_sign(w_std, scale).view(w.shape).to(w.dtype)
+        return QF.fast_sign(w_std, scale).view(w.shape).to(w.dtype), None
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor, *_):
         w, mean, inverse, scale, kt = ctx.saved_tensors
         if mean.dim() == 1:  # the native forward's per-row numbers
             k, t = kt.tolist()
@@ -114,6 +114,9 @@ class IRNetWeight(BinaryWeightQuantizer, EDEScheduled):
         return _power_of_two_scale(w_std.flatten(1)).view((-1,) + (1,) * (w_std.dim() - 1))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.quantize(w)[0]
+
+    def quantize(self, w: torch.Tensor) -> tuple[torch.Tensor, QF.RowSign | None]:
         return _LibraSign.apply(w, self.kt)
 
     @torch.no_grad()

@@ -75,19 +75,19 @@ class _RectifiedSign(torch.autograd.Function):
     ``∂L/∂W = (h − mean h − Ŵ · Σ(h·Ŵ) / (8(n − 1))) / d``."""
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, w: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, QF.RowSign | None]:
         if w.dim() > 1 and QF._native(w):  # the same numbers, one fused kernel per pass
             out, mean, inverse, abs_sums = QF._kernels().recu_sign(w)
             level = (-(abs_sums.sum() / w.numel()) * torch.log(2 - 2 * tau)).float()
             ctx.save_for_backward(w, mean, inverse, level)
-            return out
+            return out, QF.RowSign(centre=mean)
         w_std, mean, spread = _standardized(w)
         level = (-w_std.abs().mean() * torch.log(2 - 2 * tau)).to(w_std.dtype)  # Q_τ over the layer, detached
         ctx.save_for_backward(w, mean, spread, level)
-        return QF.fast_sign(w_std).view(w.shape)
+        return QF.fast_sign(w_std).view(w.shape), None
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor, *_):
         w, mean, spread, level = ctx.saved_tensors
         if mean.dim() == 1:  # the native forward's per-row numbers (spread holds 1/d)
             return QF._kernels().recu_sign_backward(grad.contiguous(), w, mean, spread, level.item()), None
@@ -120,6 +120,9 @@ class ReCUWeight(BinaryWeightQuantizer, ScheduledQuantizer):
         return _standardized(w)[0].view(w.shape)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.quantize(w)[0]
+
+    def quantize(self, w: torch.Tensor) -> tuple[torch.Tensor, QF.RowSign | None]:
         return _RectifiedSign.apply(w, self.tau)
 
     @torch.no_grad()

@@ -39,7 +39,10 @@ class XnorWeight(BinaryWeightQuantizer):
     """``α · sign(W)``, ``α = mean|W|`` per output channel, differentiated through."""
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return QF.mean_abs_sign(w, scale_grad=True)
+        return self.quantize(w)[0]
+
+    def quantize(self, w: torch.Tensor) -> tuple[torch.Tensor, QF.RowSign | None]:
+        return QF.mean_abs_sign_with_statistics(w, scale_grad=True)
 
 
 @register_method

@@ -93,15 +93,18 @@ class WeightQuantizer(nn.Module):
         """``forward(w)``, and what :meth:`requantize` may reuse to compute it again (``None``: nothing).
 
         A training layer does not keep its quantized weight for the backward (the convolution's input
-        gradient needs it); it computes it again there. A quantizer whose forward reduces the whole weight
-        to a few statistics (ternary: ``max|W|`` and a mean per branch) returns them here, so that the
-        second time is one pass.
+        gradient needs it); it computes it again there. A quantizer whose forward reduces the weight to a
+        few statistics (per row: a mean, a spread, a scale; ternary: ``max|W|`` and a mean per branch)
+        returns them here, so that the second time is one pass.
         """
         return self(w), None
 
     @torch.no_grad()
     def requantize(self, w: torch.Tensor, statistics: Any = None) -> torch.Tensor:
-        """``forward(w)`` without autograd, from :meth:`quantize`'s statistics of this same ``w``."""
+        """``forward(w)`` without autograd, from :meth:`quantize`'s statistics of this same ``w`` (a
+        :class:`~quantswap.functional.RowSign`: one pass; ``None``: the forward again)."""
+        if isinstance(statistics, QF.RowSign):
+            return QF.row_sign_apply(w, statistics)
         return self(w)
 
     @abc.abstractmethod
