@@ -63,7 +63,7 @@ class Budget:
 
 
 FULL = Budget("full", parent_images=None, parent_epochs=10, images=30_000, val_images=None,
-              curve=(7_500, 15_000, 60_000, 120_000, 240_000, 480_000), goal_curve=(60_000, 120_000))
+              curve=(7_500, 15_000, 60_000, 120_000, 240_000, 480_000), goal_curve=(60_000, 120_000, 240_000))
 QUICK = Budget("quick", parent_images=3_000, parent_epochs=2, images=640, val_images=1_000, curve=(320, 1_280),
                goal_curve=(1_280,))
 TRAINING_SET = 60_000  # Fashion-MNIST's training images
@@ -86,8 +86,8 @@ SHARED = dict(data="fashion-mnist", image_size=32, batch_size=128, optimizer="ad
 PARENT = dict(model="torchvision:resnet18", method="none", weights="none", lr=2e-3, weight_decay=5e-4)
 #: The two-step recipe (ReActNet, AdaBin): binary activations with real weights and a small weight decay,
 #: then binary weights from them without; each stage gets half the images of a one-stage run.
-TWO_STAGES = [{"name": "binary activations", "epochs": 1, "weight_decay": 1e-5, "method_options": {"weights": False}},
-              {"name": "binary weights", "epochs": 1, "weight_decay": 0.0}]
+TWO_STAGES = [{"name": "binary activations", "weight_decay": 1e-5, "method_options": {"weights": False}},
+              {"name": "binary weights", "weight_decay": 0.0}]
 #: BatchNorm re-estimation after the swap (``--recalibrate-bn``): this many training batches.
 RECALIBRATE_BATCHES = 100
 #: Goals (issue 13): top-1 points below the FP parent (W1/A1: the best method; TRANSFER: below the FP transfer).
@@ -109,6 +109,11 @@ def recipe(name: str) -> dict:
     options = VARIANTS[name]
     ternary = quantswap.config_for(**options).kind == "ternary"
     return {**options, "lr": TERNARY_LR} if ternary else dict(options)
+
+
+def two_stages(images: int) -> list[dict]:
+    """TWO_STAGES, each stage on ``images`` training images (whole epochs of the training set beyond it)."""
+    return [{**stage, "epochs": max(1, images // TRAINING_SET)} for stage in TWO_STAGES]
 
 
 def run(folder: Path, images: int, **options) -> dict:
@@ -217,7 +222,7 @@ def measure(root: Path, budget: Budget, seeds: list[int], transfer: bool) -> dic
         for name in filter(binary, VARIANTS):
             results[f"{name}, two-stage|{seed}"] = run(
                 root / f"seed{seed}" / f"{slug(name)}-two-stage", budget.images // 2, seed=seed, **recipe(name),
-                stages=TWO_STAGES, **student)
+                stages=two_stages(budget.images // 2), **student)
     best = best_binary(results, seeds)
     for seed in seeds:
         results[f"{best}, BN re-estimated|{seed}"] = run(
@@ -234,7 +239,7 @@ def measure(root: Path, budget: Budget, seeds: list[int], transfer: bool) -> dic
                                                      images, seed=seeds[0], **recipe(name), **student)
         results[f"{best}, two-stage|images={images}"] = run(
             root / f"seed{seeds[0]}" / f"{slug(best)}-two-stage-images-{images}", images // 2, seed=seeds[0],
-            **recipe(best), stages=TWO_STAGES, **student)
+            **recipe(best), stages=two_stages(images // 2), **student)
     if transfer:
         weights = mobilenet_v2_weights(root / "weights")
         mobilenet = dict(model="torchvision:mobilenet_v2", weights=str(weights), seed=seeds[0], **val)
