@@ -91,7 +91,8 @@ def main():
         f"Goal (issue 14): <= {GOAL}x float for every method: "
         + (f"missed by {', '.join(missed)}." if missed else f"met (worst {max(r for _, r in rows):.2f}).")
         + " Quantized layers keep binary inputs for the backward as one byte per element (±1, or AdaBin's two "
-        "learned values) and no quantized weight (the backward quantizes the latent weight again); the weight "
+        "learned values) and no quantized weight (the backward computes it again, in one pass from the numbers "
+        "the forward reduced the weight to); the weight "
         "quantizers save the latent weight and a few numbers per channel; XNOR-Net's clipped estimator keeps a "
         "one-byte mask, ApproxSign and EDE (whose derivative varies with x) and the per-channel activation "
         "modules keep their float input; ReCU's learned scale keeps its output, which the BatchNorm after it "
