@@ -56,8 +56,10 @@ class _QuantMixin:
     def _forward_weight(self) -> tuple[torch.Tensor, object]:
         """The forward's weight and, with autograd on, what the backward may reuse to compute it again (see
         :meth:`_compact_saves`)."""
-        if torch.is_grad_enabled() and isinstance(self.weight_quantizer, WeightQuantizer):
-            return self.weight_quantizer.quantize(self.weight)
+        q = self.weight_quantizer
+        hooked = q._forward_hooks or q._forward_pre_hooks  # a hook on the quantizer sees its forward, as ever
+        if torch.is_grad_enabled() and isinstance(q, WeightQuantizer) and not hooked:
+            return q.quantize(self.weight)
         return self.quantized_weight(), None
 
     def train(self, mode: bool = True):
