@@ -745,6 +745,23 @@ struct Channels {
   void per_channel(const F& body) const {
     by_rows(channels, batch * len, [&](int64_t c) { body(c, [&](int64_t n) { return (n * channels + c) * len; }); });
   }
+  // A backward with one gradient per channel: body(c, g, x, out) writes grad_x over a block and returns the block's
+  // share of the channel's sum. Returns (grad_x, sums [C]), the blocks of each channel added in order.
+  template <typename F>
+  std::tuple<at::Tensor, at::Tensor> grad_and_sums(const at::Tensor& grad, const at::Tensor& x, const F& body) const {
+    at::Tensor out = at::empty_like(x), sums = at::empty({channels}, x.options());
+    const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>();
+    float *dst = out.data_ptr<float>(), *sum = sums.data_ptr<float>();
+    per_channel([&](int64_t c, const auto& block) {
+      double total = 0.0;
+      for (int64_t n = 0; n < batch; ++n) {
+        const int64_t at = block(n);
+        total += body(c, g + at, src + at, dst + at);
+      }
+      sum[c] = static_cast<float>(total);
+    });
+    return {out, sums};
+  }
 };
 
 // The per-channel piecewise-linear map, one parameter per channel (dimension 1 of x):
@@ -794,19 +811,10 @@ std::tuple<at::Tensor, at::Tensor> channel_scale_backward(const at::Tensor& grad
   check_pair(grad, y);
   const Channels ch(y, "channel_scale_backward");
   const float* s = ch.param(scale);
-  at::Tensor out = at::empty_like(y), sums = at::empty({ch.channels}, y.options());
-  const float *g = grad.data_ptr<float>(), *src = y.data_ptr<float>();
-  float *dst = out.data_ptr<float>(), *sum = sums.data_ptr<float>();
-  ch.per_channel([&](int64_t c, const auto& block) {
-    double total = 0.0;
-    for (int64_t n = 0; n < ch.batch; ++n) {
-      const int64_t at = block(n);
-      piecewise_grad_span(g + at, src + at, dst + at, ch.len, 0.0f, s[c], s[c]);
-      total += dot_sum(g + at, src + at, ch.len);
-    }
-    sum[c] = static_cast<float>(total);
+  return ch.grad_and_sums(grad, y, [&](int64_t c, const float* g, const float* src, float* dst) {
+    piecewise_grad_span(g, src, dst, ch.len, 0.0f, s[c], s[c]);
+    return dot_sum(g, src, ch.len);
   });
-  return {out, sums};
 }
 
 // ReActNet's RSign: y = sign(x + shift[c]) per channel (dimension 1).
@@ -826,19 +834,10 @@ std::tuple<at::Tensor, at::Tensor> channel_shift_sign_backward(const at::Tensor&
   check_pair(grad, x);
   const Channels ch(x, "channel_shift_sign_backward");
   const float* b = ch.param(shift);
-  at::Tensor out = at::empty_like(x), sums = at::empty({ch.channels}, x.options());
-  const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>();
-  float *dst = out.data_ptr<float>(), *sum = sums.data_ptr<float>();
-  ch.per_channel([&](int64_t c, const auto& block) {
-    double total = 0.0;
-    for (int64_t n = 0; n < ch.batch; ++n) {
-      const int64_t at = block(n);
-      approx_at_span(g + at, src + at, dst + at, ch.len, b[c], 1.0f);
-      total += plain_sum(dst + at, ch.len);
-    }
-    sum[c] = static_cast<float>(total);
+  return ch.grad_and_sums(grad, x, [&](int64_t c, const float* g, const float* src, float* dst) {
+    approx_at_span(g, src, dst, ch.len, b[c], 1.0f);
+    return plain_sum(dst, ch.len);
   });
-  return {out, sums};
 }
 
 // ReCU's activation backward per sample (row of x [N, ...]): ApproxSign at z = x / sigma with sigma = sqrt(var + 1e-5)
