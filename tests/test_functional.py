@@ -287,6 +287,40 @@ def test_native_channel_blocks_equal_their_formulas(block, monkeypatch):
 
 
 @pytest.mark.skipif(not NATIVE, reason="no C++ compiler: the PyTorch path is the only one")
+@pytest.mark.parametrize("shape", [(3, 5, 2, 2), (2, 3, 7, 7), (64, 40, 8, 8), (2, 3, 0, 4)])
+def test_native_channel_backwards_do_not_depend_on_the_thread_count(shape):
+    """The per-channel backwards (RPReLU, Maxout, ChannelScale, RSign) split their blocks among threads in
+    memory order and add each channel's block sums in order of n: one thread and two give the same bits,
+    for blocks shorter than a vector, with a tail, many blocks per thread, and none at all. Each sum is also
+    its float64 value to float32 rounding."""
+    ops = QF._kernels()
+    torch.manual_seed(0)
+    x, g = torch.randn(shape), torch.randn(shape)
+    p = [torch.randn(shape[1]) for _ in range(3)]
+    calls = {
+        "piecewise": lambda: ops.channel_piecewise_backward(g, x, p[0], p[1], p[2]),
+        "scale": lambda: ops.channel_scale_backward(g, x, p[1]),
+        "shift_sign": lambda: ops.channel_shift_sign_backward(g, x, p[0]),
+    }
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = {name: call() for name, call in calls.items()}
+        torch.set_num_threads(2)
+        two = {name: call() for name, call in calls.items()}
+    finally:
+        torch.set_num_threads(threads)
+    for name in calls:
+        assert all(torch.equal(a, b) for a, b in zip(one[name], two[name], strict=True)), name
+    u, gd, dims = (x - p[0].view(1, -1, 1, 1)).double(), g.double(), (0, 2, 3)
+    grad_x, sums = one["piecewise"]
+    want = torch.stack([(gd * u * (u > 0)).sum(dims), (gd * u * (u <= 0)).sum(dims), gd.sum(dims),
+                        grad_x.double().sum(dims)])
+    torch.testing.assert_close(sums.double(), want, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(one["scale"][1].double(), (gd * x.double()).sum(dims), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.skipif(not NATIVE, reason="no C++ compiler: the PyTorch path is the only one")
 @pytest.mark.parametrize("activation", ["react", "recu", "adabin"])
 def test_native_activation_quantizers_equal_the_pytorch_path(activation, monkeypatch):
     """RSign, ReCU's normalized ApproxSign and AdaBin's adaptive sign: one fused kernel each way against

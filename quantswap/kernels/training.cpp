@@ -176,12 +176,6 @@ QS_CLONES void piecewise_span(const float* __restrict x, float* __restrict y, in
   }
 }
 
-// Its input gradient: g * (u > 0 ? pos : neg).
-QS_CLONES void piecewise_grad_span(const float* __restrict g, const float* __restrict x, float* __restrict y, int64_t n,
-                                   float shift_in, float pos, float neg) {
-  for (int64_t i = 0; i < n; ++i) y[i] = g[i] * (x[i] - shift_in > 0.0f ? pos : neg);
-}
-
 // The sums, in kLanes double lanes: acc[l] += term(i) for i = l mod kLanes, lanes added in order at the end.
 #define QS_LANE_SUM(n, term)                                                   \
   double acc[kLanes] = {0.0};                                                  \
@@ -223,18 +217,8 @@ QS_CLONES double kept_count(const float* __restrict p, int64_t n, float delta) {
 
 QS_CLONES double plain_sum(const float* __restrict p, int64_t n) { QS_LANE_SUM(n, p[j]) }
 
-QS_CLONES double dot_sum(const float* __restrict a, const float* __restrict b, int64_t n) { QS_LANE_SUM(n, a[j] * b[j]) }
-
 // mean |p| over a row, summed in double: XNOR-Net's and Bi-Real's scale, one definition for every op that reads it.
 inline float row_mean(const float* p, int64_t len) { return static_cast<float>(abs_sum(p, len) / static_cast<double>(len)); }
-
-// sum of g * u over u = x - shift_in > 0 (positive) or <= 0 (!positive): the slopes' gradients.
-QS_CLONES double side_sum(const float* __restrict g, const float* __restrict x, int64_t n, float shift_in, bool positive) {
-  if (positive) {
-    QS_LANE_SUM(n, (x[j] - shift_in > 0.0f ? g[j] * (x[j] - shift_in) : 0.0f))
-  }
-  QS_LANE_SUM(n, (x[j] - shift_in > 0.0f ? 0.0f : g[j] * (x[j] - shift_in)))
-}
 
 // AdaBin's activation sums: g * sign(u) and d * u with u = (x - beta) / alpha.
 QS_CLONES double adaptive_activation_sign_sum(const float* __restrict g, const float* __restrict x, int64_t n, float beta,
@@ -326,6 +310,103 @@ QS_CLONES void adaptive_grad_span(const float* __restrict w, float* __restrict y
     const float u = (w[i] - beta) / alpha;
     y[i] = (y[i] + centre) + u * spread;
   }
+}
+
+// Passes that write one span and return several sums at once run on GCC's vector types, kLanes wide: lane l holds
+// the elements i = l mod kLanes, the same IEEE operations as a scalar loop, so each sum has the bits of its own
+// QS_LANE_SUM pass (several sums in one loop are past what the auto-vectorizer takes on).
+typedef float lanes_f __attribute__((vector_size(kLanes * sizeof(float))));
+typedef double lanes_d __attribute__((vector_size(kLanes * sizeof(double))));
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // the helpers below are always inlined: no vector crosses a call
+#define QS_INLINE inline __attribute__((always_inline))
+QS_INLINE lanes_f load_lanes(const float* p) {
+  lanes_f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+QS_INLINE void store_lanes(float* p, const lanes_f& v) { std::memcpy(p, &v, sizeof(v)); }
+QS_INLINE lanes_d widen(const lanes_f& v) { return __builtin_convertvector(v, lanes_d); }
+QS_INLINE lanes_f abs_lanes(const lanes_f& v) {  // std::fabs: the sign bit cleared
+  typedef int32_t lanes_i __attribute__((vector_size(kLanes * sizeof(int32_t))));
+  return reinterpret_cast<lanes_f>(reinterpret_cast<lanes_i>(v) & 0x7fffffff);
+}
+
+// out[k] = the lanes of acc[k] added in order (QS_LANE_SUM's last step).
+template <int K>
+QS_INLINE void lane_totals(const lanes_d (&acc)[K], double* out) {
+  for (int k = 0; k < K; ++k) {
+    double total = 0.0;
+    for (int l = 0; l < kLanes; ++l) total += acc[k][l];
+    out[k] = total;
+  }
+}
+
+// RPReLU's, Maxout's and ChannelScale's input gradient y = g * (u > 0 ? pos : neg), u = x - shift_in, and in the same
+// pass the sums of g * u (u > 0), g * u (u <= 0), g and y.
+QS_CLONES void piecewise_grad_sums(const float* __restrict g, const float* __restrict x, float* __restrict y, int64_t n,
+                                   float shift_in, float pos, float neg, double* __restrict out) {
+  const lanes_f zero = {}, pos_v = zero + pos, neg_v = zero + neg;
+  lanes_d acc[4] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const lanes_f gv = load_lanes(g + i), u = load_lanes(x + i) - shift_in, gu = gv * u;
+    const auto up = u > zero;
+    const lanes_f d = gv * (up ? pos_v : neg_v);
+    store_lanes(y + i, d);
+    acc[0] += widen(up ? gu : zero);
+    acc[1] += widen(up ? zero : gu);
+    acc[2] += widen(gv);
+    acc[3] += widen(d);
+  }
+  for (int l = 0; i < n; ++i, ++l) {
+    const float u = x[i] - shift_in, gi = g[i], gu = gi * u;
+    const bool up = u > 0.0f;
+    const float d = gi * (up ? pos : neg);
+    y[i] = d;
+    acc[0][l] += static_cast<double>(up ? gu : 0.0f);
+    acc[1][l] += static_cast<double>(up ? 0.0f : gu);
+    acc[2][l] += static_cast<double>(gi);
+    acc[3][l] += static_cast<double>(d);
+  }
+  lane_totals(acc, out);
+}
+
+// ChannelScale's backward over a span: y = g * scale and the sum of g * x.
+QS_CLONES void scale_grad_sum(const float* __restrict g, const float* __restrict x, float* __restrict y, int64_t n,
+                              float scale, double* __restrict out) {
+  lanes_d acc[1] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const lanes_f gv = load_lanes(g + i);
+    store_lanes(y + i, gv * scale);
+    acc[0] += widen(gv * load_lanes(x + i));
+  }
+  for (int l = 0; i < n; ++i, ++l) {
+    y[i] = g[i] * scale;
+    acc[0][l] += static_cast<double>(g[i] * x[i]);
+  }
+  lane_totals(acc, out);
+}
+
+// approx_at_span (inv = 1) and the sum of what it writes.
+QS_CLONES void approx_grad_sum(const float* __restrict g, const float* __restrict x, float* __restrict y, int64_t n,
+                               float shift, double* __restrict out) {
+  const lanes_f zero = {};
+  lanes_d acc[1] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const lanes_f slope = 2.0f - 2.0f * abs_lanes(load_lanes(x + i) + shift);
+    const lanes_f d = (slope > zero ? slope : zero) * load_lanes(g + i);
+    store_lanes(y + i, d);
+    acc[0] += widen(d);
+  }
+  for (int l = 0; i < n; ++i, ++l) {
+    const float d = std::max(2.0f - 2.0f * std::fabs(x[i] + shift), 0.0f) * g[i];
+    y[i] = d;
+    acc[0][l] += static_cast<double>(d);
+  }
+  lane_totals(acc, out);
 }
 
 QS_CLONES float abs_max(const float* __restrict p, int64_t n) {
@@ -727,7 +808,7 @@ struct Channels {
   Channels(const at::Tensor& x, const char* op) {
     check_dense(x, "x");
     TORCH_CHECK(x.dim() >= 2, op, ": x must be [N, C, ...]");
-    batch = x.size(0), channels = x.size(1), len = batch * channels ? x.numel() / (batch * channels) : 0;
+    batch = x.size(0), channels = x.size(1), len = batch * channels != 0 ? x.numel() / (batch * channels) : 0;
   }
   const float* param(const at::Tensor& t) const {
     check_dense(t, "a channel parameter");
@@ -739,26 +820,28 @@ struct Channels {
   void blocks(const F& body) const {
     by_rows(batch * channels, len, [&](int64_t k) { body(k % channels, k * len); });
   }
-  // body(c, sums) per channel, one task per channel, which visits its blocks in order through each(n -> offset):
-  // per-channel sums do not depend on the number of threads.
-  template <typename F>
-  void per_channel(const F& body) const {
-    by_rows(channels, batch * len, [&](int64_t c) { body(c, [&](int64_t n) { return (n * channels + c) * len; }); });
-  }
-  // A backward with one gradient per channel: body(c, g, x, out) writes grad_x over a block and returns the block's
-  // share of the channel's sum. Returns (grad_x, sums [C]), the blocks of each channel added in order.
-  template <typename F>
+  // A backward with K gradients per channel: body(c, g, x, out, sums) writes grad_x over one block and its K sums.
+  // The blocks run in memory order (a pass by channel would stride through memory, which is slow when x is not in
+  // cache); then each channel adds its blocks' sums in order of n, so the sums do not depend on the number of
+  // threads. Returns (grad_x, sums [K, C], or [C] for K = 1).
+  template <int K, typename F>
   std::tuple<at::Tensor, at::Tensor> grad_and_sums(const at::Tensor& grad, const at::Tensor& x, const F& body) const {
-    at::Tensor out = at::empty_like(x), sums = at::empty({channels}, x.options());
+    at::Tensor out = at::empty_like(x), partial = at::empty({batch * channels, K}, x.options().dtype(at::kDouble));
+    at::Tensor sums = K == 1 ? at::empty({channels}, x.options()) : at::empty({K, channels}, x.options());
     const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>();
     float *dst = out.data_ptr<float>(), *sum = sums.data_ptr<float>();
-    per_channel([&](int64_t c, const auto& block) {
-      double total = 0.0;
-      for (int64_t n = 0; n < batch; ++n) {
-        const int64_t at = block(n);
-        total += body(c, g + at, src + at, dst + at);
-      }
-      sum[c] = static_cast<float>(total);
+    double* part = partial.data_ptr<double>();
+    by_rows(batch * channels, len, [&](int64_t block) {
+      const int64_t at = block * len;
+      body(block % channels, g + at, src + at, dst + at, part + block * K);
+    });
+    at::parallel_for(0, channels, 16, [&](int64_t first, int64_t last) {
+      for (int64_t c = first; c < last; ++c)
+        for (int k = 0; k < K; ++k) {
+          double total = 0.0;
+          for (int64_t n = 0; n < batch; ++n) total += part[(n * channels + c) * K + k];
+          sum[k * channels + c] = static_cast<float>(total);
+        }
     });
     return {out, sums};
   }
@@ -786,34 +869,20 @@ std::tuple<at::Tensor, at::Tensor> channel_piecewise_backward(const at::Tensor& 
   check_pair(grad, x);
   const Channels ch(x, "channel_piecewise_backward");
   const float *in = ch.param(shift_in), *a = ch.param(pos), *b = ch.param(neg);
-  at::Tensor out = at::empty_like(x), sums = at::empty({4, ch.channels}, x.options());
-  const float *g = grad.data_ptr<float>(), *src = x.data_ptr<float>();
-  float *dst = out.data_ptr<float>(), *sum = sums.data_ptr<float>();
-  ch.per_channel([&](int64_t c, const auto& block) {
-    double total[4] = {0.0, 0.0, 0.0, 0.0};
-    for (int64_t n = 0; n < ch.batch; ++n) {
-      const int64_t at = block(n);
-      piecewise_grad_span(g + at, src + at, dst + at, ch.len, in[c], a[c], b[c]);
-      total[0] += side_sum(g + at, src + at, ch.len, in[c], true);
-      total[1] += side_sum(g + at, src + at, ch.len, in[c], false);
-      total[2] += plain_sum(g + at, ch.len);
-      total[3] += plain_sum(dst + at, ch.len);
-    }
-    for (int j = 0; j < 4; ++j) sum[j * ch.channels + c] = static_cast<float>(total[j]);
+  return ch.grad_and_sums<4>(grad, x, [&](int64_t c, const float* g, const float* src, float* dst, double* sums) {
+    piecewise_grad_sums(g, src, dst, ch.len, in[c], a[c], b[c], sums);
   });
-  return {out, sums};
 }
 
-// ChannelScale's backward from its output y = x * scale: (grad_x = g * scale, sums [C] = the sum of g * y per channel),
-// each channel one task over its blocks in order. The caller divides the sums by the scale: the scale's gradient.
+// ChannelScale's backward from its output y = x * scale: (grad_x = g * scale, sums [C] = the sum of g * y per channel).
+// The caller divides the sums by the scale: the scale's gradient.
 std::tuple<at::Tensor, at::Tensor> channel_scale_backward(const at::Tensor& grad, const at::Tensor& y,
                                                           const at::Tensor& scale) {
   check_pair(grad, y);
   const Channels ch(y, "channel_scale_backward");
   const float* s = ch.param(scale);
-  return ch.grad_and_sums(grad, y, [&](int64_t c, const float* g, const float* src, float* dst) {
-    piecewise_grad_span(g, src, dst, ch.len, 0.0f, s[c], s[c]);
-    return dot_sum(g, src, ch.len);
+  return ch.grad_and_sums<1>(grad, y, [&](int64_t c, const float* g, const float* src, float* dst, double* sums) {
+    scale_grad_sum(g, src, dst, ch.len, s[c], sums);
   });
 }
 
@@ -834,9 +903,8 @@ std::tuple<at::Tensor, at::Tensor> channel_shift_sign_backward(const at::Tensor&
   check_pair(grad, x);
   const Channels ch(x, "channel_shift_sign_backward");
   const float* b = ch.param(shift);
-  return ch.grad_and_sums(grad, x, [&](int64_t c, const float* g, const float* src, float* dst) {
-    approx_at_span(g, src, dst, ch.len, b[c], 1.0f);
-    return plain_sum(dst, ch.len);
+  return ch.grad_and_sums<1>(grad, x, [&](int64_t c, const float* g, const float* src, float* dst, double* sums) {
+    approx_grad_sum(g, src, dst, ch.len, b[c], sums);
   });
 }
 
