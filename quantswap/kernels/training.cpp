@@ -6,11 +6,11 @@
 // else, and under torch.compile, the same functions run as a few PyTorch operators. The sign
 // convention is quantswap's: sign(x) = +1 for x >= 0 (-0.0 included), -1 otherwise (NaN too).
 //
-// Results equal the PyTorch versions bit for bit, except for three: ede_grad (its exp is a polynomial
-// within 2 ulp, the PyTorch version goes through sigmoid), ReCU's activation backward (it multiplies by
-// 1/sigma where PyTorch divides by sigma) and the sums, per row, per channel or over a tensor
-// (accumulated in double here, in float32 pairwise there). The codecs read the same sums as the forward, so a frozen model
-// still decodes to the trained one exactly.
+// Results equal the PyTorch versions bit for bit, except for four: ede_grad (its exp is a polynomial
+// within 2 ulp, the PyTorch version goes through sigmoid), ReCU's activation backward and AdaBin's weight
+// backward (they multiply by 1/sigma and 1/alpha where PyTorch divides), and the sums, per row, per channel or
+// over a tensor (accumulated in double here, in float32 pairwise there). The codecs read the same sums as the
+// forward, so a frozen model still decodes to the trained one exactly.
 //
 // Work is split with at::parallel_for over fixed blocks, and every reduction combines its blocks in
 // order, so results do not depend on the number of threads.
@@ -267,24 +267,15 @@ QS_CLONES void libra_grad_span(const float* __restrict w, float* __restrict y, i
   }
 }
 
-// ReCU's h = g * 1[|u| <= level], u = (w - mean) * inv, written to y.
-QS_CLONES void window_h_span(const float* __restrict g, const float* __restrict w, float* __restrict y, int64_t n,
-                             float mean, float inv, float level) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float u = (w[i] - mean) * inv, gi = g[i];
-    y[i] = std::fabs(u) <= level ? gi : 0.0f;
-  }
-}
-
 QS_CLONES void centred_sign_span(const float* __restrict w, float* __restrict y, int64_t n, float mean) {
   for (int64_t i = 0; i < n; ++i) y[i] = w[i] - mean >= 0.0f ? 1.0f : -1.0f;
 }
 
-// AdaBin's e = g * EDE'(u), u = (w - beta) / alpha, written to y.
+// AdaBin's e = g * EDE'(u), u = (w - beta) * inv, written to y.
 QS_CLONES void adaptive_e_span(const float* __restrict g, const float* __restrict w, float* __restrict y, int64_t n,
-                               float beta, float alpha, float slope, float gain) {
+                               float beta, float inv, float slope, float gain) {
   for (int64_t i = 0; i < n; ++i) {
-    const float u = (w[i] - beta) / alpha;
+    const float u = (w[i] - beta) * inv;
     const float z = exp_nonpositive(slope * std::fabs(u));
     const float one_plus = 1.0f + z;
     y[i] = g[i] * (gain * z / (one_plus * one_plus));
@@ -296,41 +287,52 @@ QS_CLONES double adaptive_sign_sum(const float* __restrict g, const float* __res
 }
 
 QS_CLONES double adaptive_e_u_sum(const float* __restrict e, const float* __restrict w, int64_t n, float beta,
-                                  float alpha) {
-  QS_LANE_SUM(n, e[j] * ((w[j] - beta) / alpha))
+                                  float inv) {
+  QS_LANE_SUM(n, e[j] * ((w[j] - beta) * inv))
 }
 
 QS_CLONES void adaptive_sign_span(const float* __restrict w, float* __restrict y, int64_t n, float beta, float alpha) {
   for (int64_t i = 0; i < n; ++i) y[i] = (w[i] - beta >= 0.0f ? alpha : -alpha) + beta;
 }
 
-QS_CLONES void adaptive_grad_span(const float* __restrict w, float* __restrict y, int64_t n, float beta, float alpha,
+QS_CLONES void adaptive_grad_span(const float* __restrict w, float* __restrict y, int64_t n, float beta, float inv,
                                   float centre, float spread) {
   for (int64_t i = 0; i < n; ++i) {
-    const float u = (w[i] - beta) / alpha;
+    const float u = (w[i] - beta) * inv;
     y[i] = (y[i] + centre) + u * spread;
   }
 }
 
-// Passes that write one span and return several sums at once run on GCC's vector types, kLanes wide: lane l holds
-// the elements i = l mod kLanes, the same IEEE operations as a scalar loop, so each sum has the bits of its own
-// QS_LANE_SUM pass (several sums in one loop are past what the auto-vectorizer takes on).
-typedef float lanes_f __attribute__((vector_size(kLanes * sizeof(float))));
+// Passes that write one span and return several sums at once run on GCC's vector types: 2 * kLanes floats per
+// step, each half added to kLanes double lanes in turn, so lane l still adds the elements i = l mod kLanes in
+// order, the same IEEE operations as a scalar loop: each sum has the bits of its own QS_LANE_SUM pass (several
+// sums in one loop are past what the auto-vectorizer takes on). The tails run the same expressions on floats.
+constexpr int kWide = 2 * kLanes;
+typedef float wide_f __attribute__((vector_size(kWide * sizeof(float))));
+typedef int32_t wide_i __attribute__((vector_size(kWide * sizeof(int32_t))));
 typedef double lanes_d __attribute__((vector_size(kLanes * sizeof(double))));
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // the helpers below are always inlined: no vector crosses a call
 #define QS_INLINE inline __attribute__((always_inline))
-QS_INLINE lanes_f load_lanes(const float* p) {
-  lanes_f v;
+QS_INLINE wide_f load_wide(const float* p) {
+  wide_f v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-QS_INLINE void store_lanes(float* p, const lanes_f& v) { std::memcpy(p, &v, sizeof(v)); }
-QS_INLINE lanes_d widen(const lanes_f& v) { return __builtin_convertvector(v, lanes_d); }
-QS_INLINE lanes_f abs_lanes(const lanes_f& v) {  // std::fabs: the sign bit cleared
-  typedef int32_t lanes_i __attribute__((vector_size(kLanes * sizeof(int32_t))));
-  return reinterpret_cast<lanes_f>(reinterpret_cast<lanes_i>(v) & 0x7fffffff);
+QS_INLINE void store_wide(float* p, const wide_f& v) { std::memcpy(p, &v, sizeof(v)); }
+QS_INLINE wide_f splat(float v) {  // not `wide_f{} + v`, which turns -0.0 into +0.0
+  wide_f out;
+  for (int l = 0; l < kWide; ++l) out[l] = v;
+  return out;
 }
+QS_INLINE wide_f abs_wide(const wide_f& v) {  // std::fabs: the sign bit cleared
+  return reinterpret_cast<wide_f>(reinterpret_cast<wide_i>(v) & 0x7fffffff);
+}
+QS_INLINE void accumulate(lanes_d& acc, const wide_f& v) {
+  acc += __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), lanes_d);
+  acc += __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), lanes_d);
+}
+QS_INLINE void accumulate(lanes_d& acc, int64_t i, float v) { acc[i % kLanes] += static_cast<double>(v); }
 
 // out[k] = the lanes of acc[k] added in order (QS_LANE_SUM's last step).
 template <int K>
@@ -346,28 +348,28 @@ QS_INLINE void lane_totals(const lanes_d (&acc)[K], double* out) {
 // pass the sums of g * u (u > 0), g * u (u <= 0), g and y.
 QS_CLONES void piecewise_grad_sums(const float* __restrict g, const float* __restrict x, float* __restrict y, int64_t n,
                                    float shift_in, float pos, float neg, double* __restrict out) {
-  const lanes_f zero = {}, pos_v = zero + pos, neg_v = zero + neg;
+  const wide_f zero = {}, pos_v = splat(pos), neg_v = splat(neg);
   lanes_d acc[4] = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    const lanes_f gv = load_lanes(g + i), u = load_lanes(x + i) - shift_in, gu = gv * u;
+  for (; i + kWide <= n; i += kWide) {
+    const wide_f gv = load_wide(g + i), u = load_wide(x + i) - shift_in, gu = gv * u;
     const auto up = u > zero;
-    const lanes_f d = gv * (up ? pos_v : neg_v);
-    store_lanes(y + i, d);
-    acc[0] += widen(up ? gu : zero);
-    acc[1] += widen(up ? zero : gu);
-    acc[2] += widen(gv);
-    acc[3] += widen(d);
+    const wide_f d = gv * (up ? pos_v : neg_v);
+    store_wide(y + i, d);
+    accumulate(acc[0], up ? gu : zero);
+    accumulate(acc[1], up ? zero : gu);
+    accumulate(acc[2], gv);
+    accumulate(acc[3], d);
   }
-  for (int l = 0; i < n; ++i, ++l) {
+  for (; i < n; ++i) {
     const float u = x[i] - shift_in, gi = g[i], gu = gi * u;
     const bool up = u > 0.0f;
     const float d = gi * (up ? pos : neg);
     y[i] = d;
-    acc[0][l] += static_cast<double>(up ? gu : 0.0f);
-    acc[1][l] += static_cast<double>(up ? 0.0f : gu);
-    acc[2][l] += static_cast<double>(gi);
-    acc[3][l] += static_cast<double>(d);
+    accumulate(acc[0], i, up ? gu : 0.0f);
+    accumulate(acc[1], i, up ? 0.0f : gu);
+    accumulate(acc[2], i, gi);
+    accumulate(acc[3], i, d);
   }
   lane_totals(acc, out);
 }
@@ -377,14 +379,14 @@ QS_CLONES void scale_grad_sum(const float* __restrict g, const float* __restrict
                               float scale, double* __restrict out) {
   lanes_d acc[1] = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    const lanes_f gv = load_lanes(g + i);
-    store_lanes(y + i, gv * scale);
-    acc[0] += widen(gv * load_lanes(x + i));
+  for (; i + kWide <= n; i += kWide) {
+    const wide_f gv = load_wide(g + i);
+    store_wide(y + i, gv * scale);
+    accumulate(acc[0], gv * load_wide(x + i));
   }
-  for (int l = 0; i < n; ++i, ++l) {
+  for (; i < n; ++i) {
     y[i] = g[i] * scale;
-    acc[0][l] += static_cast<double>(g[i] * x[i]);
+    accumulate(acc[0], i, g[i] * x[i]);
   }
   lane_totals(acc, out);
 }
@@ -392,19 +394,61 @@ QS_CLONES void scale_grad_sum(const float* __restrict g, const float* __restrict
 // approx_at_span (inv = 1) and the sum of what it writes.
 QS_CLONES void approx_grad_sum(const float* __restrict g, const float* __restrict x, float* __restrict y, int64_t n,
                                float shift, double* __restrict out) {
-  const lanes_f zero = {};
+  const wide_f zero = {};
   lanes_d acc[1] = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    const lanes_f slope = 2.0f - 2.0f * abs_lanes(load_lanes(x + i) + shift);
-    const lanes_f d = (slope > zero ? slope : zero) * load_lanes(g + i);
-    store_lanes(y + i, d);
-    acc[0] += widen(d);
+  for (; i + kWide <= n; i += kWide) {
+    const wide_f slope = 2.0f - 2.0f * abs_wide(load_wide(x + i) + shift);
+    const wide_f d = (slope < zero ? zero : slope) * load_wide(g + i);  // std::max(slope, 0), NaN kept
+    store_wide(y + i, d);
+    accumulate(acc[0], d);
   }
-  for (int l = 0; i < n; ++i, ++l) {
+  for (; i < n; ++i) {
     const float d = std::max(2.0f - 2.0f * std::fabs(x[i] + shift), 0.0f) * g[i];
     y[i] = d;
-    acc[0][l] += static_cast<double>(d);
+    accumulate(acc[0], i, d);
+  }
+  lane_totals(acc, out);
+}
+
+// ReCU's activation backward, first pass over a sample: h = g * max(0, 2 - 2|x * inv|), written to h, and the sum
+// of h * x * inv.
+QS_CLONES void approx_h_sum(const float* __restrict g, const float* __restrict x, float* __restrict h, int64_t n,
+                            float inv, double* __restrict out) {
+  const wide_f zero = {};
+  lanes_d acc[1] = {};
+  int64_t i = 0;
+  for (; i + kWide <= n; i += kWide) {
+    const wide_f z = load_wide(x + i) * inv, slope = 2.0f - 2.0f * abs_wide(z);
+    const wide_f hv = (slope < zero ? zero : slope) * load_wide(g + i);
+    store_wide(h + i, hv);
+    accumulate(acc[0], hv * z);
+  }
+  for (; i < n; ++i) {
+    const float z = x[i] * inv, hi = std::max(2.0f - 2.0f * std::fabs(z), 0.0f) * g[i];
+    h[i] = hi;
+    accumulate(acc[0], i, hi * z);
+  }
+  lane_totals(acc, out);
+}
+
+// ReCU's: h = g * 1[|u| <= level], u = (w - mean) * inv, written to h, and the sums of h and h * u.
+QS_CLONES void window_h_sums(const float* __restrict g, const float* __restrict w, float* __restrict h, int64_t n,
+                             float mean, float inv, float level, double* __restrict out) {
+  const wide_f zero = {};
+  lanes_d acc[2] = {};
+  int64_t i = 0;
+  for (; i + kWide <= n; i += kWide) {
+    const wide_f u = (load_wide(w + i) - mean) * inv, hv = abs_wide(u) <= level ? load_wide(g + i) : zero;
+    store_wide(h + i, hv);
+    accumulate(acc[0], hv);
+    accumulate(acc[1], hv * u);
+  }
+  for (; i < n; ++i) {
+    const float u = (w[i] - mean) * inv, hi = std::fabs(u) <= level ? g[i] : 0.0f;
+    h[i] = hi;
+    accumulate(acc[0], i, hi);
+    accumulate(acc[1], i, hi * u);
   }
   lane_totals(acc, out);
 }
@@ -712,9 +756,10 @@ at::Tensor recu_sign_backward(const at::Tensor& grad, const at::Tensor& w, const
   const float *mean = means.data_ptr<float>(), *inv = invs.data_ptr<float>();
   const float q = static_cast<float>(level);
   return rows_backward(grad, w, [&](int64_t r, const float* g, const float* p, float* h, int64_t len) {
-    window_h_span(g, p, h, len, mean[r], inv[r], q);
-    const float h_mean = static_cast<float>(plain_sum(h, len) / static_cast<double>(len));
-    const float spread = static_cast<float>(h_u_sum(h, p, len, mean[r], inv[r]) / (8.0 * degrees_of_freedom(len)));
+    double sums[2];
+    window_h_sums(g, p, h, len, mean[r], inv[r], q, sums);
+    const float h_mean = static_cast<float>(sums[0] / static_cast<double>(len));
+    const float spread = static_cast<float>(sums[1] / (8.0 * degrees_of_freedom(len)));
     libra_grad_span(p, h, len, mean[r], inv[r], h_mean, spread);
   });
 }
@@ -747,12 +792,13 @@ at::Tensor adaptive_sign_backward(const at::Tensor& grad, const at::Tensor& w, c
   const float slope = static_cast<float>(-2.0 * t), gain = static_cast<float>(4.0 * k * t);
   return rows_backward(grad, w, [&](int64_t r, const float* g, const float* p, float* e, int64_t len) {
     const double n = static_cast<double>(len);
-    adaptive_e_span(g, p, e, len, beta[r], alpha[r], slope, gain);
+    const float inv = 1.0f / alpha[r];
+    adaptive_e_span(g, p, e, len, beta[r], inv, slope, gain);
     const float centre = static_cast<float>((plain_sum(g, len) - plain_sum(e, len)) / n);
     const float spread = alpha[r] > 1e-8f
-        ? static_cast<float>((adaptive_sign_sum(g, p, len, beta[r]) - adaptive_e_u_sum(e, p, len, beta[r], alpha[r])) / n)
+        ? static_cast<float>((adaptive_sign_sum(g, p, len, beta[r]) - adaptive_e_u_sum(e, p, len, beta[r], inv)) / n)
         : 0.0f;
-    adaptive_grad_span(p, e, len, beta[r], alpha[r], centre, spread);
+    adaptive_grad_span(p, e, len, beta[r], inv, centre, spread);
   });
 }
 
@@ -916,8 +962,9 @@ at::Tensor normalized_approx_backward(const at::Tensor& grad, const at::Tensor& 
     const double dof = degrees_of_freedom(len);
     const float mean = static_cast<float>(plain_sum(p, len) / static_cast<double>(len));
     const float inv = static_cast<float>(1.0 / std::sqrt(centred_square_sum(p, len, mean) / dof + 1e-5));
-    approx_at_span(g, p, h, len, 0.0f, inv);
-    const float dot = static_cast<float>(h_u_sum(h, p, len, 0.0f, inv) / dof);
+    double dot_sum;
+    approx_h_sum(g, p, h, len, inv, &dot_sum);
+    const float dot = static_cast<float>(dot_sum / dof);
     libra_grad_span(p, h, len, mean, inv, 0.0f, dot);
   });
 }
