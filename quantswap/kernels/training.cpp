@@ -328,9 +328,12 @@ QS_INLINE wide_f splat(float v) {  // not `wide_f{} + v`, which turns -0.0 into 
 QS_INLINE wide_f abs_wide(const wide_f& v) {  // std::fabs: the sign bit cleared
   return reinterpret_cast<wide_f>(reinterpret_cast<wide_i>(v) & 0x7fffffff);
 }
-QS_INLINE void accumulate(lanes_d& acc, const wide_f& v) {
-  acc += __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), lanes_d);
-  acc += __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), lanes_d);
+QS_INLINE void accumulate(lanes_d& acc, const wide_f& v) {  // the low half, then the high half
+  typedef float lanes_f __attribute__((vector_size(kLanes * sizeof(float))));
+  lanes_f half[2];
+  std::memcpy(half, &v, sizeof(v));
+  acc += __builtin_convertvector(half[0], lanes_d);
+  acc += __builtin_convertvector(half[1], lanes_d);
 }
 QS_INLINE void accumulate(lanes_d& acc, int64_t i, float v) { acc[i % kLanes] += static_cast<double>(v); }
 
