@@ -1,6 +1,7 @@
 """Fine-tuning pieces that need no training run: the distillation loss, recipes, options and refusals."""
 
 import argparse
+import math
 
 import pytest
 import torch
@@ -132,3 +133,27 @@ def test_a_w32a1_run_without_a_later_stage_is_refused_before_anything_is_written
                  "--output", str(out)]) == 2
     assert "weights=False (W32/A1) is a first stage: list it in `stages`" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _lrs(cfg: FinetuneConfig, steps_per_epoch: int) -> list[float]:
+    from quantswap.train.loop import _scheduler, planned_steps
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = _scheduler(cfg, optimizer, steps_per_epoch)
+    lrs = []
+    for step in range(planned_steps(cfg, steps_per_epoch)):
+        scheduler.step_update(step)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_a_run_cut_by_max_steps_gets_the_whole_schedule_in_its_steps(epochs):
+    # cosine to 0 over the T steps the run takes: lr_t = lr/2 * (1 + cos(pi t / T)), whatever the epochs say
+    cut = _lrs(FinetuneConfig(epochs=epochs, max_steps=20, lr=1e-3, schedule="cosine", warmup_epochs=0), 78)
+    expected = [0.5e-3 * (1 + math.cos(math.pi * t / 20)) for t in range(20)]
+    assert cut == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    # a run that max_steps does not cut keeps the schedule of its epochs exactly
+    whole = _lrs(FinetuneConfig(epochs=1, max_steps=1000, lr=1e-3, schedule="cosine", warmup_epochs=0), 78)
+    assert whole == _lrs(FinetuneConfig(epochs=1, lr=1e-3, schedule="cosine", warmup_epochs=0), 78)
+    assert len(whole) == 78 and whole[39] == pytest.approx(0.5e-3 * (1 + math.cos(math.pi * 39 / 78)))

@@ -45,7 +45,7 @@ HELP = {
     "recalibrate_bn": "after the swap, re-estimate BatchNorm statistics on N training batches (0: off)",
     "resume": "continue the run in --output from its last checkpoint",
     "overwrite": "replace the run in --output",
-    "max_steps": "stop after this many optimizer steps",
+    "max_steps": "train this many optimizer steps at most (the lr schedule is fitted to them)",
     "save_every": "steps between mid-epoch checkpoints (0: epoch ends only)",
     "push_to_hub": "ORG/NAME: push the packed model at the end",
     "compile": "torch.compile the training model (inductor; the first steps pay the compilation)",

@@ -95,14 +95,29 @@ def _sigint_flag(enabled: bool) -> Iterator[list[bool]]:
             signal.signal(signal.SIGINT, previous)
 
 
+def planned_steps(cfg: FinetuneConfig, steps_per_epoch: int) -> int:
+    """The optimizer steps a run (or stage) takes: its epochs, cut at ``max_steps`` when that is fewer.
+
+    Example:
+        >>> from quantswap import FinetuneConfig
+        >>> planned_steps(FinetuneConfig(epochs=2, max_steps=50), steps_per_epoch=78)
+        50
+    """
+    total = cfg.epochs * steps_per_epoch
+    return total if cfg.max_steps is None else min(cfg.max_steps, total)
+
+
 def _scheduler(cfg: FinetuneConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """timm's scheduler, stepped per update over the steps the run takes: a run cut short by ``max_steps``
+    gets the whole schedule (its warmup, decay and end) fitted into those steps, not its first part."""
     from timm.scheduler import create_scheduler_v2
 
+    planned = planned_steps(cfg, steps_per_epoch)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=cfg.schedule, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01,
         min_lr=cfg.min_lr, cycle_mul=cfg.cycle_mul, cycle_limit=cfg.cycle_limit, decay_rate=cfg.decay_rate,
         decay_milestones=cfg.decay_milestones or (max(cfg.epochs // 2, 1),), step_on_epochs=False,
-        updates_per_epoch=steps_per_epoch)
+        updates_per_epoch=steps_per_epoch if planned == cfg.epochs * steps_per_epoch else planned / cfg.epochs)
     return scheduler
 
 
@@ -130,9 +145,7 @@ class Trainer:
         self.scheduler = _scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.amp = cfg.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        if cfg.max_steps is not None:
-            self.total_steps = min(cfg.max_steps, self.total_steps)
+        self.total_steps = planned_steps(cfg, self.steps_per_epoch)
         self.train_model = nn.parallel.DistributedDataParallel(self.model) if self.dist.distributed else self.model
         if cfg.compile:  # the training forward only; validation and checkpoints use the module itself
             self.train_model = torch.compile(self.train_model, options=compile_options(device))
