@@ -5,7 +5,9 @@
   float ResNet-18's, batch 32, at 64 px and at 224 px, on the CPU. Each round times a float step and the
   method's step back to back; the ratio is the median over rounds of the per-round ratios, so a slow
   spell of the machine hits both alike.
-* where the time goes: a profile of the slowest method's step at 64 px, by operator.
+* where the time goes: each W1/A1 method's model again at 64 px with its quantizers taken out (real
+  weights, real activations), which is what the method's structure alone costs (Bi-Real's shortcuts,
+  ReActNet's RPReLUs, ...), and a profile of the slowest method's step at 64 px, by operator.
 
 Freed memory stays in the process (``mallopt``, as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
 would): with glibc's defaults every step faults in fresh pages for its big tensors, which on a 2-core
@@ -24,6 +26,8 @@ from _common import ALL_VARIANTS, arguments, convert, keep_freed_memory, machine
 from torchvision.models import mobilenet_v3_large, resnet18, resnet50
 
 import quantswap
+from quantswap.nn.layers import is_quantized_layer
+from quantswap.nn.quantizers import RealWeight
 
 GOALS = {64: 1.2, 224: 1.1}
 
@@ -54,13 +58,21 @@ def trainer(model, size):
     return step
 
 
-def step_ratios(size, rounds, warmup=2):
-    """``(float step seconds, {variant: median ratio})`` at ``size`` px."""
+def structure_only(model):
+    """``model`` with its quantizers taken out: each quantized layer computes with its real weight and input."""
+    for layer in filter(is_quantized_layer, model.modules()):
+        layer.weight_quantizer, layer.input_quantizer = RealWeight(), None
+    return model
+
+
+def step_ratios(size, rounds, variants=ALL_VARIANTS, transform=lambda model: model, warmup=2):
+    """``(float step seconds, {variant: median ratio})`` at ``size`` px, each swapped model passed through
+    ``transform`` first."""
     base = resnet18()
     float_step = trainer(base, size)
     floats, ratios = [], {}
-    for name, options in ALL_VARIANTS.items():
-        step = trainer(convert(base, options), size)
+    for name, options in variants.items():
+        step = trainer(transform(convert(base, options)), size)
         for _ in range(warmup):
             float_step(), step()
         pairs = [(float_step(), step()) for _ in range(rounds)]
@@ -86,6 +98,8 @@ def main():
     swaps = {name: swap_seconds(build) for name, build in
              [("resnet18", resnet18), ("resnet50", resnet50), ("mobilenet_v3_large", mobilenet_v3_large)]}
     runs = {64: step_ratios(64, args.rounds), 224: step_ratios(224, args.rounds_224)}
+    w1a1 = {name: options for name, options in ALL_VARIANTS.items() if "W1/A1" in name}
+    _, structure = step_ratios(64, args.rounds, w1a1, structure_only)
     missed = {size: {n: r for n, r in ratios.items() if r > GOALS[size]} for size, (_, ratios) in runs.items()}
     worst = max(runs[64][1], key=runs[64][1].get)
     lines = [
@@ -109,10 +123,19 @@ def main():
         + " ".join(f"{size} px: " + (f"missed by {', '.join(f'{n} {r:.2f}' for n, r in m.items())}." if m else "met.")
         for size, m in missed.items()),
         "",
-        f"Where the time goes in the slowest method at 64 px ({worst}), self CPU time by operator: "
-        f"{profile_rows(ALL_VARIANTS[worst])}. The rest of the quantizers' cost is elementwise passes over "
-        "weights and activations (each a few hundred microseconds on this machine); the Bi-Real layout's extra "
-        "shortcut convolutions, BatchNorms and additions are part of the model, not of the quantizers.",
+        "Where the time goes, first by part: each W1/A1 method's model with its quantizers taken out (real "
+        "weights and activations, the method's structure kept: shortcuts, activation modules), step / float "
+        "step at 64 px, against the whole method's:",
+        "",
+        "| method | structure alone | with its quantizers |",
+        "|---|---|---|",
+        *[f"| {name} | {ratio:.2f} | {runs[64][1][name]:.2f} |" for name, ratio in structure.items()],
+        "",
+        f"Then by operator, in the slowest method at 64 px ({worst}), self CPU time: "
+        f"{profile_rows(ALL_VARIANTS[worst])}. The structure's cost is the Bi-Real layout's extra shortcut "
+        "convolutions (1x1 stride 2 after an average pool), BatchNorms and additions, and the per-channel "
+        "activation modules after each sum; the quantizers' cost is elementwise passes over the 44 MB of latent "
+        "weights (the forward, the backward's re-quantization, the gradient) and over the activations.",
     ]
     publish(lines, "Swap time and training-step overhead", args.output)
 
