@@ -10,7 +10,7 @@ the same parent, cached in the same ``--runs`` folder, the same recipe, distille
 
 Unlike the accuracy benchmark's two-stage rows, which give each stage one epoch of a 15,000-image subset,
 both stages here draw their batches from the one-stage run's 30,000 images (each stage a new shuffle of
-them, cut at its share of the steps): the same steps and the same images as the one-stage run. Results are
+them, cut at its share of the steps, its lr schedule fitted to those steps): the same steps and the same images as the one-stage run. Results are
 cached per run (``result.json``).
 
 Usage: python benchmarks/two_stage_split.py [--seeds 0 1] [--runs runs/accuracy] [--output BENCHMARKS.md]
@@ -65,7 +65,8 @@ def report(top1: dict, seeds: list[int], minutes: float, scratch: float) -> list
         f"from scratch (the runs' wall times), {minutes:.0f} min this invocation (runs are cached). FP parent: the accuracy benchmark's ({top1['FP parent', '', 0]:.2f} "
         f"top-1 on this machine). Every run: {FULL.images:,} training images, {FULL.images // SHARED['batch_size']} "
         "steps of batch 128, distilled from the parent; both stages of a two-stage run draw from the same "
-        f"{FULL.images:,} images as the one-stage run. Top-1 on the 10k test images, mean of seeds {seeds_text} "
+        f"{FULL.images:,} images as the one-stage run, and each stage's cosine schedule runs to 0 within its own "
+        f"steps. Top-1 on the 10k test images, mean of seeds {seeds_text} "
         "(each seed's value in brackets).",
         "",
         "| method | " + " | ".join(SPLITS) + " |",
