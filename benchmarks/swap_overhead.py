@@ -98,7 +98,7 @@ def main():
     swaps = {name: swap_seconds(build) for name, build in
              [("resnet18", resnet18), ("resnet50", resnet50), ("mobilenet_v3_large", mobilenet_v3_large)]}
     runs = {64: step_ratios(64, args.rounds), 224: step_ratios(224, args.rounds_224)}
-    w1a1 = {name: options for name, options in ALL_VARIANTS.items() if "W1/A1" in name}
+    w1a1 = {name: options for name, options in ALL_VARIANTS.items() if quantswap.config_for(**options).activations}
     _, structure = step_ratios(64, args.rounds, w1a1, structure_only)
     missed = {size: {n: r for n, r in ratios.items() if r > GOALS[size]} for size, (_, ratios) in runs.items()}
     worst = max(runs[64][1], key=runs[64][1].get)

@@ -10,8 +10,8 @@ the same parent, cached in the same ``--runs`` folder, the same recipe, distille
 
 Unlike the accuracy benchmark's two-stage rows, which give each stage one epoch of a 15,000-image subset,
 both stages here draw their batches from the one-stage run's 30,000 images (each stage a new shuffle of
-them, cut at its share of the steps, its lr schedule fitted to those steps): the same steps and the same images as the one-stage run. Results are
-cached per run (``result.json``).
+them, cut at its share of the steps, its lr schedule fitted to those steps): the same steps and the same
+images as the one-stage run. Results are cached per run (``result.json``).
 
 Usage: python benchmarks/two_stage_split.py [--seeds 0 1] [--runs runs/accuracy] [--output BENCHMARKS.md]
 """
