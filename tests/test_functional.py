@@ -101,9 +101,11 @@ def test_ternary_expand_forward_and_gradient(thresholds):
     torch.testing.assert_close(grad, len(thresholds) * g * (w.abs() < 1).float(), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("thresholds", [(0.05,), (0.05, 0.10, 0.15, 0.20)])
+@pytest.mark.parametrize("thresholds", [(0.05,), (0.05, 0.10, 0.15), (0.05, 0.10, 0.15, 0.20),
+                                        (0.05, 0.10, 0.15, 0.20, 0.25)])
 def test_ternary_apply_gives_the_forward_weight_bit_for_bit_from_its_statistics(thresholds):
-    """The backward's one-pass recompute: the same numbers as the forward, weights on a threshold included."""
+    """The backward's one-pass recompute: the same numbers as the forward, weights on a threshold included,
+    with as many branches as the kernel unrolls (1, 4) and with some it pads (3 to 4, 5 to 8)."""
     w = torch.randn(64, 32, 3, 3)
     w.view(-1)[:4] = torch.tensor([1.0, -0.5, 0.05, -0.1]) * w.abs().max()  # |w| exactly at delta = 0.05, 0.1 max|w|
     out, statistics = QF.ternary_expand_with_statistics(w, thresholds)

@@ -102,23 +102,21 @@ QS_CLONES void mean_abs_sign_grad_span(const float* __restrict g, const float* _
   }
 }
 
-QS_CLONES void ternary_level_span(const float* __restrict x, float* __restrict y, int64_t n, float delta, float alpha) {
+// The residual-expansion ternary weight of a span, each element read once: level = sum_b alpha_b [|x| >= delta_b],
+// added in branch order, then given the sign of x. NB is the branch count padded to 1, 2, 4 or 8 (a padding
+// branch has delta = +inf and alpha = 0: it adds +0, which leaves a level unchanged), so the loop over
+// branches unrolls and the one over elements vectorizes.
+template <int NB>
+QS_CLONES void ternary_fill_span(const float* __restrict x, float* __restrict y, int64_t n,
+                                 const float* __restrict deltas, const float* __restrict alphas) {
+  float delta[NB], alpha[NB];
+  for (int j = 0; j < NB; ++j) delta[j] = deltas[j], alpha[j] = alphas[j];
   for (int64_t i = 0; i < n; ++i) {
-    const float level = y[i];
-    y[i] = level + (std::fabs(x[i]) >= delta ? alpha : 0.0f);
-  }
-}
-
-// The first branch writes its level (0 + level is the level, so no zero fill comes before it).
-QS_CLONES void ternary_first_level_span(const float* __restrict x, float* __restrict y, int64_t n, float delta,
-                                        float alpha) {
-  for (int64_t i = 0; i < n; ++i) y[i] = std::fabs(x[i]) >= delta ? alpha : 0.0f;
-}
-
-QS_CLONES void apply_sign_span(const float* __restrict x, float* __restrict y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float level = y[i];
-    y[i] = x[i] >= 0.0f ? level : -level;
+    const float v = x[i], a = std::fabs(v);
+    float level = a >= delta[0] ? alpha[0] : 0.0f;
+#pragma GCC unroll 8
+    for (int j = 1; j < NB; ++j) level += a >= delta[j] ? alpha[j] : 0.0f;
+    y[i] = v >= 0.0f ? level : -level;
   }
 }
 
@@ -204,7 +202,7 @@ QS_CLONES double kept_sum(const float* __restrict p, int64_t n, float delta) {
 }
 
 // A count is exact in integer lanes: the same number as summing ones in double, without the conversions.
-QS_CLONES double kept_count(const float* __restrict p, int64_t n, float delta) {
+QS_CLONES int64_t kept_count(const float* __restrict p, int64_t n, float delta) {
   int32_t acc[kLanes] = {0};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
@@ -212,7 +210,7 @@ QS_CLONES double kept_count(const float* __restrict p, int64_t n, float delta) {
   int64_t total = 0;
   for (; i < n; ++i) total += std::fabs(p[i]) >= delta ? 1 : 0;
   for (int l = 0; l < kLanes; ++l) total += acc[l];
-  return static_cast<double>(total);
+  return total;
 }
 
 QS_CLONES double plain_sum(const float* __restrict p, int64_t n) { QS_LANE_SUM(n, p[j]) }
@@ -618,14 +616,30 @@ at::Tensor row_sign_apply(const at::Tensor& w, const std::optional<at::Tensor>& 
   return out;
 }
 
-// Residual-expansion ternary weight from its statistics: wq = sign(w) * sum_b alpha_b [|w| >= delta_b], added
-// branch by branch (deltas and alphas [branches], float32).
-void ternary_fill(const float* src, float* dst, int64_t n, const float* delta, const float* alpha, int64_t nb) {
-  elementwise(n, [&](int64_t b, int64_t e) {
-    ternary_first_level_span(src + b, dst + b, e - b, delta[0], alpha[0]);
-    for (int64_t j = 1; j < nb; ++j) ternary_level_span(src + b, dst + b, e - b, delta[j], alpha[j]);
-    apply_sign_span(src + b, dst + b, e - b);
-  });
+// A layer's ternary branches, padded to the branch count of a ternary span (1, 2, 4 or 8).
+struct TernaryBranches {
+  static constexpr int64_t kMax = 8;
+  int64_t padded;
+  float delta[kMax], alpha[kMax];
+
+  TernaryBranches(int64_t nb) : padded(nb <= 1 ? 1 : nb <= 2 ? 2 : nb <= 4 ? 4 : kMax) {
+    TORCH_CHECK(nb > 0 && nb <= kMax, "ternary: 1 to ", kMax, " branches, got ", nb);
+    std::fill(delta, delta + kMax, INFINITY);
+    std::fill(alpha, alpha + kMax, 0.0f);
+  }
+  void fill(const float* src, float* dst, int64_t n) const {
+    switch (padded) {
+      case 1: return ternary_fill_span<1>(src, dst, n, delta, alpha);
+      case 2: return ternary_fill_span<2>(src, dst, n, delta, alpha);
+      case 4: return ternary_fill_span<4>(src, dst, n, delta, alpha);
+      default: return ternary_fill_span<kMax>(src, dst, n, delta, alpha);
+    }
+  }
+};
+
+// Residual-expansion ternary weight from its statistics: wq = sign(w) * sum_b alpha_b [|w| >= delta_b], one pass.
+void ternary_fill(const float* src, float* dst, int64_t n, const TernaryBranches& branches) {
+  elementwise(n, [&](int64_t b, int64_t e) { branches.fill(src + b, dst + b, e - b); });
 }
 
 // The weight of ternary_expand again, from the deltas and alphas it returned: one pass, no statistics.
@@ -634,18 +648,21 @@ at::Tensor ternary_apply(const at::Tensor& w, const at::Tensor& deltas, const at
   check_dense(deltas, "deltas");
   check_dense(alphas, "alphas");
   TORCH_CHECK(deltas.numel() > 0 && deltas.numel() == alphas.numel(), "ternary_apply: one delta and alpha per branch");
+  TernaryBranches branches(deltas.numel());
+  std::copy_n(deltas.data_ptr<float>(), deltas.numel(), branches.delta);
+  std::copy_n(alphas.data_ptr<float>(), alphas.numel(), branches.alpha);
   at::Tensor out = at::empty_like(w);
-  ternary_fill(w.data_ptr<float>(), out.data_ptr<float>(), w.numel(), deltas.data_ptr<float>(),
-               alphas.data_ptr<float>(), deltas.numel());
+  ternary_fill(w.data_ptr<float>(), out.data_ptr<float>(), w.numel(), branches);
   return out;
 }
 
 // Residual-expansion ternary weight: per threshold tau_b, delta_b = tau_b * max|w| and alpha_b = mean(|w| : |w| >=
-// delta_b); wq = sign(w) * sum_b alpha_b [|w| >= delta_b]. Returns (wq, alphas, deltas), the last two [branches].
+// delta_b); wq = sign(w) * sum_b alpha_b [|w| >= delta_b]. Three passes: max|w|, the branches' sums, wq.
+// Returns (wq, alphas, deltas), the last two [branches].
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ternary_expand(const at::Tensor& w, at::ArrayRef<double> thresholds) {
   check_dense(w, "w");
   const int64_t n = w.numel(), nb = static_cast<int64_t>(thresholds.size());
-  TORCH_CHECK(nb > 0, "ternary_expand: at least one threshold");
+  TernaryBranches branches(nb);
   const float* src = w.data_ptr<float>();
   const int64_t blocks = (n + kGrain - 1) / kGrain;
   auto block_len = [&](int64_t k) { return std::min(n, (k + 1) * kGrain) - k * kGrain; };
@@ -654,24 +671,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ternary_expand(const at::Tensor& 
     for (int64_t k = b; k < e; ++k) block_peak[k] = abs_max(src + k * kGrain, block_len(k));
   });
   const float peak = blocks ? *std::max_element(block_peak.begin(), block_peak.end()) : 0.0f;
-  at::Tensor deltas = at::empty({nb}, w.options()), alphas = at::empty({nb}, w.options());
-  float *delta = deltas.data_ptr<float>(), *alpha = alphas.data_ptr<float>();
-  for (int64_t j = 0; j < nb; ++j) delta[j] = static_cast<float>(thresholds[j]) * peak;
-  std::vector<double> sums(blocks * nb * 2, 0.0);  // per block and branch: the kept |w| and their count
+  for (int64_t j = 0; j < nb; ++j) branches.delta[j] = static_cast<float>(thresholds[j]) * peak;
+  std::vector<double> sums(blocks * nb, 0.0);  // per block and branch: the kept |w| and their count
+  std::vector<int64_t> counts(blocks * nb, 0);
   at::parallel_for(0, blocks, 1, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k)
-      for (int64_t j = 0; j < nb; ++j) {
-        sums[(k * nb + j) * 2] = kept_sum(src + k * kGrain, block_len(k), delta[j]);
-        sums[(k * nb + j) * 2 + 1] = kept_count(src + k * kGrain, block_len(k), delta[j]);
+      for (int64_t j = 0; j < nb; ++j) {  // the block stays in cache from one branch to the next
+        sums[k * nb + j] = kept_sum(src + k * kGrain, block_len(k), branches.delta[j]);
+        counts[k * nb + j] = kept_count(src + k * kGrain, block_len(k), branches.delta[j]);
       }
   });
+  at::Tensor deltas = at::empty({nb}, w.options()), alphas = at::empty({nb}, w.options());
   for (int64_t j = 0; j < nb; ++j) {
-    double kept = 0.0, count = 0.0;
-    for (int64_t k = 0; k < blocks; ++k) kept += sums[(k * nb + j) * 2], count += sums[(k * nb + j) * 2 + 1];
-    alpha[j] = static_cast<float>(kept / std::max(count, 1.0));
+    double kept = 0.0;
+    int64_t count = 0;
+    for (int64_t k = 0; k < blocks; ++k) kept += sums[k * nb + j], count += counts[k * nb + j];
+    branches.alpha[j] = static_cast<float>(kept / std::max(static_cast<double>(count), 1.0));
   }
+  std::copy_n(branches.delta, nb, deltas.data_ptr<float>());
+  std::copy_n(branches.alpha, nb, alphas.data_ptr<float>());
   at::Tensor out = at::empty_like(w);
-  ternary_fill(src, out.data_ptr<float>(), n, delta, alpha, nb);
+  ternary_fill(src, out.data_ptr<float>(), n, branches);
   return {out, alphas, deltas};
 }
 
