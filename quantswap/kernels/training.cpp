@@ -253,10 +253,6 @@ QS_CLONES void libra_h_span(const float* __restrict g, const float* __restrict w
   }
 }
 
-QS_CLONES double h_u_sum(const float* __restrict h, const float* __restrict w, int64_t n, float mean, float inv) {
-  QS_LANE_SUM(n, h[j] * ((w[j] - mean) * inv))
-}
-
 QS_CLONES void libra_grad_span(const float* __restrict w, float* __restrict y, int64_t n, float mean, float inv,
                                float h_mean, float spread) {
   for (int64_t i = 0; i < n; ++i) {
@@ -278,15 +274,6 @@ QS_CLONES void adaptive_e_span(const float* __restrict g, const float* __restric
     const float one_plus = 1.0f + z;
     y[i] = g[i] * (gain * z / (one_plus * one_plus));
   }
-}
-
-QS_CLONES double adaptive_sign_sum(const float* __restrict g, const float* __restrict w, int64_t n, float beta) {
-  QS_LANE_SUM(n, (w[j] - beta >= 0.0f ? g[j] : -g[j]))
-}
-
-QS_CLONES double adaptive_e_u_sum(const float* __restrict e, const float* __restrict w, int64_t n, float beta,
-                                  float inv) {
-  QS_LANE_SUM(n, e[j] * ((w[j] - beta) * inv))
 }
 
 QS_CLONES void adaptive_sign_span(const float* __restrict w, float* __restrict y, int64_t n, float beta, float alpha) {
@@ -450,6 +437,47 @@ QS_CLONES void window_h_sums(const float* __restrict g, const float* __restrict 
     h[i] = hi;
     accumulate(acc[0], i, hi);
     accumulate(acc[1], i, hi * u);
+  }
+  lane_totals(acc, out);
+}
+
+// IR-Net's backward over a row, after h is written: the sums of h and h * u, u = (w - mean) * inv.
+QS_CLONES void h_sums(const float* __restrict h, const float* __restrict w, int64_t n, float mean, float inv,
+                      double* __restrict out) {
+  lanes_d acc[2] = {};
+  int64_t i = 0;
+  for (; i + kWide <= n; i += kWide) {
+    const wide_f hv = load_wide(h + i);
+    accumulate(acc[0], hv);
+    accumulate(acc[1], hv * ((load_wide(w + i) - mean) * inv));
+  }
+  for (; i < n; ++i) {
+    accumulate(acc[0], i, h[i]);
+    accumulate(acc[1], i, h[i] * ((w[i] - mean) * inv));
+  }
+  lane_totals(acc, out);
+}
+
+// AdaBin's backward over a row, after e is written: the sums of g, e, g * sign(w - beta) and e * u,
+// u = (w - beta) * inv.
+QS_CLONES void adaptive_sums(const float* __restrict g, const float* __restrict e, const float* __restrict w, int64_t n,
+                             float beta, float inv, double* __restrict out) {
+  const wide_f zero = {};
+  lanes_d acc[4] = {};
+  int64_t i = 0;
+  for (; i + kWide <= n; i += kWide) {
+    const wide_f gv = load_wide(g + i), ev = load_wide(e + i), d = load_wide(w + i) - beta;
+    accumulate(acc[0], gv);
+    accumulate(acc[1], ev);
+    accumulate(acc[2], d >= zero ? gv : -gv);
+    accumulate(acc[3], ev * (d * inv));
+  }
+  for (; i < n; ++i) {
+    const float d = w[i] - beta;
+    accumulate(acc[0], i, g[i]);
+    accumulate(acc[1], i, e[i]);
+    accumulate(acc[2], i, d >= 0.0f ? g[i] : -g[i]);
+    accumulate(acc[3], i, e[i] * (d * inv));
   }
   lane_totals(acc, out);
 }
@@ -741,8 +769,10 @@ at::Tensor libra_sign_backward(const at::Tensor& grad, const at::Tensor& w, cons
   const float slope = static_cast<float>(-2.0 * t), gain = static_cast<float>(4.0 * k * t);
   return rows_backward(grad, w, [&](int64_t r, const float* g, const float* p, float* h, int64_t len) {
     libra_h_span(g, p, h, len, mean[r], inv[r], scale[r], slope, gain);
-    const float h_mean = static_cast<float>(plain_sum(h, len) / static_cast<double>(len));
-    const float spread = static_cast<float>(h_u_sum(h, p, len, mean[r], inv[r]) / degrees_of_freedom(len));
+    double sums[2];  // h, h * u
+    h_sums(h, p, len, mean[r], inv[r], sums);
+    const float h_mean = static_cast<float>(sums[0] / static_cast<double>(len));
+    const float spread = static_cast<float>(sums[1] / degrees_of_freedom(len));
     libra_grad_span(p, h, len, mean[r], inv[r], h_mean, spread);
   });
 }
@@ -817,10 +847,10 @@ at::Tensor adaptive_sign_backward(const at::Tensor& grad, const at::Tensor& w, c
     const double n = static_cast<double>(len);
     const float inv = 1.0f / alpha[r];
     adaptive_e_span(g, p, e, len, beta[r], inv, slope, gain);
-    const float centre = static_cast<float>((plain_sum(g, len) - plain_sum(e, len)) / n);
-    const float spread = alpha[r] > 1e-8f
-        ? static_cast<float>((adaptive_sign_sum(g, p, len, beta[r]) - adaptive_e_u_sum(e, p, len, beta[r], inv)) / n)
-        : 0.0f;
+    double sums[4];  // g, e, g * sign(w - beta), e * u
+    adaptive_sums(g, e, p, len, beta[r], inv, sums);
+    const float centre = static_cast<float>((sums[0] - sums[1]) / n);
+    const float spread = alpha[r] > 1e-8f ? static_cast<float>((sums[2] - sums[3]) / n) : 0.0f;
     adaptive_grad_span(p, e, len, beta[r], inv, centre, spread);
   });
 }
