@@ -60,7 +60,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check quantswap tests benchmarks
 
 # Issue 14's training numbers in one go: step ratios at 64 and 224 px, eager and compiled, peak training
-# memory and eval-mode latency, every method (about 20 minutes on 2 CPU cores).
+# memory and eval-mode latency, every method (about 25 minutes on 2 CPU cores).
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/swap_overhead.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/compile_speed.py --output BENCHMARKS.md

@@ -55,6 +55,7 @@ def sweep(size, rounds):
 
 
 def section(size, rows, float_eager, float_compiled, fp_compile_s):
+    """BENCHMARKS.md lines for one size: :func:`sweep`'s table and which methods meet the goal."""
     goal = GOALS[size]
     eager_met = [r[0] for r in rows if meets(r[1], goal)]
     met = [r[0] for r in rows if meets(r[2], goal)]
