@@ -700,8 +700,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ternary_expand(const at::Tensor& 
   });
   const float peak = blocks ? *std::max_element(block_peak.begin(), block_peak.end()) : 0.0f;
   for (int64_t j = 0; j < nb; ++j) branches.delta[j] = static_cast<float>(thresholds[j]) * peak;
-  std::vector<double> sums(blocks * nb, 0.0);  // per block and branch: the kept |w| and their count
-  std::vector<int64_t> counts(blocks * nb, 0);
+  std::vector<double> sums(blocks * nb, 0.0);  // per block and branch: the sum of the kept |w|
+  std::vector<int64_t> counts(blocks * nb, 0);  // and their count
   at::parallel_for(0, blocks, 1, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k)
       for (int64_t j = 0; j < nb; ++j) {  // the block stays in cache from one branch to the next
