@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 
 __all__ = ["QuantConfig", "Variant", "config_for", "config_from_dict", "CONFIG_VERSION", "KINDS"]
 
-CONFIG_VERSION = 2  # 2: skip_depthwise (version 1 configs quantized depthwise convs)
+#: 2: skip_depthwise (version 1 configs quantized depthwise convs); 3: block_residual (the Bi-Real layout's
+#: methods kept a ResNet block's own residual before it)
+CONFIG_VERSION = 3
 KINDS = ("binary", "ternary")
 
 #: A step of a swap: reads and edits the :class:`~quantswap.fx.pipeline.SwapContext` in place.
@@ -221,6 +223,12 @@ def config_for(method: str, **options: Any) -> QuantConfig:
     return cls(**options)
 
 
+def _field_names(method: str) -> set[str]:
+    from quantswap._registry import get_config_class
+
+    return {f.name for f in dataclasses.fields(get_config_class(method))}
+
+
 def config_from_dict(data: dict[str, Any]) -> QuantConfig:
     """Rebuild a config written by :meth:`QuantConfig.to_dict`; types resolve only through the registry."""
     if not isinstance(data, dict) or "method" not in data:
@@ -235,4 +243,6 @@ def config_from_dict(data: dict[str, Any]) -> QuantConfig:
     method = data.pop("method")
     if version < 2:
         data.setdefault("skip_depthwise", False)  # what a version 1 config's swap did
+    if version < 3 and "block_residual" in _field_names(method):
+        data.setdefault("block_residual", True)  # what a version 1 or 2 config's swap built
     return config_for(method, **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -45,6 +45,8 @@ class ModelSummary:
     bops: int
     flops: int
     fp_flops: int  # MACs of the same model run entirely in floating point
+    #: how a Bi-Real-layout swap treated the model's residual blocks (``None``: not such a swap)
+    structure: str | None = None
 
     @property
     def params(self) -> int:
@@ -76,6 +78,8 @@ class ModelSummary:
             f"BOPs {self.bops:.3e}, FLOPs {self.flops:.3e}, OPs = BOPs/64 + FLOPs = {self.ops:.3e} "
             f"(FP {self.fp_flops:.3e}, {self.fp_flops / max(self.ops, 1):.2f}x fewer)",
         ]
+        if self.structure:
+            lines.append(f"structure: {self.structure}")
         return "\n".join(lines)
 
 
@@ -194,4 +198,20 @@ def summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224), fp_b
     buffers = sum(b.numel() for name, b in model.named_buffers()
                   if b.is_floating_point() and name in persistent and name not in roles)
     size_bytes, fp32_bytes = theoretical_size(model, fp_bits)
-    return ModelSummary(layers, params_by_bits, buffers, scales, size_bytes, fp32_bytes, bops, flops, fp_flops)
+    return ModelSummary(layers, params_by_bits, buffers, scales, size_bytes, fp32_bytes, bops, flops, fp_flops,
+                        _structure(model))
+
+
+def _structure(model: nn.Module) -> str | None:
+    """What a swap with per-conv shortcuts built of the model's residual blocks, from its swap report."""
+    meta = getattr(model, "meta", None)
+    report = meta.get("quantswap") if isinstance(meta, dict) else None
+    config = getattr(report, "config", None)
+    if not hasattr(config, "block_residual") or not report.shortcuts:
+        return None
+    if config.block_residual:
+        return "block residuals kept (block_residual=True) on top of the per-conv shortcuts"
+    if report.blocks_rewired:
+        return (f"the authors' structure: {len(report.blocks_rewired)} block residuals removed, each binary conv's "
+                "shortcut the only one")
+    return "per-conv shortcuts; no block has a shortcut around its every binary conv, so the model's residuals stay"

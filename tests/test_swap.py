@@ -129,7 +129,7 @@ def test_depthwise_convs_stay_real_unless_asked():
 
 def test_a_config_written_before_skip_depthwise_rebuilds_the_swap_it_made():
     new = quantswap.config_for("irnet").to_dict()
-    assert new["version"] == 2 and new["skip_depthwise"] is True
+    assert new["version"] >= 2 and new["skip_depthwise"] is True
     old = {k: v for k, v in new.items() if k != "skip_depthwise"} | {"version": 1}
     assert quantswap.config_from_dict(old).skip_depthwise is False  # version 1 quantized depthwise convs
 
@@ -180,7 +180,9 @@ def test_bireal_adds_one_shortcut_per_binary_conv():
     binary_convs = [n for n in report.quantized if isinstance(bnn.get_submodule(n), QuantConv2d)]
     assert len(report.shortcuts) == len(binary_convs) == 16
     adds = [n for n in bnn.graph.nodes if n.op == "call_function" and "add" in str(n.target)]
-    assert len(adds) == 16 + 8  # a shortcut per binary conv + ResNet's own 8 block residuals
+    assert len(adds) == 16  # a shortcut per binary conv; ResNet's own 8 block residuals are removed
+    kept = quantswap.binarize(resnet18(), method="bireal", block_residual=True)
+    assert len([n for n in kept.graph.nodes if n.op == "call_function" and "add" in str(n.target)]) == 16 + 8
 
 
 class OneBlock(nn.Module):
@@ -199,10 +201,12 @@ class OneBlock(nn.Module):
         return self.fc(self.block(self.stem(x)).mean((2, 3)))
 
 
-def test_bireal_block_computes_the_hand_written_bireal_block():
+def test_bireal_block_with_block_residual_computes_the_hand_written_block():
+    """``block_residual=True``: the per-conv shortcuts and the block's own residual (tests/test_structure.py
+    checks the authors' structure, without it)."""
     torch.manual_seed(0)
     model = OneBlock()
-    bnn = quantswap.binarize(model, method="bireal")
+    bnn = quantswap.binarize(model, method="bireal", block_residual=True)
     for m in bnn.modules():  # non-trivial BN statistics and affine parameters
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2)
@@ -236,7 +240,8 @@ def test_the_swap_is_a_pipeline_and_a_method_adds_its_own_passes():
     def extra(config):
         return SwapContext(resnet18(), config).passes()[len(STANDARD_PASSES):-1]
 
-    assert extra(quantswap.config_for("bireal")) == [passes.add_bireal_shortcuts]
+    assert extra(quantswap.config_for("bireal")) == [passes.add_bireal_shortcuts, passes.remove_block_residuals]
+    assert extra(quantswap.config_for("bireal", block_residual=True)) == [passes.add_bireal_shortcuts]
     assert extra(quantswap.config_for("mcdonnell", bn_affine=False)) == [passes.freeze_bn_affine]
     assert extra(quantswap.config_for("mcdonnell")) == extra(quantswap.config_for("irnet")) == []
     assert SwapContext(resnet18(), quantswap.config_for("xnor")).passes()[-1] is lint

@@ -15,6 +15,7 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from quantswap.fx.analysis import reaches, weight_layer_sites
+from quantswap.fx.residuals import SHORTCUT_INPUT, SHORTCUT_SUM, remove_block_residuals
 from quantswap.fx.utils import get_module, parent_name, set_module
 from quantswap.nn.blocks import ChannelScale, RPReLU, bireal_shortcut
 from quantswap.nn.layers import QuantConv2d, QuantLayer, QuantLinear
@@ -29,6 +30,7 @@ __all__ = [
     "replace_activations",
     "add_bireal_shortcuts",
     "add_react_shortcuts",
+    "remove_block_residuals",
     "shortcuts_followed_by",
     "scale_quantized_outputs",
     "freeze_bn_affine",
@@ -240,10 +242,13 @@ def _wire_shortcuts(graph: fx.Graph, modules: dict[str, nn.Module], shortcut_tar
         with graph.inserting_after(shortcut if sc_target else out):
             add = graph.call_function(operator.add, (out, shortcut))
         out.replace_all_uses_with(add, delete_user_cb=lambda user, add=add: user is not add)
+        add.meta[SHORTCUT_SUM] = True
+        end = add
         if activations and node.target in activations:
             with graph.inserting_after(add):
-                act = graph.call_module(activations[node.target], (add,))
-            add.replace_all_uses_with(act, delete_user_cb=lambda user, act=act: user is not act)
+                end = graph.call_module(activations[node.target], (add,))
+            add.replace_all_uses_with(end, delete_user_cb=lambda user, end=end: user is not end)
+        end.meta[SHORTCUT_INPUT] = (x.name, node.target)
 
 
 def freeze_bn_affine(ctx: SwapContext) -> None:

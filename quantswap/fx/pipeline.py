@@ -11,7 +11,7 @@ Example:
     >>> from quantswap.fx.pipeline import SwapContext, run
     >>> ctx = SwapContext(resnet18(), config_for("bireal"))
     >>> [p.__name__ for p in ctx.passes()]
-    ['trace', 'choose_layers', 'swap_layers', 'quantize_weight_reads', 'replace_activations', 'add_bireal_shortcuts', 'lint']
+    ['trace', 'choose_layers', 'swap_layers', 'quantize_weight_reads', 'replace_activations', 'add_bireal_shortcuts', 'remove_block_residuals', 'lint']
     >>> len(run(ctx).meta["quantswap"].shortcuts)
     16
 """
@@ -51,6 +51,9 @@ class SwapReport:
     activations_replaced: list[str] = dataclasses.field(default_factory=list)
     shortcuts: list[str] = dataclasses.field(default_factory=list)  # binary convs given a Bi-Real shortcut
     shortcuts_skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # conv -> why no shortcut fits
+    #: blocks whose own residual was removed, their convs' shortcuts being the only ones (the authors' Bi-Real net)
+    blocks_rewired: list[str] = dataclasses.field(default_factory=list)
+    stem_activations: list[str] = dataclasses.field(default_factory=list)  # modules added after the stem
     bn_frozen: list[str] = dataclasses.field(default_factory=list)
     #: qualified names of the modules kept opaque by the caller's ``leaf_modules`` (redone on load)
     leaf_modules: list[str] = dataclasses.field(default_factory=list)

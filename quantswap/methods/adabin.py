@@ -204,5 +204,8 @@ class AdaBinConfig(BiRealLayout):
     def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
         return AdaBinSign() if self.activations else None
 
-    def graph_passes(self):
-        return (shortcuts_followed_by(Maxout, "maxout"),)
+    def shortcut_pass(self):
+        return shortcuts_followed_by(Maxout, "maxout")
+
+    def stem_activation(self, channels: int) -> nn.Module:
+        return Maxout(channels)

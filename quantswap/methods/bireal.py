@@ -8,15 +8,19 @@
 * Structure, made by rewriting the graph: every binary convolution, with the BatchNorm right after
   it, gets its own real-valued shortcut, ``out = BN(conv(sign(x))) + shortcut(x)``: the identity
   where shapes match, ``AvgPool2d → 1×1 conv → BN`` where they do not. ReLUs feeding binary layers
-  are removed (the Bi-Real body has no nonlinearity but ``sign``). The model's own residual
-  connections stay. Downsample convolutions (1×1, stride > 1) stay real, as in the paper.
+  are removed (the Bi-Real body has no nonlinearity but ``sign``). Where a block's every binary conv
+  got its own shortcut (a ResNet's basic or bottleneck block), the block's own residual and its
+  projection ``downsample`` are removed, as in the authors' Bi-Real-18: ResNet-18 has 16 shortcut
+  sums and 3 real 1×1 convs (:mod:`quantswap.fx.residuals`); ``block_residual=True`` keeps them.
+  Elsewhere the model's own residual connections stay, and downsample convolutions (1×1, stride > 1)
+  stay real, as in the paper.
 
 Example:
     >>> import quantswap
     >>> from torchvision.models import resnet18
     >>> bnn = quantswap.binarize(resnet18(), method="bireal")
-    >>> len(bnn.meta["quantswap"].shortcuts)
-    16
+    >>> len(bnn.meta["quantswap"].shortcuts), len(bnn.meta["quantswap"].blocks_rewired)
+    (16, 8)
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from torch import nn
 
 from quantswap import functional as QF
 from quantswap._registry import register_method
-from quantswap.config import QuantConfig, Variant
-from quantswap.fx.passes import add_bireal_shortcuts
+from quantswap.config import GraphPass, QuantConfig, Variant
+from quantswap.fx.passes import add_bireal_shortcuts, remove_block_residuals
 from quantswap.methods.irnet import is_downsample_conv
 from quantswap.nn.quantizers import BinaryWeightQuantizer, SignActivation
 
@@ -48,17 +52,45 @@ class BiRealWeight(BinaryWeightQuantizer):
 
 @dataclasses.dataclass
 class BiRealLayout(QuantConfig):
-    """What the methods built on Bi-Real's layout share (Bi-Real, ReActNet, ReCU): W1/A1 by default,
-    the ReLUs feeding binary layers removed, downsample convs real; each adds its shortcut pass.
+    """What the methods built on Bi-Real's layout share (Bi-Real, ReActNet, ReCU, AdaBin): W1/A1 by default,
+    the ReLUs feeding binary layers removed, a shortcut around every binary conv (:meth:`shortcut_pass`), and
+    the block residuals those shortcuts make redundant removed (the authors' networks).
 
     Args:
-        keep_downsample: keep 1×1 stride-2 projection convs real (they get no shortcut).
+        keep_downsample: keep 1×1 stride-2 projection convs real (they get no shortcut). With the authors'
+            structure a ResNet's projections are removed with its block residuals; this applies to the others.
+        block_residual: keep each residual block's own residual (and projection) on top of the per-conv
+            shortcuts, the structure quantswap built before 0.9 (checkpoints saved then load with it).
     """
 
     default_activations = True
     supports_binary_activations = True
 
     keep_downsample: bool = True
+    block_residual: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.block_residual, bool):
+            raise TypeError(f"block_residual must be True or False, got {self.block_residual!r}")
+
+    @property
+    def structure(self) -> str:
+        """Which network is built: ``"authors"`` (per-conv shortcuts only) or ``"block residual"``."""
+        return "block residual" if self.block_residual else "authors"
+
+    def shortcut_pass(self) -> GraphPass:
+        """The pass wrapping each binary conv in its shortcut (Bi-Real's; the others add an activation)."""
+        return add_bireal_shortcuts
+
+    def stem_activation(self, channels: int) -> nn.Module | None:
+        """The authors' activation after the stem, where the swap removed its ReLU (none in Bi-Real)."""
+        return None
+
+    def graph_passes(self) -> tuple[GraphPass, ...]:
+        if self.block_residual:
+            return (self.shortcut_pass(),)
+        return (self.shortcut_pass(), remove_block_residuals)
 
     def activation_replacement(self):
         return nn.Identity if self.activations else None
@@ -84,6 +116,3 @@ class BiRealConfig(BiRealLayout):
 
     def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
         return SignActivation("approx") if self.activations else None
-
-    def graph_passes(self):
-        return (add_bireal_shortcuts,)

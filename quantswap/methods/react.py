@@ -106,5 +106,5 @@ class ReActConfig(BiRealLayout):
             return None
         return RSign(layer.in_channels, 1) if isinstance(layer, nn.Conv2d) else RSign(layer.in_features, -1)
 
-    def graph_passes(self):
-        return (add_react_shortcuts,)
+    def shortcut_pass(self):
+        return add_react_shortcuts

@@ -207,5 +207,11 @@ class ReCUConfig(BiRealLayout):
     def input_quantizer(self, layer: nn.Module) -> nn.Module | None:
         return ReCUSign() if self.activations else None
 
+    def shortcut_pass(self):
+        return shortcuts_followed_by(lambda channels: nn.Hardtanh(), "hardtanh")
+
+    def stem_activation(self, channels: int) -> nn.Module:
+        return nn.Hardtanh()
+
     def graph_passes(self):
-        return (shortcuts_followed_by(lambda channels: nn.Hardtanh(), "hardtanh"), scale_quantized_outputs)
+        return (*super().graph_passes(), scale_quantized_outputs)
