@@ -25,6 +25,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import update_bn
 
+from quantswap.nn.bn_folding import fold_batchnorms, unfold_batchnorm
+from quantswap.nn.packed import PackedConv2d
+
 __all__ = ["recalibrate_bn"]
 
 
@@ -34,11 +37,20 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, *, batches: int = 100,
     batches of ``loader`` (tensors, or tuples whose first element is the input), in place.
 
     The statistics are the plain average over those batches (``momentum=None`` while measuring);
-    momentum, parameters and the model's train/eval mode are left as they were. Returns ``model``.
+    momentum, parameters and the model's train/eval mode are left as they were. On a packed model
+    (``quantswap.freeze``, what ``from_pretrained`` returns) the BatchNorms folded into the packed
+    convolutions are unfolded while measuring and folded again with their new statistics. Returns ``model``.
     """
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
         raise ValueError(f"batches must be a positive integer, got {batches!r}")
     if not any(isinstance(m, _BatchNorm) for m in model.modules()):
         raise ValueError("recalibrate_bn: the model has no BatchNorm layer to re-estimate")
-    update_bn(itertools.islice(loader, batches), model, device=device)
+    folded = [m for m in model.modules() if isinstance(m, PackedConv2d) and getattr(m, "folded_bn", None) is not None]
+    for conv in folded:  # a folded BatchNorm passes its input through: it would measure nothing
+        unfold_batchnorm(conv)
+    try:
+        update_bn(itertools.islice(loader, batches), model, device=device)
+    finally:
+        if folded:
+            fold_batchnorms(model)
     return model

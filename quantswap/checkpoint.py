@@ -55,6 +55,7 @@ from quantswap.checkpoint_config import (
 from quantswap.checkpoint_file import check_layout, read_header, read_tensors, sha256, state_to_load
 from quantswap.frozen import BACKENDS, freeze, is_frozen
 from quantswap.models import BaseModelSpec, identify_base_model
+from quantswap.nn.bn_folding import refold_batchnorms
 from quantswap.nn.layers import CODES_KEY, SCALE_KEY, quantized_weight_keys
 from quantswap.packing import pack
 from quantswap.summary import theoretical_size
@@ -229,6 +230,7 @@ def save_pretrained(
                          "model.to_empty(device='cpu') then model.load_state_dict(...)")
     storage = StorageConfig(fp_dtype, ternary_packing, keep_latent)
     spec = _base_spec(model, base_model, base_model_args)
+    refold_batchnorms(model)  # a folded BatchNorm edited in place: the model computes what is saved
     tensors, packed, frozen = _packed_state(model, storage)
     config = CheckpointConfig(
         spec, report.config, storage, leaf_modules=report.leaf_modules, metrics=dict(metrics or {}),

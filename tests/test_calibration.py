@@ -58,3 +58,26 @@ def test_finetune_recalibrates_the_swapped_model_before_training(tmp_path):
     assert not torch.equal(runs["0"][key], runs["3"][key])
     tracked = next(k for k in runs["3"] if k.endswith("num_batches_tracked"))
     assert int(runs["3"][tracked]) == int(runs["0"][tracked]) + 3  # 3 measured batches, then the training step
+
+
+def test_recalibrating_a_packed_model_refolds_and_saves_what_it_computes(tmp_path):
+    """Issue 29: the BatchNorms folded into packed convs are re-estimated too (they used to be reset while the
+    convs kept the old folded values), and the saved model computes what the model in memory computes."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    bnn = quantswap.binarize(resnet18(num_classes=10), method="xnor").eval()
+    packed = quantswap.freeze(bnn)
+    assert quantswap.get_freeze_report(packed).folded
+    batches = [torch.randn(8, 3, 32, 32) * 2 + 0.5 for _ in range(3)]
+    before = packed.layer1[0].bn1.running_mean.clone()
+    quantswap.recalibrate_bn(packed, batches, batches=3)
+    bn = packed.layer1[0].bn1
+    assert not torch.equal(bn.running_mean, before) and int(bn.num_batches_tracked) == 3  # measured, not reset
+    assert type(bn).__name__ == "FoldedBatchNorm2d"  # folded again
+    fresh = quantswap.freeze(bnn)  # the same model folded from the new statistics
+    fresh.load_state_dict(packed.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(packed(x), fresh(x), atol=1e-6, rtol=1e-6)
+    quantswap.save_pretrained(packed, tmp_path, base_model="torchvision:resnet18", base_model_args={"num_classes": 10})
+    torch.testing.assert_close(quantswap.from_pretrained(tmp_path)(x), packed(x), atol=1e-6, rtol=1e-6)

@@ -29,7 +29,7 @@ from torch import fx, nn
 
 from quantswap.nn.packed import PackedConv2d
 
-__all__ = ["FoldedBatchNorm2d", "fold_batchnorms", "unfold_batchnorm"]
+__all__ = ["FoldedBatchNorm2d", "fold_batchnorms", "refold_batchnorms", "unfold_batchnorm"]
 
 
 class FoldedBatchNorm2d(nn.BatchNorm2d):
@@ -62,6 +62,16 @@ def fold_batchnorms(model: nn.Module) -> dict[str, str]:
             _fold(conv, bn)
             folded[bn_node.target] = node.target
     return folded
+
+
+def refold_batchnorms(model: nn.Module) -> int:
+    """Fold each folded BatchNorm's current statistics and parameters into its convolution again, so the model
+    computes what its state dict holds after they changed in place (``recalibrate_bn``, a hand edit); returns
+    how many were refolded."""
+    convs = [m for m in model.modules() if isinstance(m, PackedConv2d) and getattr(m, "folded_bn", None) is not None]
+    for conv in convs:
+        _refold(conv)
+    return len(convs)
 
 
 def _fold(conv: PackedConv2d, bn: nn.BatchNorm2d) -> None:
