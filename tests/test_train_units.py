@@ -1,6 +1,7 @@
 """Fine-tuning pieces that need no training run: the distillation loss, recipes, options and refusals."""
 
 import argparse
+import shutil
 import math
 
 import pytest
@@ -66,6 +67,49 @@ def test_an_output_folder_holding_another_run_is_refused(tmp_path, capsys):
     assert "holds another run; pass --resume" in capsys.readouterr().err
     assert main(["finetune", "--weights", "none", "--output", str(tmp_path / "new"), "--resume"]) == 2
     assert "last.pt does not exist" in capsys.readouterr().err
+
+
+def test_a_folder_that_is_not_a_run_is_refused_and_overwrite_deletes_nothing_of_its_own(tmp_path, capsys):
+    """Issue 29: a save_pretrained folder with a user's notes and metrics.jsonl lost files to a run."""
+    folder = tmp_path / "mine"
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "notes.txt").write_text("mine")
+    (folder / "metrics.jsonl").write_text("{}\n")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    for extra in ([], ["--overwrite"]):
+        assert main(["finetune", "--weights", "none", "--output", str(folder), *extra]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "is not a quantswap run folder (no args.yaml) and holds metrics.jsonl, model, which a run would " \
+               "replace" in err
+        assert sorted(p.relative_to(folder) for p in folder.rglob("*") if p.name != ".lock") == before
+    (folder / "metrics.jsonl").unlink()
+    shutil.rmtree(folder / "model")
+    (folder / "notes.txt").write_text("mine")
+    assert main(["finetune", "--weights", "none", "--output", str(folder)]) == 2
+    assert "holds notes.txt; choose a new or empty --output, or pass --overwrite" in \
+        " ".join(capsys.readouterr().err.split())
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path, capsys):
+    """Issue 29: errors found after the lock was taken left a folder holding only ``.lock``."""
+    junk = tmp_path / "junk.safetensors"
+    junk.write_text("not weights")
+    for args in (["--weights", str(junk)], ["--resume"], ["--weights", "none", "--include", "nothing.*"]):
+        out = tmp_path / "run"
+        assert main(["finetune", *args, "--output", str(out), "--train-subset", "64", "--val-subset", "64"]) == 2
+        capsys.readouterr()
+        assert not out.exists(), args
+
+
+def test_a_save_option_is_checked_before_training_and_a_resume_may_change_it(tmp_path, capsys):
+    """Issue 29: ``--fp-dtype int8`` trained the whole run, then failed to save it, and ``--resume`` refused to
+    change it."""
+    from quantswap.train.run_state import RESUMABLE
+
+    out = tmp_path / "run"
+    assert main(["finetune", "--weights", "none", "--fp-dtype", "int8", "--output", str(out)]) == 2
+    assert "fp_dtype 'int8' is not a dtype" in capsys.readouterr().err and not out.exists()
+    assert {"fp_dtype", "push_to_hub"} <= RESUMABLE
 
 
 def test_bad_options(capsys):

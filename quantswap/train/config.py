@@ -131,6 +131,11 @@ class FinetuneConfig:
         for name in _RANGES:
             _check_number(name, getattr(self, name))
         self._check_names()
+        from quantswap.checkpoint_config import FP_DTYPES
+
+        if self.fp_dtype not in FP_DTYPES:  # checked now, not when the finished run saves
+            raise ValueError(f"fp_dtype {self.fp_dtype!r} is not a dtype of the checkpoint's real-valued tensors; "
+                             f"choose one of {', '.join(FP_DTYPES)}")
         if self.stages is not None:
             self._check_stages()
         elif not self.is_float:

@@ -23,13 +23,19 @@ _logger = logging.getLogger(__name__)
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError as err:
+            raise ValueError(f"{path} is not a readable safetensors file ({err}); pass a file written by "
+                             "safetensors.torch.save_file, or --weights none") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a weights-only torch checkpoint ({err}); save a state_dict, or "
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a weights-only torch checkpoint ({reason[:200]}); save a state_dict, or "
                          "use safetensors") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

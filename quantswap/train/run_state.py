@@ -36,9 +36,11 @@ from quantswap.train.config import FinetuneConfig
 __all__ = ["RunState", "RunFolder", "RunInUseError", "STATE_NAME", "BEST_NAME", "METRICS_NAME", "ARGS_NAME"]
 
 STATE_NAME, BEST_NAME, METRICS_NAME, ARGS_NAME, LOCK_NAME = "last.pt", "best.pt", "metrics.jsonl", "args.yaml", ".lock"
-#: Options a ``--resume`` may change: where and how it runs, not what it trains.
+#: What a run writes besides ``args.yaml`` (and so what starting a run over an earlier one deletes).
+RUN_FILES = (STATE_NAME, BEST_NAME, METRICS_NAME, "model.safetensors", "model")
+#: Options a ``--resume`` may change: where and how it runs and how it saves, not what it trains.
 RESUMABLE = frozenset({"resume", "overwrite", "device", "workers", "save_every", "push_to_hub", "data_root", "compile",
-                       "eval_parent", "output"})
+                       "eval_parent", "output", "fp_dtype"})
 
 
 class RunInUseError(FileExistsError):
@@ -113,7 +115,20 @@ class RunFolder:
         except ImportError:  # not POSIX: no lock, as before
             yield
             return
+        created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._locked():
+                yield
+        except BaseException:
+            if created and {p.name for p in self.path.iterdir()} <= {LOCK_NAME}:  # failed before writing anything
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
         with open(self.path / LOCK_NAME, "a+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -139,9 +154,30 @@ class RunFolder:
                 raise FileNotFoundError(f"--resume: {self.path / STATE_NAME} does not exist; start the run without "
                                         "--resume")
             self._check_same_configuration()
-        elif (self.path / ARGS_NAME).exists() and not self.cfg.overwrite:
-            raise FileExistsError(f"{self.path} holds another run; pass --resume to continue it, --overwrite to "
-                                  "replace it, or choose another --output")
+        elif (self.path / ARGS_NAME).exists():
+            if not self.cfg.overwrite:
+                raise FileExistsError(f"{self.path} holds another run; pass --resume to continue it, --overwrite to "
+                                      "replace it, or choose another --output")
+        else:
+            self._check_foreign_files()
+
+    def _check_foreign_files(self) -> None:
+        """A folder quantswap did not create as a run: refused unless ``--overwrite``, and even then when the run
+        would replace files of the same names (quantswap deletes only what a run of its own wrote)."""
+        present = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME and not p.name.endswith(".partial")) \
+            if self.path.is_dir() else []
+        if not present:
+            return
+        clash = [name for name in RUN_FILES if (self.path / name).exists()]
+        if clash:
+            raise FileExistsError(f"{self.path} is not a quantswap run folder (no {ARGS_NAME}) and holds "
+                                  f"{', '.join(clash)}, which a run would replace; move them away or choose another "
+                                  "--output")
+        if not self.cfg.overwrite:
+            shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+            raise FileExistsError(f"{self.path} is not a quantswap run folder (no {ARGS_NAME}) and holds {shown}; "
+                                  "choose a new or empty --output, or pass --overwrite to write the run beside them "
+                                  "(nothing of theirs is deleted)")
 
     def _check_same_configuration(self) -> None:
         try:
@@ -163,9 +199,12 @@ class RunFolder:
         if not self.writer:
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in (STATE_NAME, BEST_NAME, METRICS_NAME, "model.safetensors"):
-            (self.path / name).unlink(missing_ok=True)
-        shutil.rmtree(self.path / "model", ignore_errors=True)
+        if (self.path / ARGS_NAME).exists():  # a run of quantswap's: its files go (check() refused any other's)
+            for name in RUN_FILES:
+                if (self.path / name).is_dir():
+                    shutil.rmtree(self.path / name, ignore_errors=True)
+                else:
+                    (self.path / name).unlink(missing_ok=True)
         self._write_text(ARGS_NAME, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
 
     def _write_text(self, name: str, text: str) -> None:
