@@ -129,14 +129,20 @@ class InMemoryImages(Dataset):
     """
 
     def __init__(self, images: torch.Tensor, targets, *, size: int, mean, std, augment: bool, seed: int,
-                 channels: int = 3):
+                 channels: int = 3, indices: list[int] | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
-        if images.shape[-2:] != (size, size):
-            images = TF.resize(images, [size, size], antialias=True)
+        #: the samples kept, by their index in ``images`` (which also draws their augmentation): a subset is
+        #: taken before resizing, so memory scales with the images used
+        self.indices = list(range(len(images))) if indices is None else list(indices)
+        images = images[self.indices] if indices is not None else images
         self.pad = max(size // 8, 1) if augment else 0
+        check_memory(len(images), images.shape[1], size + 2 * self.pad)
+        if images.shape[-2:] != (size, size):
+            images = torch.cat([TF.resize(chunk, [size, size], antialias=True) for chunk in images.split(256)]) \
+                if len(images) else images.new_empty(0, images.shape[1], size, size)
         self.images = TF.pad(images, [self.pad]) if augment else images.contiguous()
-        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.targets = torch.as_tensor(targets, dtype=torch.long)[self.indices]
         self.size, self.augment, self.seed, self.channels, self.epoch = size, augment, seed, channels, 0
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
@@ -147,7 +153,7 @@ class InMemoryImages(Dataset):
     def __getitem__(self, index: int):
         image = self.images[index]
         if self.augment:
-            draw = random.Random(_sample_seed(self.seed, self.epoch, index))
+            draw = random.Random(_sample_seed(self.seed, self.epoch, self.indices[index]))
             top, left = draw.randint(0, 2 * self.pad), draw.randint(0, 2 * self.pad)
             image = TF.crop(image, top, left, self.size, self.size)
             if draw.random() < 0.5:
@@ -247,25 +253,52 @@ def build_datasets(
             train_base = cls(str(root), train=True, download=download)
             val_base = cls(str(root), train=False, download=download)
 
-        def in_memory(base, augment: bool) -> InMemoryImages:
+        def in_memory(base, augment: bool, n: int | None) -> InMemoryImages:
             images = torch.as_tensor(base.data)  # Fashion-MNIST (N, H, W); CIFAR (N, H, W, C)
             images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
-            return InMemoryImages(
-                images, base.targets, size=image_size or 32, mean=spec.mean, std=spec.std, augment=augment, seed=seed
-            )
+            return InMemoryImages(images, base.targets, size=image_size or 32, mean=spec.mean, std=spec.std,
+                                  augment=augment, seed=seed, indices=_subset_indices(len(images), n, seed))
 
-        train, val = in_memory(train_base, True), in_memory(val_base, False)
-        num_classes = spec.num_classes
+        train, val = in_memory(train_base, True, train_subset), in_memory(val_base, False, val_subset)
+        return train, val, spec.num_classes
     else:
         raise ValueError(f"unknown dataset {data!r}; use {', '.join(DATASETS)} or imagefolder:PATH")
     return _subset(train, train_subset, seed), _subset(val, val_subset, seed), num_classes
 
 
+def _subset_indices(size: int, n: int | None, seed: int) -> list[int] | None:
+    """The first ``n`` of a seeded permutation of ``range(size)``, in order (``None``: all of them)."""
+    if n is None or n >= size:
+        return None
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[:n])
+
+
 def _subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
-    if n is None or n >= len(ds):
-        return ds
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
-    return Subset(ds, sorted(order[:n]))
+    indices = _subset_indices(len(ds), n, seed)
+    return ds if indices is None else Subset(ds, indices)
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), or ``None`` where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(images: int, channels: int, side: int) -> None:
+    """Refuse to hold ``images`` uint8 images of ``channels × side²`` in memory (with a resize's float
+    working space per 256-image chunk) where that cannot fit, naming the estimate."""
+    need = images * channels * side * side + 256 * channels * side * side * 4
+    available = _available_memory()
+    if available is not None and need > 0.8 * available:
+        raise ValueError(f"{images:,} images of {channels}x{side}x{side} px need about {need / 1e9:.1f} GB in memory "
+                          f"and {available / 1e9:.1f} GB are available: lower --image-size, or use fewer images "
+                          "(--train-subset, --val-subset)")
 
 
 def set_epoch(ds: Dataset, epoch: int) -> None:

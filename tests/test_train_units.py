@@ -201,3 +201,34 @@ def test_a_run_cut_by_max_steps_gets_the_whole_schedule_in_its_steps(epochs):
     whole = _lrs(FinetuneConfig(epochs=1, max_steps=1000, lr=1e-3, schedule="cosine", warmup_epochs=0), 78)
     assert whole == _lrs(FinetuneConfig(epochs=1, lr=1e-3, schedule="cosine", warmup_epochs=0), 78)
     assert len(whole) == 78 and whole[39] == pytest.approx(0.5e-3 * (1 + math.cos(math.pi * 39 / 78)))
+
+
+def test_a_subset_is_taken_before_resizing_and_draws_the_same_samples():
+    """Issue 29: ``--image-size`` resized the whole dataset before ``--train-subset`` (64 images at 224 px peaked
+    at 8.3 GB). Held subsets give the same images, labels and augmentation as the whole set indexed."""
+    from torch.utils.data import Subset
+
+    from quantswap.data import InMemoryImages, _subset_indices
+
+    images = torch.randint(0, 255, (50, 1, 28, 28), dtype=torch.uint8)
+    targets = list(range(50))
+    keep = _subset_indices(50, 12, seed=3)
+    common = dict(size=40, mean=(0.5,), std=(0.5,), augment=True, seed=3)
+    held = InMemoryImages(images, targets, indices=keep, **common)
+    whole = Subset(InMemoryImages(images, targets, **common), keep)
+    assert held.images.shape[0] == 12 and len(held) == len(whole) == 12
+    for epoch in (0, 1):
+        held.epoch = whole.dataset.epoch = epoch
+        for i in range(12):
+            x, y = held[i]
+            torch.testing.assert_close(x, whole[i][0], rtol=0, atol=0)
+            assert y == whole[i][1] == keep[i]
+
+
+def test_an_image_size_that_cannot_fit_in_memory_is_refused_with_the_estimate(monkeypatch):
+    import quantswap.data as data
+
+    monkeypatch.setattr(data, "_available_memory", lambda: 2 * 10**9)
+    with pytest.raises(ValueError, match=r"10,000 images of 1x2560x2560 px need about 72.2 GB in memory and 2.0 GB"):
+        data.check_memory(10_000, 1, 2560)
+    data.check_memory(64, 1, 256)  # 4 MB: fine
