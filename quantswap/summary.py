@@ -12,6 +12,7 @@ from torch import nn
 from quantswap.fx.analysis import WEIGHT_LAYER_TYPES
 from quantswap.nn.layers import QuantLayer, quantized_weight_keys
 from quantswap.nn.quantizers import RealWeight
+from quantswap.shapes import first_conv_channels, input_shape
 
 __all__ = ["LayerSummary", "ModelSummary", "summary", "layer_bits", "theoretical_size"]
 
@@ -126,11 +127,9 @@ def theoretical_size(model: nn.Module, fp_bits: int = 32, ternary_bits: float = 
     return bits / 8, fp32_bits / 8
 
 
-def _check_summary_args(input_size: Sequence[int], fp_bits: int) -> None:
+def _check_summary_args(fp_bits: int) -> None:
     if fp_bits not in (16, 32):
         raise ValueError(f"fp_bits is the width real tensors are stored at: 16 or 32, got {fp_bits}")
-    if len(input_size) != 4 or not all(isinstance(n, int) and n >= 1 for n in input_size):
-        raise ValueError(f"input_size is one input's shape (N, C, H, W) of positive integers, got {tuple(input_size)}")
 
 
 def _macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -140,8 +139,9 @@ def _macs(module: nn.Module, output: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224), fp_bits: int = 32) -> ModelSummary:
-    """Summarize ``model`` (swapped or not) for one forward pass on an input of ``input_size``.
+def summary(model: nn.Module, input_size: int | Sequence[int] = (1, 3, 224, 224), fp_bits: int = 32) -> ModelSummary:
+    """Summarize ``model`` (swapped or not) for one forward pass on an input of ``input_size``: an image size,
+    ``(H, W)``, ``(C, H, W)`` or ``(N, C, H, W)`` (:func:`quantswap.shapes.input_shape`).
 
     Operations are counted for that input (batch included), as multiply-accumulates.
 
@@ -154,7 +154,8 @@ def summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224), fp_b
         >>> print(str(s).splitlines()[0].split())
         ['layer', 'kind', 'W', 'A', 'params', 'BOPs', 'FLOPs']
     """
-    _check_summary_args(input_size, fp_bits)
+    _check_summary_args(fp_bits)
+    input_size = input_shape(input_size, channels=first_conv_channels(model))
     macs: dict[str, int] = {}
     names = {m: n for n, m in model.named_modules()}
     hooks = [

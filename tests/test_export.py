@@ -210,9 +210,13 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
         quantswap.export_onnx(bnn, tmp_path / "no" / "m.onnx")
     with pytest.raises(ValueError, match="fp_dtype must be one of"):
         quantswap.export_onnx(bnn, tmp_path / "m.onnx", fp_dtype="int8")
-    for size in (0, (3, 32), (3, 32, 32, 32), (3.0, 32, 32), (100, 32, 32)):
-        with pytest.raises(ValueError, match="input_size must be"):
+    for size in (0, 32.0, (3.0, 32, 32), (100, 32, 32), (1, 32, 32), (2, 3, 32, 32, 1)):
+        with pytest.raises(ValueError, match=r"input_size .*(whole numbers|out of range|first convolution takes 3)"):
             quantswap.export_onnx(bnn, tmp_path / "m.onnx", input_size=size)
+    (tmp_path / "folder.onnx").mkdir()
+    with pytest.raises(ValueError, match="is a folder; name the file to write"):
+        quantswap.export_onnx(bnn, tmp_path / "folder.onnx")
+    (tmp_path / "folder.onnx").rmdir()
     assert os.listdir(tmp_path) == []
 
 

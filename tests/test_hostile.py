@@ -339,4 +339,21 @@ def test_eval_and_summary_refuse_impossible_sizes(ckpt, capsys):
     assert main(["eval", "--model", str(ckpt), "--subset", "8"]) == 2
     assert "image_size 4096" in capsys.readouterr().err
     assert main(["summary", "--model", "resnet18", "--input-size", "0", "0"]) == 2
-    assert "input_size is one input's shape" in capsys.readouterr().err
+    assert "input_size (1, 3, 0, 0) is out of range" in capsys.readouterr().err
+    assert main(["summary", "--model", "resnet18", "--input-size", "1", "3", "100000", "100000"]) == 2
+    assert "sides 1 to 2048 px" in capsys.readouterr().err
+
+
+def test_every_entry_point_takes_the_same_input_size_forms():
+    """Issue 29: summary took N C H W only and export C H W or H W; now an int, (H, W), (C, H, W) and
+    (N, C, H, W) everywhere, checked against the model's first convolution."""
+    from torchvision.models import resnet18
+
+    from quantswap.export.onnx import _input_size
+
+    bnn = quantswap.binarize(resnet18(num_classes=10), method="irnet")
+    ops = {quantswap.summary(bnn, input_size=size).ops for size in (64, (64, 64), (3, 64, 64), (1, 3, 64, 64))}
+    assert len(ops) == 1
+    assert {_input_size(bnn, size) for size in (64, (64, 64), (3, 64, 64), (4, 3, 64, 64))} == {(3, 64, 64)}
+    with pytest.raises(ValueError, match=r"has 1 channels, but the model's first convolution takes 3: pass \(3, 64, 64\)"):
+        quantswap.summary(bnn, input_size=(1, 64, 64))

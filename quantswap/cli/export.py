@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit")
     p.add_argument("--output", required=True, help="the .onnx file to write (replaced only once complete and checked)")
     p.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
-                   help="C H W, H W or one size (default: the checkpoint's image size, else 224)")
+                   help="one size, H W, C H W or N C H W (default: the checkpoint's image size, else 224)")
     p.add_argument("--fp16", action="store_true", help="store the real layers' weights as float16")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip onnx.checker and the onnxruntime comparison with PyTorch")
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from quantswap.cli._args import load_model
     from quantswap.export import export_onnx
 
-    size = args.input_size[0] if args.input_size and len(args.input_size) == 1 else args.input_size
+    size = tuple(args.input_size) if args.input_size else None
     model = load_model(args.model, args.revision, backend="float")
     done = export_onnx(model, args.output, input_size=size, fp_dtype="float16" if args.fp16 else "float32",
                        check=args.check)

@@ -28,8 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--method-options", type=key_value, nargs="*", default=[], metavar="KEY=VALUE",
                    help="other options of the method's config, e.g. keep_downsample=false")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the builder's)")
-    p.add_argument("--input-size", type=int, nargs="+", default=[1, 3, 224, 224], metavar="N",
-                   help="input shape for counting operations (default: 1 3 224 224)")
+    p.add_argument("--input-size", type=int, nargs="+", default=[224], metavar="N",
+                   help="input for counting operations: one size, H W, C H W or N C H W (default: 224)")
     p.add_argument("--fp-bits", type=int, default=32, choices=(16, 32), help="bits of real tensors (default: 32)")
     p.set_defaults(run=run)
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from quantswap.export.dequantize import DequantizedWeight, dequantize, export_form
+from quantswap.shapes import first_conv_channels, input_shape
 
 __all__ = ["OPSET", "OnnxExport", "OnnxExportError", "export_onnx"]
 
@@ -68,21 +69,13 @@ def _require(*modules: str) -> None:
 
 
 def _input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
-    """``(C, H, W)`` from an int (H = W), an ``(H, W)`` or ``(C, H, W)`` tuple, or ``None``: the
-    checkpoint's training size (else 224) and the first convolution's channels (else 3)."""
-    convs = (m for m in model.modules() if isinstance(m, nn.Conv2d))
-    channels = next((m.in_channels for m in convs), 3)
+    """``(C, H, W)`` from any form :func:`quantswap.shapes.input_shape` accepts (a batch is dropped: the
+    exported batch is dynamic), or ``None``: the checkpoint's training size (else 224) and the first
+    convolution's channels (else 3)."""
     if input_size is None:
         checkpoint = getattr(model, "meta", {}).get("quantswap_checkpoint") if isinstance(getattr(model, "meta", None), dict) else None
         input_size = (checkpoint.metrics.get("image_size") if checkpoint is not None else None) or 224
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if len(size) == 2:
-        size = (channels, *size)
-    if len(size) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size) or not (
-            1 <= size[0] <= 64 and all(8 <= v <= 2048 for v in size[1:])):
-        raise ValueError(f"input_size must be one image size, (H, W) or (C, H, W): 1 to 64 channels, sides from 8 to "
-                         f"2048 px; got {input_size!r}")
-    return size
+    return input_shape(input_size, channels=first_conv_channels(model))[1:]
 
 
 def _translations() -> dict:
@@ -214,7 +207,7 @@ def export_onnx(
         model: a model from :func:`quantswap.binarize` / :func:`quantswap.ternarize`,
             :func:`quantswap.freeze` or :func:`quantswap.from_pretrained` (not changed).
         path: the ``.onnx`` file; replaced only once the new file is complete and checked.
-        input_size: ``(C, H, W)``, ``(H, W)`` or one size; default: the checkpoint's training size
+        input_size: one size, ``(H, W)``, ``(C, H, W)`` or ``(N, C, H, W)``; default: the checkpoint's training size
             (224 when unknown) and the first convolution's channels.
         fp_dtype: ``"float16"`` stores the real layers' weights in half precision (computed in float32).
         check: run ``onnx.checker`` and compare onnxruntime with PyTorch on a random input (a
@@ -230,6 +223,8 @@ def export_onnx(
     import onnx_ir as ir
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; name the file to write, e.g. {path / 'model.onnx'}")
     if path.suffix != ".onnx":
         raise ValueError(f"{path}: name the file *.onnx")
     if not path.parent.is_dir():
