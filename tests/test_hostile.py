@@ -344,6 +344,18 @@ def test_eval_and_summary_refuse_impossible_sizes(ckpt, capsys):
     assert "sides 1 to 2048 px" in capsys.readouterr().err
 
 
+def test_eval_checks_the_models_classes_against_the_datas(ckpt, capsys):
+    """Issue 29: a 1000-class model evaluated on the 10-class default printed top-1 0.00 % and exited 0; the
+    default is now the dataset the checkpoint names, and the classes must match (checked before a download)."""
+    _edit_config(ckpt, lambda c: c["metrics"].update(dataset="fashion-mnist"))
+    assert main(["eval", "--model", str(ckpt), "--data", "cifar100", "--subset", "8"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "has 10 classes and cifar100 has 100; it was trained on fashion-mnist: pass --data fashion-mnist" in err
+    _edit_config(ckpt, lambda c: c.update(metrics={}))
+    assert main(["eval", "--model", str(ckpt), "--subset", "8"]) == 2
+    assert "does not say which dataset it was trained on; pass --data" in capsys.readouterr().err
+
+
 def test_every_entry_point_takes_the_same_input_size_forms():
     """Issue 29: summary took N C H W only and export C H W or H W; now an int, (H, W), (C, H, W) and
     (N, C, H, W) everywhere, checked against the model's first convolution."""
