@@ -173,7 +173,12 @@ def from_pretrained(
     if under_file is not None:
         raise CheckpointNotFoundError(f"{name!r}: {under_file} is a file, not a folder")
     if not _looks_like_repo_id(name):
+        if name.startswith((".", "~", "/")) or "/" in name or "\\" in name:
+            raise CheckpointNotFoundError(f"no such folder: {name!r}")
         raise CheckpointNotFoundError(f"{name!r} is neither a checkpoint folder nor a Hub repo id like 'org/name'")
+    if str(path.parent) != "." and path.parent.is_dir():  # "runs/nonexistent": a folder of this machine's
+        raise CheckpointNotFoundError(f"no such folder: {name!r} ({path.parent} is a folder here, so the name was read "
+                                      f"as a path); for the Hub repo {name!r}, run from another folder")
     folder = download(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
     return load_pretrained(folder, backend=backend)
 

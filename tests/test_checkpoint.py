@@ -156,9 +156,18 @@ def _copy(saved, tmp_path, edit_config=None):
     return folder
 
 
-def test_missing_folder_and_files(saved, tmp_path):
-    with pytest.raises(CheckpointNotFoundError, match="neither a checkpoint folder nor a Hub repo id"):
+def test_missing_folder_and_files(saved, tmp_path, monkeypatch):
+    with pytest.raises(CheckpointNotFoundError, match="no such folder"):
         quantswap.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(CheckpointNotFoundError, match="neither a checkpoint folder nor a Hub repo id"):
+        quantswap.from_pretrained("nowhere")
+    # Issue 29: a path under a folder of this machine fails at once, without asking the Hub
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr("quantswap.hub.download", lambda *a, **k: pytest.fail("asked the Hub"))
+    for name in ("runs/nonexistent", "./x", "a/b/c"):
+        with pytest.raises(CheckpointNotFoundError, match="no such folder"):
+            quantswap.from_pretrained(name)
     folder = _copy(saved, tmp_path)
     (folder / WEIGHTS_NAME).unlink()
     with pytest.raises(CheckpointNotFoundError, match="model.safetensors is missing"):
