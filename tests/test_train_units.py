@@ -3,6 +3,7 @@
 import argparse
 import shutil
 import math
+import os
 
 import pytest
 import torch
@@ -232,3 +233,17 @@ def test_an_image_size_that_cannot_fit_in_memory_is_refused_with_the_estimate(mo
     with pytest.raises(ValueError, match=r"10,000 images of 1x2560x2560 px need about 72.2 GB in memory and 2.0 GB"):
         data.check_memory(10_000, 1, 2560)
     data.check_memory(64, 1, 256)  # 4 MB: fine
+
+
+def test_a_float_runs_weights_honour_the_umask(tmp_path):
+    """Issue 29: the parent's model.safetensors was written 0600 (safetensors' own mode) under umask 022."""
+    from torch import nn
+
+    from quantswap.train.run_state import RunFolder
+
+    old = os.umask(0o022)
+    try:
+        RunFolder(FinetuneConfig(method="none", weights="none", output=str(tmp_path))).save_model(nn.Linear(2, 2), {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644

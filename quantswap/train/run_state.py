@@ -286,7 +286,10 @@ class RunFolder:
             from safetensors.torch import save_file
 
             tmp = self.path / ".model.safetensors.partial"
+            from quantswap.checkpoint import _umask
+
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+            tmp.chmod(0o666 & ~_umask())  # safetensors creates its files private (0600); honour the umask
             os.replace(tmp, self.path / "model.safetensors")
             return {"file_bytes": (self.path / "model.safetensors").stat().st_size, "fp32_bytes": fp32_bytes,
                     "weights": str(self.path / "model.safetensors")}
