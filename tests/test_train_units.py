@@ -1,9 +1,9 @@
 """Fine-tuning pieces that need no training run: the distillation loss, recipes, options and refusals."""
 
 import argparse
-import shutil
 import math
 import os
+import shutil
 
 import pytest
 import torch

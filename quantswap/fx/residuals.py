@@ -141,7 +141,7 @@ def _block_name(convs: list[str]) -> str:
     """The qualified name the chain's convs share (``layer2.0``), or the first conv's."""
     parts = [c.split(".") for c in convs]
     common = []
-    for level in zip(*parts):
+    for level in zip(*parts, strict=False):
         if len(set(level)) > 1:
             break
         common.append(level[0])
@@ -198,11 +198,13 @@ def _reuse_projection(branch: list[fx.Node], conv: str, modules: dict[str, nn.Mo
     if len(calls) != 2 or len(old_convs) != 1 or len(old_bns) != 1 or not isinstance(shortcut, nn.Sequential):
         return
     pairs = ((old_convs[0], shortcut[-2]), (old_bns[0], shortcut[-1]))
-    if all(type(old) is type(new) and old.state_dict().keys() == new.state_dict().keys()
-           and all(a.shape == b.shape for a, b in zip(old.state_dict().values(), new.state_dict().values()))
-           for old, new in pairs):
+    if all(type(old) is type(new) and _shapes(old) == _shapes(new) for old, new in pairs):
         for old, new in pairs:
             new.load_state_dict(old.state_dict())
+
+
+def _shapes(module: nn.Module) -> dict[str, torch.Size]:
+    return {name: tensor.shape for name, tensor in module.state_dict().items()}
 
 
 def _drop_containers(root: nn.Module, used: set[str]) -> None:

@@ -111,7 +111,7 @@ class RunFolder:
             yield
             return
         try:
-            import fcntl
+            import fcntl  # noqa: F401  (only to know the platform has it; _locked uses it)
         except ImportError:  # not POSIX: no lock, as before
             yield
             return
