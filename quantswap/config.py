@@ -220,6 +220,14 @@ def config_for(method: str, **options: Any) -> QuantConfig:
         hints = [difflib.get_close_matches(k, known, n=1) for k in unknown]
         hint = "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
         raise TypeError(f"unknown option(s) {unknown} for method {method!r}{hint}; its options are {known}")
+    for f in dataclasses.fields(cls):  # a number or a switch given as something else: say which, before the checks
+        value = options.get(f.name)
+        if f.name in options and value is not None and isinstance(f.default, (bool, int, float)):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if (isinstance(f.default, bool) and not isinstance(value, bool)) or (
+                    not isinstance(f.default, bool) and not number):
+                kind = "True or False" if isinstance(f.default, bool) else "a number"
+                raise TypeError(f"{f.name} must be {kind} (method {method!r}), got {value!r}")
     return cls(**options)
 
 

@@ -165,7 +165,7 @@ def test_method_options_reach_the_swap_from_flags_and_recipes(tmp_path):
     ([{"method_options": {"weights": False}}], "the last stage keeps the weights real"),
     ([{}, {"method_options": {"weights": False}}], "whose weights may only go from real"),
     ([{"method_options": {"weights": False}}, {"method_options": {"keep_downsample": False}}],
-     r"swap the model differently \(react W32/A1 -> react W1/A1\)"),
+     r"swap the model differently \(react W32/A1 -> react W1/A1; keep_downsample: True -> False\)"),
 ])
 def test_bad_stages_are_refused_with_what_a_stage_may_set(stages, message):
     with pytest.raises(ValueError, match=message):
@@ -247,3 +247,29 @@ def test_a_float_runs_weights_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(decay_milestones="abc"), "decay_milestones is a list of epochs"),
+    (dict(decay_milestones=[-5]), "decay_milestones is a list of epochs"),
+    (dict(seed=10**23), r"seed must be in \[0, "),
+    (dict(resume=True, overwrite=True), "pass one of them"),
+    (dict(method="irnet", method_options={"t_min": "abc"}), r"t_min must be a number \(method 'irnet'\), got 'abc'"),
+    (dict(method="react", stages=[{"name": ["a"]}]), r"stage 1: name is a text, got \['a'\]"),
+])
+def test_the_break_it_runs_weak_options_get_one_clear_line(options, message):
+    """Issue 29's WEAK list: each of these used to pass, or fail later with an internal message."""
+    with pytest.raises((ValueError, TypeError), match=message):
+        FinetuneConfig(**options)
+
+
+def test_a_recipe_that_is_a_folder_is_named_as_one(tmp_path):
+    with pytest.raises(ValueError, match="is a folder; pass a recipe file"):
+        load_recipe(tmp_path)
+
+
+def test_fewer_classes_than_the_data_has_is_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["finetune", "--weights", "none", "--num-classes", "7", "--train-subset", "64", "--val-subset", "64",
+                 "--output", str(out)]) == 2
+    assert "--num-classes 7, but fashion-mnist has 10 classes" in capsys.readouterr().err and not out.exists()

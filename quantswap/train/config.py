@@ -34,7 +34,7 @@ _INF = math.inf
 _RANGES: dict[str, tuple[type, float, float]] = {
     "epochs": (int, 1, _INF), "batch_size": (int, 1, _INF), "num_classes": (int, 1, 100_000),
     "image_size": (int, 8, 2048), "train_subset": (int, 1, _INF), "val_subset": (int, 1, _INF),
-    "max_steps": (int, 1, _INF), "save_every": (int, 0, _INF), "workers": (int, 0, 256), "seed": (int, 0, _INF),
+    "max_steps": (int, 1, _INF), "save_every": (int, 0, _INF), "workers": (int, 0, 256), "seed": (int, 0, 2**63 - 1),
     "cycle_limit": (int, 1, _INF), "lr": (float, 0, _INF), "min_lr": (float, 0, _INF), "momentum": (float, 0, 1),
     "weight_decay": (float, 0, _INF), "warmup_epochs": (float, 0, _INF), "cycle_mul": (float, 0, _INF),
     "decay_rate": (float, 0, _INF), "label_smoothing": (float, 0, 1), "distill_alpha": (float, 0, 1),
@@ -131,6 +131,7 @@ class FinetuneConfig:
         for name in _RANGES:
             _check_number(name, getattr(self, name))
         self._check_names()
+        self._check_lists()
         from quantswap.checkpoint_config import FP_DTYPES
 
         if self.fp_dtype not in FP_DTYPES:  # checked now, not when the finished run saves
@@ -140,6 +141,14 @@ class FinetuneConfig:
             self._check_stages()
         elif not self.is_float:
             self.quant_config()  # the method's own checks, before anything runs
+
+    def _check_lists(self) -> None:
+        milestones = self.decay_milestones
+        if not isinstance(milestones, list) or not all(
+                isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones):
+            raise ValueError(f"decay_milestones is a list of epochs (whole numbers from 0), got {milestones!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in --output and --overwrite replaces it: pass one of them")
 
     def check_ends_quantized(self) -> None:
         """A run must end with quantized weights (a W32/A1 model has no compressed checkpoint to save)."""
@@ -159,6 +168,9 @@ class FinetuneConfig:
                 hint = "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
                 raise ValueError(f"stage {index + 1}: unknown or run-wide option(s) {unknown}{hint}; a stage sets "
                                  f"{', '.join(sorted(STAGE_OPTIONS))}")
+        for index, stage in enumerate(self.stages):
+            if "name" in stage and not isinstance(stage["name"], str):
+                raise ValueError(f"stage {index + 1}: name is a text, got {stage['name']!r}")
         configs = []
         for index, stage in enumerate(self.stages):  # each checked like a run of its own
             try:
@@ -171,9 +183,12 @@ class FinetuneConfig:
         for index, (before, after) in enumerate(zip(quant, quant[1:], strict=False)):
             if dataclasses.replace(before, weights=True) != dataclasses.replace(after, weights=True) or (
                     before.weights and not after.weights):
+                differ = ", ".join(f"{f.name}: {getattr(before, f.name)!r} -> {getattr(after, f.name)!r}"
+                                   for f in dataclasses.fields(before) if f.name != "weights"
+                                   and getattr(before, f.name) != getattr(after, f.name))
                 raise ValueError(f"stages {index + 1} and {index + 2} swap the model differently ({before.label} -> "
-                                 f"{after.label}): stages train one model, whose weights may only go from real "
-                                 "(weights: false) to quantized")
+                                 f"{after.label}{'; ' + differ if differ else ''}): stages train one model, whose "
+                                 "weights may only go from real (weights: false) to quantized")
         if not quant[-1].weights:
             raise ValueError("the last stage keeps the weights real (W32/A1); add a stage with binary weights after it")
 
@@ -272,6 +287,8 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """A recipe's options (YAML mapping; keys use ``_`` or ``-``), checked against :class:`FinetuneConfig`."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"recipe {path} is a folder; pass a recipe file (.yaml), e.g. one of recipes/")
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} does not exist; see recipes/ for examples")
     try:
