@@ -136,9 +136,6 @@ def finetune(cfg: FinetuneConfig) -> RunResult:
 def _run(cfg: FinetuneConfig, dist: Dist, run: RunFolder) -> RunResult:
     torch.manual_seed(cfg.seed)
     data = build_loaders(cfg, dist)
-    if cfg.num_classes is not None and cfg.num_classes < data.num_classes:
-        raise ValueError(f"--num-classes {cfg.num_classes}, but {cfg.data} has {data.num_classes} classes: pass "
-                         f"--num-classes {data.num_classes}, or leave it out")
     parent = _parent(cfg, data.num_classes, dist)
     model = build_student(cfg.stage_configs()[0], parent.model).to(dist.device)
     if cfg.recalibrate_bn and not cfg.resume and not cfg.is_float:

@@ -30,6 +30,9 @@ def build_loaders(cfg: FinetuneConfig, dist: Dist) -> Loaders:
     train_ds, val_ds, data_classes = build_datasets(
         cfg.data, image_size=cfg.image_size, root=cfg.data_root, seed=cfg.seed,
         train_subset=cfg.train_subset, val_subset=cfg.val_subset)
+    if cfg.num_classes is not None and cfg.num_classes < data_classes:  # labels beyond the head: refused up front
+        raise ValueError(f"--num-classes {cfg.num_classes}, but {cfg.data} has {data_classes} classes: pass "
+                         f"--num-classes {data_classes}, or leave it out")
     sampler = ResumableSampler(len(train_ds), shuffle=True, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
     val_sampler = ResumableSampler(len(val_ds), shuffle=False, seed=cfg.seed, rank=dist.rank,
                                    world_size=dist.world_size)
