@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -49,7 +50,9 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, *, batches: int = 100,
     for conv in folded:  # a folded BatchNorm passes its input through: it would measure nothing
         unfold_batchnorm(conv)
     try:
-        update_bn(itertools.islice(loader, batches), model, device=device)
+        with warnings.catch_warnings():  # measuring is what training mode is for here
+            warnings.filterwarnings("ignore", message="a packed .frozen. model is for inference")
+            update_bn(itertools.islice(loader, batches), model, device=device)
     finally:
         if folded:
             fold_batchnorms(model)

@@ -26,6 +26,8 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -97,10 +99,43 @@ def _sign_input(layer: QuantConv2d | QuantLinear, x: torch.Tensor) -> torch.Tens
 
 
 def _float32(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.float()
+    return None if t is None else t.float().contiguous()
 
 
-class PackedConv2d(QuantConv2d):
+class _NoBackward(torch.autograd.Function):
+    """Passes a packed layer's output on; a backward through it raises (the packed ops have none, and the
+    gradient would otherwise stop there without a word)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        raise RuntimeError("a packed layer runs bits and has no backward, so no gradient can reach its input: for "
+                           "gradients, freeze with backend='float' (or from_pretrained(..., backend='float')); to "
+                           "train, fine-tune the swapped model")
+
+
+def _guard(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return _NoBackward.apply(x, y) if x.requires_grad and torch.is_grad_enabled() else y
+
+
+class _Inference:
+    """What the packed layers share: ``.train()`` warns, since a packed model is for inference (the
+    BatchNorms folded into its convolutions keep their running statistics, the others would not)."""
+
+    def train(self, mode: bool = True):
+        if mode and not getattr(self, "_warned_train", False):
+            warnings.warn("a packed (frozen) model is for inference: in training mode its folded BatchNorms keep "
+                          "their running statistics while the others use the batch's, and nothing can be trained; "
+                          "to train, fine-tune the swapped model (or load with keep_latent checkpoints)",
+                          stacklevel=2)
+            object.__setattr__(self, "_warned_train", True)
+        return super().train(mode)
+
+
+class PackedConv2d(_Inference, QuantConv2d):
     """A frozen W1/A1 :class:`QuantConv2d` running ``quantswap::bconv2d`` (see the module docstring)."""
 
     @property
@@ -119,12 +154,13 @@ class PackedConv2d(QuantConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha, bias = self.output_transform()
+        alpha, bias = _float32(alpha), _float32(bias)  # the kernels take float32 scales (a .half() model too)
         y = torch.ops.quantswap.bconv2d(_sign_input(self, x), self.weight_quantizer.words, alpha, bias, self.in_channels,
                                         list(self.stride), list(self.padding), list(self.dilation))
-        return y.to(x.dtype)
+        return _guard(x, y.to(x.dtype))
 
 
-class PackedLinear(QuantLinear):
+class PackedLinear(_Inference, QuantLinear):
     """A frozen W1/A1 :class:`QuantLinear` running ``quantswap::blinear`` (see the module docstring)."""
 
     @property
@@ -136,9 +172,9 @@ class PackedLinear(QuantLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight_quantizer
-        y = torch.ops.quantswap.blinear(_sign_input(self, x).reshape(-1, self.in_features), w.words, w.alpha,
+        y = torch.ops.quantswap.blinear(_sign_input(self, x).reshape(-1, self.in_features), w.words, _float32(w.alpha),
                                         _float32(self.bias))
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return _guard(x, y.to(x.dtype).reshape(*x.shape[:-1], self.out_features))
 
 
 _PACKED = {QuantConv2d: PackedConv2d, QuantLinear: PackedLinear}
