@@ -31,7 +31,8 @@ def machine(cuda: bool = False) -> str:
     if cuda:
         gpus = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
         return f"{gpus}, CUDA {torch.version.cuda}, torch {torch.__version__}, {cpu} ({platform.system()})"
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__} ({platform.system()}, CPU only)"
+    threads = torch.get_num_threads()
+    return f"{cpu}, {threads} thread{'s' * (threads != 1)}, torch {torch.__version__} ({platform.system()}, CPU only)"
 
 
 #: Every method variant the benchmarks compare, from the registry: label ("irnet W1/A32") -> options of

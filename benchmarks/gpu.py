@@ -1,9 +1,9 @@
 """CUDA and mixed precision: the accuracy benchmark's runs on a GPU, in float32 and with ``--amp``.
 
 Needs a CUDA device and Fashion-MNIST. The FP parent is trained with the accuracy benchmark's recipe
-(one epoch of the 60k images, float32); IR-Net W1/A1, Bi-Real W1/A1, IR-Net W1/A32 and ternary t=2 are
-fine-tuned from it with distillation on that benchmark's budget (12k images, seed 0), once in float32
-and once with ``--amp`` (autocast float16 and a GradScaler). Reported: top-1 on the 10k test images
+(float32); IR-Net W1/A1, Bi-Real W1/A1, IR-Net W1/A32 and ternary t=2 are fine-tuned from it with
+distillation on that benchmark's 30k-image budget (seed 0), once in float32 and once with ``--amp``
+(autocast float16 and a GradScaler); each run is recorded under ``--runs``. Reported: top-1 on the 10k test images
 and training images per second. Then two checks of the GPU-only paths: an ``--amp`` run killed
 (SIGKILL) after its first checkpoint and continued with ``--resume`` ends within 0.5 points of the
 uninterrupted run (CUDA kernels are not bit-reproducible, so not bit-identical as on the CPU), and a
@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 import yaml
 from _common import machine, publish
-from accuracy import FULL, PARENT, SHARED, recipe, run, slug
+from accuracy import FULL, RESULTS, SHARED, Bench, Spec, parent_spec, recipe
+from records import Records
 
 NAMES = ["irnet W1/A1", "bireal W1/A1", "irnet W1/A32", "ternary t=2"]
 #: Loader processes: the augmentation is a function of (seed, epoch, sample), so results do not depend on it.
@@ -71,6 +72,10 @@ def under_torchrun(folder: Path, options: dict) -> dict:
     return {"gpus": gpus, "top1": top1(folder)}
 
 
+def cell(record: dict | None) -> str:
+    return "not measured" if record is None else f"{record['top1']:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="runs/gpu", help="where the runs go (cached per run; delete to redo)")
@@ -79,29 +84,30 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA device; this machine has none")
     root = Path(args.runs)
-    gpu = dict(device="cuda", workers=WORKERS, val_subset=None)
-    parent = run(root / "parent", **PARENT, epochs=FULL.parent_epochs, train_subset=FULL.parent_images, seed=0, **gpu)
-    common = dict(model="torchvision:resnet18", weights=str(root / "parent" / "model.safetensors"), distill=True,
-                  epochs=FULL.epochs, train_subset=FULL.images, seed=0, **gpu)
-    results = {name: {amp: run(root / f"{slug(name)}-{'amp' if amp else 'fp32'}",
-                               amp=amp, **common, **recipe(name)) for amp in (False, True)} for name in NAMES}
-
+    bench = Bench(FULL, root, Records(root / "results"), device="cuda", workers=WORKERS)
+    parent = bench.ensure(parent_spec(FULL))
+    results = {name: {amp: bench.ensure(Spec("gpu", f"{name}{', amp' if amp else ''}", 0, FULL.secondary,
+                                             {**recipe(name), "amp": amp})) for amp in (False, True)} for name in NAMES}
+    common = dict(model="torchvision:resnet18", weights=str(bench.parent_weights()), distill=True, epochs=1,
+                  train_subset=FULL.secondary, seed=0, device="cuda", workers=WORKERS, val_subset=None)
     resumable = {**SHARED, **common, **recipe("irnet W1/A1"), "amp": True, "save_every": 20}
     resumed = killed_and_resumed(root / "resume-check", resumable)
     ddp = under_torchrun(root / "torchrun-check", {**resumable, "save_every": 0})
 
-    cpu = json.loads((Path(__file__).parent / "accuracy.json").read_text())["results"]
+    on_cpu = Bench(FULL, root / "cpu", Records(RESULTS / "accuracy"))
+    cpu = {name: on_cpu.find(Spec("30k", name, 0, FULL.secondary, recipe(name))) for name in ["FP parent", *NAMES]}
+    cpu["FP parent"] = on_cpu.find(parent_spec(FULL))
     lines = [f"Measured by `python benchmarks/gpu.py` on {machine(cuda=True)}. The accuracy benchmark's recipe "
-             f"and budget (FP parent: one epoch of 60k images; the others: {FULL.images:,} images, distilled, seed 0), "
+             f"and budget (the others: {FULL.secondary:,} images, distilled, seed 0), "
              f"with {WORKERS} loader processes; float32 against `--amp` (autocast float16 + GradScaler). The CPU "
              "column is the same run's seed-0 result on the CPU (section above): CUDA and CPU kernels round "
              "differently, so the numbers agree only within run-to-run spread.", "",
              "| model | top-1 fp32 | top-1 AMP | top-1 CPU (fp32) | img/s fp32 | img/s AMP | AMP speed-up |",
              "|---|---|---|---|---|---|---|",
-             f"| FP parent | {parent['top1']:.2f} | | {cpu['FP parent']['top1']:.2f} | {parent['train_img_s']:.0f} | | |"]
+             f"| FP parent | {parent['top1']:.2f} | | {cell(cpu['FP parent'])} | {parent['train_img_s']:.0f} | | |"]
     for name, by_amp in results.items():
         fp32, amp = by_amp[False], by_amp[True]
-        lines.append(f"| {name} | {fp32['top1']:.2f} | {amp['top1']:.2f} | {cpu[f'{name}|True|0']['top1']:.2f} | "
+        lines.append(f"| {name} | {fp32['top1']:.2f} | {amp['top1']:.2f} | {cell(cpu[name])} | "
                      f"{fp32['train_img_s']:.0f} | {amp['train_img_s']:.0f} | "
                      f"{amp['train_img_s'] / fp32['train_img_s']:.2f}x |")
     reference = results["irnet W1/A1"][True]["top1"]

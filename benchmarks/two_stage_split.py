@@ -11,7 +11,8 @@ the same parent, cached in the same ``--runs`` folder, the same recipe, distille
 Unlike the accuracy benchmark's two-stage rows, which give each stage one epoch of a 15,000-image subset,
 both stages here draw their batches from the one-stage run's 30,000 images (each stage a new shuffle of
 them, cut at its share of the steps, its lr schedule fitted to those steps): the same steps and the same
-images as the one-stage run. Results are cached per run (``result.json``).
+images as the one-stage run. Every run is recorded with the accuracy benchmark's records
+(``benchmarks/results/accuracy/``), whose one-stage 30k runs these are, and is not trained again.
 
 Usage: python benchmarks/two_stage_split.py [--seeds 0 1] [--runs runs/accuracy] [--output BENCHMARKS.md]
 """
@@ -25,7 +26,8 @@ import time
 from pathlib import Path
 
 from _common import VARIANTS, machine, publish
-from accuracy import FULL, PARENT, SHARED, TRAINING_SET, TWO_STAGES, binary, recipe, run, slug
+from accuracy import FULL, RESULTS, SHARED, TWO_STAGES, Bench, Spec, binary, parent_spec, recipe
+from records import Records
 
 #: The first stage's share of the steps; None: one stage.
 SPLITS = {"one stage": None, "two stages, 1/2 first": 2, "two stages, 1/4 first": 4}
@@ -37,18 +39,18 @@ def stages(steps: int, share: int) -> list[dict]:
     return [{**TWO_STAGES[0], "epochs": 1, "max_steps": first}, {**TWO_STAGES[1], "epochs": 1, "max_steps": steps - first}]
 
 
-def measure(root: Path, seeds: list[int]) -> tuple[dict[tuple[str, str, int], float], float]:
+def measure(bench: Bench, seeds: list[int]) -> tuple[dict[tuple[str, str, int], float], float]:
     """Top-1 per (method, split, seed), and the minutes all the runs took (the parent's included)."""
-    parent = run(root / "parent", images=TRAINING_SET, **PARENT, epochs=FULL.parent_epochs, seed=seeds[0])
-    student = dict(model="torchvision:resnet18", weights=str(root / "parent" / "model.safetensors"), distill=True)
-    steps = FULL.images // SHARED["batch_size"]
+    parent = bench.ensure(parent_spec(FULL))
+    steps = FULL.secondary // SHARED["batch_size"]
     top1, seconds = {("FP parent", "", 0): parent["top1"]}, parent["wall_seconds"]
     for seed in seeds:
         for name in filter(binary, VARIANTS):
             for split, share in SPLITS.items():
                 extra = {} if share is None else {"stages": stages(steps, share)}
-                folder = root / f"seed{seed}" / f"{slug(name)}-split-{slug(split)}"
-                result = run(folder, FULL.images, seed=seed, **recipe(name), **student, **extra)
+                spec = Spec("30k" if share is None else "split", name if share is None else f"{name}, {split}", seed,
+                            FULL.secondary, {**recipe(name), **extra})
+                result = bench.ensure(spec)
                 top1[name, split, seed], seconds = result["top1"], seconds + result["wall_seconds"]
     return top1, seconds / 60
 
@@ -62,10 +64,11 @@ def report(top1: dict, seeds: list[int], minutes: float, scratch: float) -> list
     seeds_text = " ".join(str(s) for s in seeds)
     return [
         f"Measured by `python benchmarks/two_stage_split.py --seeds {seeds_text}` on {machine()}: {scratch:.0f} min "
-        f"from scratch (the runs' wall times), {minutes:.0f} min this invocation (runs are cached). FP parent: the accuracy benchmark's ({top1['FP parent', '', 0]:.2f} "
-        f"top-1 on this machine). Every run: {FULL.images:,} training images, {FULL.images // SHARED['batch_size']} "
+        f"from scratch (the runs' wall times), {minutes:.0f} min this invocation (runs are recorded). FP parent: the "
+        f"accuracy benchmark's ({top1['FP parent', '', 0]:.2f} top-1). Every run: {FULL.secondary:,} training images, "
+        f"{FULL.secondary // SHARED['batch_size']} "
         "steps of batch 128, distilled from the parent; both stages of a two-stage run draw from the same "
-        f"{FULL.images:,} images as the one-stage run, and each stage's cosine schedule runs to 0 within its own "
+        f"{FULL.secondary:,} images as the one-stage run, and each stage's cosine schedule runs to 0 within its own "
         f"steps. Top-1 on the 10k test images, mean of seeds {seeds_text} "
         "(each seed's value in brackets).",
         "",
@@ -91,7 +94,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.perf_counter()
-    top1, scratch = measure(Path(args.runs) / FULL.name, args.seeds)
+    bench = Bench(FULL, Path(args.runs) / FULL.name, Records(RESULTS / "accuracy"))
+    top1, scratch = measure(bench, args.seeds)
     minutes = (time.perf_counter() - started) / 60
     publish(report(top1, args.seeds, minutes, scratch), "Two-stage split", args.output)
 

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from accuracy import FULL, TRANSFER, VARIANTS, binary, mobilenet_v2_weights, slug
+from accuracy import FULL, RESULTS, Bench, collect, mobilenet_v2_weights, slug
+from records import Records
 
 from quantswap import FinetuneConfig, finetune
 from quantswap.card import model_card
@@ -32,16 +33,26 @@ ORG = "quantswap"
 SECTION = "Accuracy on Fashion-MNIST"
 
 
-def entries(runs: Path) -> list[dict]:
-    """The zoo: every distilled ResNet-18 method and the quantized MobileNetV2 transfers, seed 0."""
-    seed0 = runs / FULL.name / "seed0"
-    found = [{"name": f"resnet18-{slug(v)}-fashion-mnist", "run": seed0 / f"{slug(v)}-kd", "row": v,
-              "column": "seed 0"} for v in VARIANTS]
-    found += [{"name": f"resnet18-{slug(v)}-two-stage-fashion-mnist", "run": seed0 / f"{slug(v)}-two-stage",
-               "row": f"{v}, two-stage", "column": "seed 0"} for v in filter(binary, VARIANTS)]
-    found += [{"name": f"mobilenet-v2-{slug(v)}-fashion-mnist", "run": runs / FULL.name / "transfer" / slug(v),
-               "row": f"MobileNetV2 {v}", "column": "top-1"} for v in TRANSFER if v != "FP"]
+def entries(bench: Bench) -> list[dict]:
+    """The zoo: every run of the accuracy benchmark's headline table (seed 0) and its quantized MobileNetV2
+    transfers, with their records."""
+    table = collect(bench)
+    found = []
+    for (name, row, seed), record in table.found.items():
+        if seed != 0 or name not in ("headline", "transfer") or row == "MobileNetV2 FP":
+            continue
+        spec = next(s for s in _specs(bench) if (s.table, s.row, s.seed) == (name, row, seed))
+        model = "mobilenet-v2" if name == "transfer" else "resnet18"
+        label = row.removeprefix("MobileNetV2 ")
+        found.append({"name": f"{model}-{slug(label)}-fashion-mnist", "run": bench.folder(spec), "row": row,
+                      "record": record, "column": "seed 0" if name == "headline" else "top-1"})
     return found
+
+
+def _specs(bench: Bench):
+    from accuracy import plan
+
+    return plan(bench.budget, bench.top1)
 
 
 def write_card(folder: Path, config: CheckpointConfig, name: str) -> None:
@@ -55,11 +66,16 @@ def cards() -> None:
 
 
 def export(runs: Path) -> None:
-    parent_recipe = runs / FULL.name / "parent" / "args.yaml"
+    bench = Bench(FULL, runs / FULL.name, Records(RESULTS / "accuracy"))
+    parent_recipe = bench.runs / "parent" / "args.yaml"
     shutil.copyfile(parent_recipe, HUB / "resnet18-fp-parent-recipe.yaml")
-    manifest = {"organization": ORG, "benchmark_section": SECTION,
+    manifest = {"organization": ORG, "benchmark_section": SECTION, "benchmark_table": "Headline",
                 "parent_recipe": "hub/resnet18-fp-parent-recipe.yaml", "entries": []}
-    found = entries(runs)
+    found = entries(bench)
+    missing = [e["row"] for e in found if not (e["run"] / "model" / "config.json").is_file()]
+    if missing:
+        raise SystemExit(f"the checkpoints of {', '.join(missing)} were trained on another machine (their records are "
+                         "here, their weights are not): run `python benchmarks/accuracy.py --rerun ROW` for each")
     for stale in sorted(HUB.iterdir()):  # entries of an earlier benchmark that this one no longer has
         if (stale / "config.json").is_file() and stale.name not in {e["name"] for e in found}:
             shutil.rmtree(stale)
@@ -67,10 +83,9 @@ def export(runs: Path) -> None:
         folder = HUB / entry["name"]
         folder.mkdir(parents=True, exist_ok=True)
         config = CheckpointConfig.read(entry["run"] / "model")
-        result = json.loads((entry["run"] / "result.json").read_text())
         config.write(folder)
         write_card(folder, config, entry["name"])
-        metrics = {**config.metrics, "file_bytes": result["file_bytes"]}
+        metrics = {**config.metrics, "file_bytes": entry["record"]["file_bytes"]}
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         shutil.copyfile(entry["run"] / "args.yaml", folder / "recipe.yaml")
         manifest["entries"].append({"name": entry["name"], "repo_id": f"{ORG}/{entry['name']}",
