@@ -432,11 +432,10 @@ def _spread(values: list[float]) -> str:
     return f"{_mean(values):.2f}" if len(values) == 1 else f"{_mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def _speed(record: dict, parent: dict | None) -> str:
-    """Time per training image against the FP parent's, when both ran on one machine."""
-    if parent is None or parent["machine"] != record["machine"]:
-        return "—"
-    return f"{parent['train_img_s'] / record['train_img_s']:.2f}"
+def _speed(runs: list[dict], parent: dict | None) -> str:
+    """Time per training image against the FP parent's (the mean speed of the runs on the parent's machine)."""
+    same = [r["train_img_s"] for r in runs if parent is not None and r["machine"] == parent["machine"]]
+    return f"{parent['train_img_s'] / _mean(same):.2f}" if same else "—"
 
 
 def rows_table(t: Table, table: str, rows: list[str], seeds: tuple[int, ...]) -> list[str]:
@@ -453,7 +452,7 @@ def rows_table(t: Table, table: str, rows: list[str], seeds: tuple[int, ...]) ->
             lines.append(f"| {row} | pending | | " + " | ".join(cells) + " | | |")
             continue
         lines.append(f"| {row} | {_spread([r['top1'] for r in runs])} | {_mean([delta(r) for r in runs]):+.2f} | "
-                     + " | ".join(cells) + f" | {runs[0]['file_bytes'] / 1e6:.2f} MB | {_speed(runs[0], parent)} |")
+                     + " | ".join(cells) + f" | {runs[0]['file_bytes'] / 1e6:.2f} MB | {_speed(runs, parent)} |")
     return lines
 
 
@@ -577,8 +576,8 @@ def report(t: Table, plot: str | None = None) -> list[str]:
     if parent is not None:
         curve = parent["epoch_top1"]
         parents = {r["parent"]["sha256"] for r in [*t.found.values(), *t.curve.values()] if "parent" in r}
-        lines += [f"{b.describe()}. The FP parent: top-1 {parent['top1']:.2f} after each epoch: "
-                  f"{', '.join(f'{v:.2f}' for v in curve)} ({parent['machine']}). Every Δ is a run against the parent "
+        lines += [f"{b.describe()}. The FP parent scores {parent['top1']:.2f} ({parent['machine']}; top-1 after each "
+                  f"epoch: {', '.join(f'{v:.2f}' for v in curve)}). Every Δ is a run against the parent "
                   f"it started from ({len(parents)} parent{'s' * (len(parents) != 1)} among the records: a parent "
                   "trained again on another CPU rounds differently).", ""]
     lines += ["One recipe for all: AdamW (lr 1e-3; ternary 1e-4 as in its paper, but 1e-3 in the MobileNetV2 "
