@@ -45,7 +45,8 @@ def entries(bench: Bench) -> list[dict]:
         model = "mobilenet-v2" if name == "transfer" else "resnet18"
         label = row.removeprefix("MobileNetV2 ")
         found.append({"name": f"{model}-{slug(label)}-fashion-mnist", "run": bench.folder(spec), "row": row,
-                      "record": record, "column": "seed 0" if name == "headline" else "top-1"})
+                      "record": record, **({"column": "seed 0"} if name == "headline" else
+                                           {"table": "Transfer", "column": f"{record['images']:,} images"})})
     return found
 
 
@@ -90,7 +91,8 @@ def export(runs: Path) -> None:
         shutil.copyfile(entry["run"] / "args.yaml", folder / "recipe.yaml")
         manifest["entries"].append({"name": entry["name"], "repo_id": f"{ORG}/{entry['name']}",
                                     "folder": f"hub/{entry['name']}", "benchmark_row": entry["row"],
-                                    "benchmark_column": entry["column"]})
+                                    "benchmark_column": entry["column"],
+                                    **({"benchmark_table": entry["table"]} if "table" in entry else {})})
     (HUB / "manifest.yaml").write_text(
         "# quantswap's model zoo: benchmark checkpoints (benchmarks/accuracy.py). Rebuild: make zoo.\n"
         + yaml.safe_dump(manifest, sort_keys=False))

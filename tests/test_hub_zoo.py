@@ -60,8 +60,8 @@ def test_a_zoo_entry_is_consistent(entry):
 
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["top1"] == config.metrics["top1"]
-    rows = [r for r in benchmark_table(MANIFEST["benchmark_section"], MANIFEST.get("benchmark_table"))
-            if r.get("model") == entry["benchmark_row"]]
+    table = entry.get("benchmark_table", MANIFEST.get("benchmark_table"))
+    rows = [r for r in benchmark_table(MANIFEST["benchmark_section"], table) if r.get("model") == entry["benchmark_row"]]
     top1 = next(r[entry["benchmark_column"]] for r in rows if entry["benchmark_column"] in r)
     size = next(r["checkpoint"] for r in rows if "checkpoint" in r)
     assert float(top1) == pytest.approx(metrics["top1"], abs=0.005)
