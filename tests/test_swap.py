@@ -297,3 +297,13 @@ def test_weights_false_keeps_real_weights_with_binary_activations_until_quantize
         quantswap.quantize_weights(stage2)
     with pytest.raises(ValueError, match="needs binary activations"):
         quantswap.binarize(base, method="irnet", weights=False, activations=False)
+
+
+def test_the_swap_report_prints_as_a_table_of_layers_and_changes():
+    """Issue 29: ``get_swap_report()`` printed as a 900-character dataclass line."""
+    report = quantswap.get_swap_report(quantswap.binarize(resnet18(), method="recu"))
+    lines = repr(report).splitlines()
+    assert lines[0] == "swap (recu W1/A1): 16 layers quantized, 2 kept real"
+    assert any(line.split() == ["layer1.0.conv1", "recu", "W1/A1", "+", "shortcut"] for line in lines)
+    assert any(line.split()[:3] == ["conv1", "kept", "real"] and "skip_first=True" in line for line in lines)
+    assert "added after the stem: 1 (relu_hardtanh)" in lines and max(len(line) for line in lines) < 140

@@ -41,9 +41,17 @@ _SWAPPABLE = (nn.Conv2d, nn.Linear)  # exact types: a subclass (e.g. timm's Conv
 _KEPT_ATTRIBUTES = ("pretrained_cfg", "default_cfg")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class SwapReport:
-    """What a swap did; stored as ``model.meta["quantswap"]`` on the swapped model."""
+    """What a swap did; stored as ``model.meta["quantswap"]`` on the swapped model. Prints as a table of the
+    layers (what each became, or why it stayed real) and a line per structural change.
+
+    Example:
+        >>> import quantswap
+        >>> from torchvision.models import resnet18
+        >>> print(str(quantswap.get_swap_report(quantswap.binarize(resnet18(), method="react"))).splitlines()[0])
+        swap (react W1/A1): 16 layers quantized, 2 kept real
+    """
 
     config: QuantConfig
     quantized: list[str] = dataclasses.field(default_factory=list)  # layers swapped, in module order
@@ -59,6 +67,30 @@ class SwapReport:
     leaf_modules: list[str] = dataclasses.field(default_factory=list)
     #: the float model's class and state-dict shapes: how a checkpoint finds its base builder
     base: ModelFingerprint | None = dataclasses.field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        rows = [(name, self.config.label + (" + shortcut" if name in self.shortcuts else ""),
+                 f"no shortcut: {self.shortcuts_skipped[name]}" if name in self.shortcuts_skipped else "")
+                for name in self.quantized]
+        rows += [(name, "kept real", why) for name, why in self.kept_real.items()]
+        head = ("layer", "became", "why")
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(2)]
+        lines = [f"swap ({self.config.label}): {len(self.quantized)} layers quantized, {len(self.kept_real)} kept real",
+                 "", f"{head[0]:<{widths[0]}}  {head[1]:<{widths[1]}}  {head[2]}",
+                 f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * 3}"]
+        lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}".rstrip() for a, b, c in rows]
+        changes = [("activations replaced", self.activations_replaced),
+                   ("block residuals removed (the authors' structure)", self.blocks_rewired),
+                   ("added after the stem", self.stem_activations), ("BatchNorms frozen", self.bn_frozen),
+                   ("leaf modules", self.leaf_modules)]
+        lines += [""] + [f"{what}: {len(names)} ({_names(names)})" for what, names in changes if names]
+        return "\n".join(lines).rstrip()
+
+    __repr__ = __str__
+
+
+def _names(names: list[str], shown: int = 6) -> str:
+    return ", ".join(names[:shown]) + (f", ... {len(names) - shown} more" if len(names) > shown else "")
 
 
 @dataclasses.dataclass
