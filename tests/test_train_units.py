@@ -273,3 +273,15 @@ def test_fewer_classes_than_the_data_has_is_refused_before_training(tmp_path, ca
     assert main(["finetune", "--weights", "none", "--num-classes", "7", "--train-subset", "64", "--val-subset", "64",
                  "--output", str(out)]) == 2
     assert "--num-classes 7, but fashion-mnist has 10 classes" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_run_without_a_terminal_logs_its_progress(tmp_path, caplog):
+    """Issue 29: ``make demo`` piped to a log showed nothing for two minutes (tqdm draws no bar off a terminal)."""
+    import logging
+
+    from quantswap import finetune
+
+    with caplog.at_level(logging.INFO, logger="quantswap"):
+        finetune(FinetuneConfig(weights="none", train_subset=320, val_subset=32, batch_size=16, output=str(tmp_path)))
+    lines = [r.getMessage() for r in caplog.records if "step" in r.getMessage()]
+    assert lines and lines[0].startswith("epoch 1/1, step 10/20: loss ") and "img/s, epoch ends in" in lines[0]

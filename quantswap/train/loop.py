@@ -38,6 +38,12 @@ __all__ = ["Trainer", "TrainingDiverged", "compile_options", "distribution_loss"
 _logger = logging.getLogger(__name__)
 
 
+def _duration(seconds: float) -> str:
+    """``75`` -> ``'1 min 15 s'``."""
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
 class TrainingDiverged(RuntimeError):
     """The loss stopped being finite; the last good checkpoint is kept."""
 
@@ -209,6 +215,8 @@ class Trainer:
                    disable=self.dist.quiet, dynamic_ncols=True)
         tick = start = time.perf_counter()
         seen = 0  # images since this process started the epoch (a resumed epoch counts from the resume)
+        # no terminal, no bar: a line every tenth of the epoch instead, so a log shows the run moving
+        log_every = max(10, self.steps_per_epoch // 10) if bar.disable and self.dist.main else 0
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss, logits = self.step(x, y, state)
@@ -219,6 +227,11 @@ class Trainer:
                             img_s=f"{len(y) * self.dist.world_size / max(now - tick, 1e-9):.0f}",
                             lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
             tick = now
+            if log_every and state.step_in_epoch % log_every == 0:
+                rate = seen / max(now - start, 1e-9)
+                left = (self.steps_per_epoch - state.step_in_epoch) * self.cfg.batch_size * self.dist.world_size / rate
+                _logger.info("%s, step %d/%d: loss %.4f, %.0f img/s, epoch ends in %s", desc, state.step_in_epoch,
+                             self.steps_per_epoch, state.train_loss, rate, _duration(left))
             if interrupted[0] or state.global_step >= self.total_steps:
                 break
             if self.cfg.save_every and state.global_step % self.cfg.save_every == 0:
