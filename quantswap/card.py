@@ -96,7 +96,8 @@ def _rows(config: CheckpointConfig) -> list[tuple[str, str]]:
                      f"{_mb(size.file_bytes)}: {size.compression:.1f}x smaller than FP32 ({_mb(size.fp32_bytes)}), "
                      f"{size.ratio:.3f}x the theoretical minimum ({_mb(size.theoretical_bytes)})"))
     if metrics.get("top1") is not None:
-        rows.append((f"top-1 on {metrics.get('dataset', 'the test set')}", f"{float(metrics['top1']):.2f}%"))
+        on = f" ({metrics['val_images']:,} test images)" if isinstance(metrics.get("val_images"), int) else ""
+        rows.append((f"top-1 on {metrics.get('dataset', 'the test set')}{on}", f"{float(metrics['top1']):.2f}%"))
     if metrics.get("fp_top1") is not None:
         rows.append(("top-1 of the FP parent", f"{float(metrics['fp_top1']):.2f}%"))
     if metrics.get("recipe"):

@@ -1,6 +1,7 @@
 """Fine-tuning pieces that need no training run: the distillation loss, recipes, options and refusals."""
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -285,3 +286,17 @@ def test_a_run_without_a_terminal_logs_its_progress(tmp_path, caplog):
         finetune(FinetuneConfig(weights="none", train_subset=320, val_subset=32, batch_size=16, output=str(tmp_path)))
     lines = [r.getMessage() for r in caplog.records if "step" in r.getMessage()]
     assert lines and lines[0].startswith("epoch 1/1, step 10/20: loss ") and "img/s, epoch ends in" in lines[0]
+
+
+def test_the_card_states_the_steps_and_images_trained_and_what_top1_was_measured_on(tmp_path):
+    """Issue 29: the card said "20 epochs" after ``--max-steps 10``, and its top-1 came from a validation
+    subset without saying so."""
+    from quantswap import finetune
+
+    finetune(FinetuneConfig(weights="none", train_subset=256, val_subset=64, batch_size=16, epochs=20, max_steps=10,
+                            output=str(tmp_path)))
+    metrics = json.loads((tmp_path / "model" / "config.json").read_text())["metrics"]
+    assert (metrics["steps"], metrics["train_images"], metrics["val_images"]) == (10, 160, 64)
+    assert "20 epochs (max_steps 10)" in metrics["training"]
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "10 optimizer steps on 160 training images" in card and "top-1 on fashion-mnist (64 test images)" in card

@@ -226,7 +226,8 @@ class FinetuneConfig:
         parts = []
         for name, cfg in zip(self.stage_names(), self.stage_configs(), strict=True):
             what = "FP" if cfg.is_float else cfg.quant_config().label
-            parts.append(f"{name + ': ' if name else ''}{what}: {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, "
+            cut = f" (max_steps {cfg.max_steps})" if cfg.max_steps is not None else ""
+            parts.append(f"{name + ': ' if name else ''}{what}: {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}{cut}, "
                          f"{cfg.optimizer}, lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, {cfg.schedule} schedule")
         return "; then ".join(parts)
 

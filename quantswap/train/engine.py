@@ -26,7 +26,7 @@ from quantswap.models import check_model_name
 from quantswap.train.config import FinetuneConfig
 from quantswap.train.distributed import Dist, resolve_device, setup
 from quantswap.train.loaders import build_loaders
-from quantswap.train.loop import Trainer, evaluate
+from quantswap.train.loop import Trainer, evaluate, planned_steps
 from quantswap.train.parent import Parent, build_parent, build_student, build_teacher
 from quantswap.train.run_state import RunFolder, RunState
 
@@ -74,12 +74,28 @@ def _parent(cfg: FinetuneConfig, num_classes: int, dist: Dist) -> Parent:
     return parent
 
 
-def _result_metrics(cfg: FinetuneConfig, final: dict, parent: dict | None, distilled: bool) -> dict:
-    """The measurements a checkpoint's config and card carry."""
+def _trained(cfg: FinetuneConfig, data, dist: Dist) -> tuple[int, int]:
+    """The optimizer steps and training images of the whole run, every stage (``max_steps`` included)."""
+    per_epoch, size = len(data.train), len(data.train_dataset)
+    steps = images = 0
+    for stage in cfg.stage_configs():
+        n = planned_steps(stage, per_epoch)
+        steps += n
+        images += min(n * stage.batch_size * dist.world_size, stage.epochs * size)
+    return steps, images
+
+
+def _result_metrics(cfg: FinetuneConfig, final: dict, parent: dict | None, distilled: bool,
+                    trained: tuple[int, int], val_images: int) -> dict:
+    """The measurements a checkpoint's config and card carry: what was trained, and on how many images the
+    top-1 was measured."""
+    steps, images = trained
     metrics = {"dataset": cfg.data.partition(":")[0], "top1": round(final["top1"], 2),
-               "top5": round(final["top5"], 2),
+               "top5": round(final["top5"], 2), "val_images": val_images,
                "image_size": cfg.image_size or (224 if cfg.data.startswith("imagefolder") else 32),
-               "training": cfg.training_summary() + (", distilled from the teacher" if distilled else "")}
+               "steps": steps, "train_images": images,
+               "training": cfg.training_summary() + f"; {steps:,} optimizer steps on {images:,} training images"
+               + (", distilled from the teacher" if distilled else "")}
     if parent:
         metrics["fp_top1"] = round(parent["top1"], 2)
     return metrics
@@ -154,7 +170,9 @@ def _run(cfg: FinetuneConfig, dist: Dist, run: RunFolder) -> RunResult:
     result = RunResult(parent_top1=parent_metrics["top1"] if parent_metrics else None, top1=final["top1"],
                        top5=final["top5"], output=str(run.path))
     if dist.main:
-        result.update(run.save_model(trainer.model, _result_metrics(cfg, final, parent_metrics, teacher is not None)))
+        metrics = _result_metrics(cfg, final, parent_metrics, teacher is not None, _trained(cfg, data, dist),
+                                  len(data.val.dataset))
+        result.update(run.save_model(trainer.model, metrics))
         if cfg.push_to_hub and not cfg.is_float:
             from quantswap.hub import push_to_hub
 
