@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 from _common import VARIANTS, machine, publish
-from records import RESULTS, Records, identity
+from records import RESULTS, Records, commit, identity
 from safetensors.torch import save_file
 
 import quantswap
@@ -733,6 +733,7 @@ def main() -> int:
     runs = Path(args.runs) / budget.name
     results = Path(args.results) if args.results else (runs / "results" if args.quick else RESULTS / "accuracy")
     bench = Bench(budget, runs, Records(results))
+    commit()  # the code this process imported, before anyone commits more
     if args.rerun:
         return rerun(bench, args.rerun, args.seeds)
     started = time.perf_counter()

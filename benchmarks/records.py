@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -100,8 +101,11 @@ def same(recorded: dict[str, Any], options: dict[str, Any], defaults: dict[str, 
     return all(key in recorded or key in defaults and defaults[key] == value for key, value in options.items())
 
 
+@functools.cache
 def commit() -> str:
-    """The quantswap commit the run was made with (``+dirty`` with uncommitted changes), or ``unknown``."""
+    """The quantswap commit this process runs (``+dirty`` with uncommitted changes to the package), or
+    ``unknown``; read once, when the first record is written or the benchmark starts, so that commits made
+    while a long benchmark runs do not name code it did not import."""
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
