@@ -215,7 +215,7 @@ def test_summary_cli_prints_the_bit_aware_table(capsys):
         (["--method", "dorefa"], "unknown method 'dorefa'"),
         (["--data", "mnist"], "unknown dataset 'mnist'; use fashion-mnist, cifar10, cifar100 or imagefolder:PATH"),
         (["--data", "imagefolder:/nonexistent/imagenet"], "imagefolder:/nonexistent/imagenet: no such folder"),
-        (["--weights", "/nonexistent/parent.safetensors"], "no such file; pass a .safetensors file"),
+        (["--weights", "/nonexistent/parent.safetensors"], "parent.safetensors does not exist; or pass DEFAULT"),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, capsys, flags, message):

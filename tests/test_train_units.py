@@ -300,3 +300,28 @@ def test_the_card_states_the_steps_and_images_trained_and_what_top1_was_measured
     assert "20 epochs (max_steps 10)" in metrics["training"]
     card = (tmp_path / "model" / "README.md").read_text()
     assert "10 optimizer steps on 160 training images" in card and "top-1 on fashion-mnist (64 test images)" in card
+
+
+def test_weights_may_name_a_float_runs_folder_or_a_runs_last_checkpoint(tmp_path):
+    """Issue 29: ``--weights`` accepts a float run's folder and a run's ``last.pt``, so a finished run can be
+    continued from its weights; a quantized checkpoint folder is refused with what to do instead."""
+    from torchvision.models import resnet18
+
+    from quantswap.train.parent import load_weights, weights_file
+
+    model = resnet18(num_classes=10)
+    run = tmp_path / "parent"
+    run.mkdir()
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), run / "model.safetensors")
+    torch.save({"model": model.state_dict(), "state": {"epoch": 1}}, run / "last.pt")
+    assert weights_file(run) == run / "model.safetensors"
+    for source in (run, run / "last.pt"):
+        fresh = resnet18(num_classes=10)
+        load_weights(fresh, source)
+        assert torch.equal(fresh.conv1.weight, model.conv1.weight)
+    (tmp_path / "q" / "model").mkdir(parents=True)
+    (tmp_path / "q" / "model" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="is a quantized checkpoint.*--resume"):
+        weights_file(tmp_path / "q")

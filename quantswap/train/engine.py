@@ -15,7 +15,6 @@ Each step has its own module: :mod:`~quantswap.train.distributed` (device and pr
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 
@@ -27,7 +26,7 @@ from quantswap.train.config import FinetuneConfig
 from quantswap.train.distributed import Dist, resolve_device, setup
 from quantswap.train.loaders import build_loaders
 from quantswap.train.loop import Trainer, evaluate, planned_steps
-from quantswap.train.parent import Parent, build_parent, build_student, build_teacher
+from quantswap.train.parent import Parent, build_parent, build_student, build_teacher, weights_file
 from quantswap.train.run_state import RunFolder, RunState
 
 __all__ = ["finetune", "check_inputs", "RunResult"]
@@ -47,9 +46,12 @@ def check_inputs(cfg: FinetuneConfig) -> None:
         check_model_name(cfg.teacher)
     for name in ("weights", "teacher_weights"):
         value = getattr(cfg, name)
-        if value and value.upper() not in ("DEFAULT", "NONE") and not Path(value).is_file():
-            raise FileNotFoundError(f"--{name.replace('_', '-')} {value}: no such file; pass a .safetensors file or "
-                                    "a torch state dict, DEFAULT (the builder's pretrained weights) or none")
+        if value and value.upper() not in ("DEFAULT", "NONE"):
+            try:
+                weights_file(value)
+            except (FileNotFoundError, ValueError) as err:
+                raise type(err)(f"--{name.replace('_', '-')} {value}: {err}; or pass DEFAULT (the builder's pretrained "
+                                "weights) or none") from None
     try:
         device = resolve_device(cfg.device)
     except RuntimeError:

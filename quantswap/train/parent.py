@@ -51,15 +51,37 @@ def _head_name(model: nn.Module) -> str:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
 
 
+def weights_file(path: str | os.PathLike) -> Path:
+    """The weights file ``path`` names: a file, or a float run's folder (its ``model.safetensors``).
+
+    Example:
+        >>> weights_file("runs/nowhere")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: weights file runs/nowhere does not exist
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / "model.safetensors").is_file() and not (path / "config.json").is_file():
+            return path / "model.safetensors"  # a float run (quantswap finetune --method none)
+        if (path / "model" / "config.json").is_file() or (path / "config.json").is_file():
+            raise ValueError(f"{path} is a quantized checkpoint, whose file holds packed codes, not float weights: "
+                             "continue its run with --resume, or start from the float weights it was made from")
+        raise FileNotFoundError(f"{path} is a folder without weights: pass a .safetensors file, a torch state dict, "
+                                "a float run's folder or a run's last.pt")
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    return path
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, *, new_head_ok: bool = False) -> bool:
-    """Load a local safetensors file, or a torch checkpoint with ``weights_only=True`` (never a full unpickle).
+    """Load a local safetensors file, a torch checkpoint with ``weights_only=True`` (never a full unpickle; a run's
+    ``last.pt`` gives its model), or a float run's folder (:func:`weights_file`).
 
     With ``new_head_ok``, a classifier of another class count (ImageNet weights for a 10-class task)
     is skipped and the model's fresh head kept. Returns whether the file's head was loaded.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+    path = weights_file(path)
     state = _read_state_dict(path)
     own = model.state_dict()
     head = _head_name(model)
