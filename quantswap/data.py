@@ -250,8 +250,15 @@ def build_datasets(
             train_base, val_base = _fashion_mnist(root, True, download), _fashion_mnist(root, False, download)
         else:
             cls = datasets.CIFAR10 if data == "cifar10" else datasets.CIFAR100
-            train_base = cls(str(root), train=True, download=download)
-            val_base = cls(str(root), train=False, download=download)
+            try:
+                train_base = cls(str(root), train=True, download=download)
+                val_base = cls(str(root), train=False, download=download)
+            except (RuntimeError, OSError) as err:
+                folder = root / cls.base_folder
+                raise FileNotFoundError(
+                    f"{data} is not in {folder} and could not be downloaded ({str(err).splitlines()[0][:120]}): it needs "
+                    f"the internet once. Place the extracted {cls.base_folder} folder of {cls.url} in {root} (or set "
+                    "QUANTSWAP_DATA, or --data-root, to the folder holding it)") from None
 
         def in_memory(base, augment: bool, n: int | None) -> InMemoryImages:
             images = torch.as_tensor(base.data)  # Fashion-MNIST (N, H, W); CIFAR (N, H, W, C)

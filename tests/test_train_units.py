@@ -325,3 +325,17 @@ def test_weights_may_name_a_float_runs_folder_or_a_runs_last_checkpoint(tmp_path
     (tmp_path / "q" / "model" / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="is a quantized checkpoint.*--resume"):
         weights_file(tmp_path / "q")
+
+
+def test_a_dataset_that_needs_a_download_offline_says_which_and_where_to_place_it(tmp_path, monkeypatch):
+    from torchvision import datasets
+
+    from quantswap.data import build_datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(datasets.CIFAR10, "__init__", offline)
+    with pytest.raises(FileNotFoundError, match=r"cifar10 is not in .*cifar-10-batches-py and could not be downloaded.*"
+                                                r"needs the internet once\. Place the extracted"):
+        build_datasets("cifar10", root=tmp_path)
