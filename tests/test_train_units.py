@@ -339,3 +339,23 @@ def test_a_dataset_that_needs_a_download_offline_says_which_and_where_to_place_i
     with pytest.raises(FileNotFoundError, match=r"cifar10 is not in .*cifar-10-batches-py and could not be downloaded.*"
                                                 r"needs the internet once\. Place the extracted"):
         build_datasets("cifar10", root=tmp_path)
+
+
+def test_help_describes_every_option_with_its_default_once(capsys):
+    """Issue 29: the top-level help had no description, options had no help text, and defaults were printed
+    twice ("(default: the method's own) (default: None)") or untrue (--image-size None)."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "Binarize or ternarize a pretrained PyTorch vision model" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: the method's own) (default" not in text
+    assert "--image-size IMAGE_SIZE input size in px (default: 32 for fashion-mnist and cifar, 224 for an image " \
+           "folder)" in text
+    import dataclasses
+
+    from quantswap.cli.finetune import HELP, RECIPE_ONLY
+
+    undescribed = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in HELP and f.name not in RECIPE_ONLY]
+    assert undescribed == []

@@ -18,8 +18,14 @@ __all__ = ["main"]
 _COMMANDS = (_finetune, _evaluate, _summary, _hub, _export)  # each adds its subcommand(s) with add_parser
 
 
+DESCRIPTION = """Binarize or ternarize a pretrained PyTorch vision model: fine-tune it from its float weights
+(finetune), measure it (eval, summary), and ship it small (push, download, export to ONNX).
+Run `quantswap COMMAND --help` for a command's options and examples."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quantswap", description=__doc__)
+    parser = argparse.ArgumentParser(prog="quantswap", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"quantswap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _COMMANDS:

@@ -33,7 +33,8 @@ HELP = {
     "include": "glob patterns of layer names to swap, e.g. 'layer4.*' (default: every eligible layer)",
     "exclude": "glob patterns of layer names kept real, e.g. 'features.*.conv.1.0'",
     "skip_depthwise": "keep depthwise convs real (the default; --no-skip-depthwise quantizes them)",
-    "weights": "DEFAULT (the builder's pretrained weights, online), none, or a local .safetensors / torch state dict",
+    "weights": "DEFAULT (the builder's pretrained weights, online), none, a local .safetensors or torch state dict, "
+               "a float run's folder or a run's last.pt",
     "data": "fashion-mnist, cifar10, cifar100 or imagefolder:PATH (PATH/train, PATH/val)",
     "optimizer": "any timm optimizer name: adamw, adam, sgd, lamb, ...",
     "schedule": "any timm scheduler: cosine (default), step, multistep, ...",
@@ -49,7 +50,43 @@ HELP = {
     "save_every": "steps between mid-epoch checkpoints (0: epoch ends only)",
     "push_to_hub": "ORG/NAME: push the packed model at the end",
     "compile": "torch.compile the training model (inductor; the first steps pay the compilation)",
+    "skip_first": "keep the first Conv/Linear layers real (--no-skip-first quantizes them)",
+    "skip_last": "keep the last Conv/Linear layers real (--no-skip-last quantizes them)",
+    "num_classes": "classifier size (default: the dataset's)",
+    "data_root": "where datasets are read and downloaded (default: $QUANTSWAP_DATA, else ~/.cache/quantswap/datasets)",
+    "image_size": "input size in px (default: 32 for fashion-mnist and cifar, 224 for an image folder)",
+    "train_subset": "train on the first N images of a fixed seeded order (default: all)",
+    "val_subset": "validate on the first N test images of a fixed seeded order (default: all)",
+    "epochs": "passes over the training images",
+    "batch_size": "images per optimizer step (per process under torchrun)",
+    "lr": "peak learning rate",
+    "momentum": "SGD momentum (optimizers that take one)",
+    "weight_decay": "weight decay",
+    "warmup_epochs": "epochs of linear warm-up before the schedule",
+    "min_lr": "the schedule's lowest learning rate",
+    "cycle_mul": "cosine restarts: each cycle this many times longer (> 1 with --cycle-limit > 1: SGDR)",
+    "cycle_limit": "cosine restarts: the number of cycles",
+    "decay_milestones": "epochs at which a step/multistep schedule decays",
+    "decay_rate": "the factor a step schedule decays by",
+    "label_smoothing": "label smoothing of the label loss",
+    "clip_grad": "clip the gradient norm at this value (default: no clipping)",
+    "eval_parent": "validate the float parent too (the table's first row)",
+    "seed": "draws the images, their order, the augmentation and any new parameters",
+    "device": "auto (CUDA when there is one), cpu, cuda or cuda:N",
+    "amp": "mixed precision on CUDA (autocast float16 and a gradient scaler)",
+    "sync_bn": "synchronize BatchNorm statistics across processes (torchrun on CUDA)",
+    "workers": "data loader processes",
+    "fp_dtype": "dtype of the checkpoint's real-valued tensors: float32, float16 or bfloat16",
 }
+
+
+def _help(name: str, default) -> str:
+    """An option's help, with its default once: the text's own, else the value (none for an unset option)."""
+    text = HELP.get(name, "")
+    if "default" in text or default in (None, [], {}):
+        return text or " "
+    shown = default if not isinstance(default, bool) else ("on" if default else "off")
+    return f"{text} (default: {shown})".strip()
 
 
 #: Options a recipe sets and no flag does: ``stages`` is a list of mappings.
@@ -74,7 +111,7 @@ def add_parser(sub) -> None:
             continue
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        text = f"{HELP.get(field.name, '')} (default: {default})".strip()
+        text = _help(field.name, default)
         kind = _scalar(hints[field.name])
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
