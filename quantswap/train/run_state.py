@@ -43,6 +43,25 @@ RESUMABLE = frozenset({"resume", "overwrite", "device", "workers", "save_every",
                        "eval_parent", "output", "fp_dtype"})
 
 
+def _difference(name: str, before: Any, after: Any) -> str:
+    """The first place two option values differ, as ``name.path: before -> after`` (a stage's field, not
+    two whole stage lists).
+
+    Example:
+        >>> _difference("stages", [{"epochs": 2}, {"lr": 0.1}], [{"epochs": 2}, {"lr": 0.2}])
+        'stages[1].lr: 0.1 -> 0.2'
+    """
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in sorted(set(before) | set(after), key=str):
+            if before.get(key) != after.get(key):
+                return _difference(f"{name}.{key}", before.get(key), after.get(key))
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        for index, (a, b) in enumerate(zip(before, after, strict=True)):
+            if a != b:
+                return _difference(f"{name}[{index}]", a, b)
+    return f"{name}: {before!r} -> {after!r}"
+
+
 class RunInUseError(FileExistsError):
     """Another process is running in the run folder."""
 
@@ -185,7 +204,7 @@ class RunFolder:
         except (OSError, yaml.YAMLError) as err:
             raise ValueError(f"--resume: {self.path / ARGS_NAME} cannot be read ({err}); start again with --overwrite") from None
         asked = self.cfg.to_dict()
-        changed = [f"{k}: {saved[k]!r} -> {asked[k]!r}" for k in sorted(set(saved) & set(asked) - RESUMABLE)
+        changed = [_difference(k, saved[k], asked[k]) for k in sorted(set(saved) & set(asked) - RESUMABLE)
                    if saved[k] != asked[k]]
         if changed:
             raise ValueError(
