@@ -150,3 +150,19 @@ def test_a_packed_model_refuses_a_backward_warns_in_training_mode_and_runs_in_an
         packed.eval()
     torch.testing.assert_close(quantswap.freeze(bnn).double()(x.double()).float(), out, atol=1e-5, rtol=1e-5)
     assert quantswap.freeze(bnn).half()(x.half()).dtype == torch.float16
+
+
+@pytest.mark.parametrize("backend", ["packed", "float"])
+def test_load_state_dict_refuses_codes_outside_the_codecs_levels(backend):
+    """Issue 29: ``load_state_dict`` accepted binary codes of 7."""
+    from torchvision.models import resnet18
+
+    frozen = quantswap.freeze(quantswap.binarize(resnet18(num_classes=10), method="xnor").eval(), backend=backend)
+    state = frozen.state_dict()
+    key = "layer1.0.conv1.weight_quantizer.codes"
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = 7
+    with pytest.raises(RuntimeError, match=r"layer1.0.conv1.weight_quantizer.codes: codes must be in \(-1, 1\), found 7"):
+        frozen.load_state_dict(state)
+    ternary = quantswap.freeze(quantswap.ternarize(resnet18(num_classes=10), expansion=1).eval())
+    ternary.load_state_dict(ternary.state_dict())  # 0 is a ternary level

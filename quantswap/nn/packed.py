@@ -33,7 +33,7 @@ from torch import nn
 
 from quantswap.kernels import layout
 from quantswap.nn.layers import QuantConv2d, QuantLinear
-from quantswap.nn.quantizers import FrozenWeight, WeightQuantizer
+from quantswap.nn.quantizers import FrozenWeight, WeightQuantizer, codes_problem
 
 __all__ = ["PackedWeight", "PackedConv2d", "PackedLinear", "is_packed", "pack_layer", "unpack_layer", "packing_obstacle",
            "packs"]
@@ -84,6 +84,10 @@ def _codes_from_state_dict(module: PackedWeight, state_dict: dict, prefix: str, 
     if tuple(codes.shape) != module.code_shape:
         error_msgs.append(f"size mismatch for {prefix}codes: copying codes of shape {tuple(codes.shape)}, the packed "
                           f"layer holds {module.code_shape}")
+        return
+    problem = codes_problem(codes, module.codec)
+    if problem:
+        error_msgs.append(f"{prefix}codes: {problem}")
         return
     codes = codes.to(torch.int8)
     scale = state_dict.get(prefix + "scale", module.scale)

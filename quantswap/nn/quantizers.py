@@ -178,6 +178,18 @@ class BinaryWeightQuantizer(WeightQuantizer):
         return scale * codes.to(scale.dtype)
 
 
+def codes_problem(codes: torch.Tensor, codec: nn.Module) -> str | None:
+    """What is wrong with ``codes`` for ``codec`` (a value outside its levels: ``-1, +1``, or ``-1, 0, +1`` for a
+    ternary codec), or ``None``."""
+    allowed = (-1, 0, 1) if getattr(codec, "code_levels", 2) == 3 else (-1, 1)
+    if codes.is_floating_point() and not bool((codes == codes.round()).all()):
+        return f"codes must be whole numbers in {allowed}"
+    bad = ~torch.isin(codes, torch.tensor(allowed, dtype=codes.dtype, device=codes.device))
+    if bool(bad.any()):
+        return f"codes must be in {allowed}, found {codes[bad].flatten()[0].item()!r}"
+    return None
+
+
 class FrozenWeight(nn.Module):
     """Takes a weight quantizer's place in a frozen layer (see :func:`quantswap.freeze`).
 
@@ -194,6 +206,16 @@ class FrozenWeight(nn.Module):
 
     def decode(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         return self.codec.decode(self.codes, self.scale, dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        codes = state_dict.get(prefix + "codes")
+        problem = codes_problem(codes, self.codec) if isinstance(codes, torch.Tensor) else None
+        if problem:
+            error_msgs.append(f"{prefix}codes: {problem}")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w
