@@ -240,3 +240,23 @@ def test_reference_backend_is_used_and_said_when_the_native_one_is_off(monkeypat
     assert info.backend == "reference" and "QUANTSWAP_KERNELS" in str(info)
     with pytest.raises(RuntimeError, match="not loaded"):
         kernels.set_isa("portable")
+
+
+def test_an_input_smaller_than_a_strided_kernel_raises_as_f_conv2d_and_an_empty_batch_passes():
+    """Issue 28 (found by a break-it run): a 2x2 input to a 3x3 stride-2 packed conv returned [N, O, 1, 1]
+    (C++ division truncates toward zero) where F.conv2d raises and the op's fake kernel said [N, O, 0, 0]; a
+    batch of 0 through a packed Linear failed."""
+    model = quantswap.freeze(quantswap.binarize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, stride=2),
+                                                              nn.Flatten(), nn.Linear(8, 4), nn.Linear(4, 2)),
+                                                method="xnor").eval())
+    conv, linear = model.get_submodule("1"), model.get_submodule("3")
+    small = torch.randn(1, 8, 2, 2)
+    with pytest.raises(RuntimeError, match="Kernel size can't be greater than actual input size"):
+        torch.nn.functional.conv2d(small, torch.randn(8, 8, 3, 3), stride=2)
+    with pytest.raises(RuntimeError, match="Kernel size can't be greater than actual input size"):
+        conv(small)
+    with pytest.raises(RuntimeError, match="Kernel size can't be greater than actual input size"):
+        with torch._subclasses.FakeTensorMode(allow_non_fake_inputs=True):
+            conv(torch.empty(1, 8, 2, 2))
+    assert conv(torch.randn(1, 8, 3, 3)).shape == (1, 8, 1, 1) and conv(torch.randn(0, 8, 5, 5)).shape == (0, 8, 2, 2)
+    assert linear(torch.randn(0, 8)).shape == (0, 4)

@@ -489,9 +489,14 @@ at::Tensor bconv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   Geometry g{x.size(2), x.size(3), G, WG, KH, KW, 0, 0, stride[0], stride[1], padding[0], padding[1],
              dilation[0], dilation[1]};
   TORCH_CHECK(g.sh > 0 && g.sw > 0 && g.dh > 0 && g.dw > 0 && g.ph >= 0 && g.pw >= 0, "invalid stride/padding/dilation");
-  g.OH = (g.H + 2 * g.ph - g.dh * (KH - 1) - 1) / g.sh + 1;
-  g.OW = (g.W + 2 * g.pw - g.dw * (KW - 1) - 1) / g.sw + 1;
-  TORCH_CHECK(g.OH > 0 && g.OW > 0, "input ", x.sizes(), " is smaller than the kernel");
+  // As F.conv2d: a dilated kernel larger than the padded input is an error (C++ division truncates toward
+  // zero, so without this check such an input would give one output row instead of none).
+  const int64_t span_h = g.dh * (KH - 1) + 1, span_w = g.dw * (KW - 1) + 1;
+  TORCH_CHECK(g.H + 2 * g.ph >= span_h && g.W + 2 * g.pw >= span_w, "Calculated padded input size per channel: (",
+              g.H + 2 * g.ph, " x ", g.W + 2 * g.pw, "). Kernel size: (", span_h, " x ", span_w,
+              "). Kernel size can't be greater than actual input size");
+  g.OH = (g.H + 2 * g.ph - span_h) / g.sh + 1;
+  g.OW = (g.W + 2 * g.pw - span_w) / g.sw + 1;
   const int64_t N = x.size(0);
 
   const at::Tensor packed = pack_signs(x, G);
@@ -534,6 +539,7 @@ at::Tensor blinear(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   TORCH_CHECK(x.dim() == 2, "blinear takes a 2-D input [N, in_features], got ", x.sizes());
   TORCH_CHECK(weight.dim() == 6 && weight.size(0) == 1 && weight.size(2) == 1 && weight.size(3) == 1,
               "blinear's weight is the layout of a 1x1, one-group convolution");
+  if (x.size(0) == 0) return at::zeros({0, alpha.size(0)}, x.options());  // as F.linear: (0, out)
   // The batch as the width of a 1 x N image (each sample's features are its channels, contiguous):
   // the convolution's row kernel then reuses every weight vector for two samples at a time.
   const at::Tensor image = x.contiguous().t().unsqueeze(0).unsqueeze(2);  // [1, C, 1, N]

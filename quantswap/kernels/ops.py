@@ -35,9 +35,19 @@ def _conv_size(size: int, kernel: int, stride: int, padding: int, dilation: int)
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def check_input_size(size: tuple[int, int], kernel: tuple[int, int], padding, dilation) -> None:
+    """Refuse, as ``F.conv2d`` does, a dilated kernel larger than the padded input."""
+    padded = [size[i] + 2 * padding[i] for i in range(2)]
+    span = [dilation[i] * (kernel[i] - 1) + 1 for i in range(2)]
+    if padded[0] < span[0] or padded[1] < span[1]:
+        raise RuntimeError(f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
+                           f"({span[0]} x {span[1]}). Kernel size can't be greater than actual input size")
+
+
 @torch.library.register_fake("quantswap::bconv2d")
 def _bconv2d_fake(x, weight, alpha, bias, in_channels, stride, padding, dilation):
     kernel = weight.shape[2:4]
+    check_input_size(tuple(x.shape[2:]), tuple(kernel), padding, dilation)
     height, width = (_conv_size(x.shape[2 + i], kernel[i], stride[i], padding[i], dilation[i]) for i in range(2))
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return torch.empty((x.shape[0], alpha.shape[0], height, width), dtype=x.dtype, device=x.device,
