@@ -127,9 +127,11 @@ def theoretical_size(model: nn.Module, fp_bits: int = 32, ternary_bits: float = 
     return bits / 8, fp32_bits / 8
 
 
-def _check_summary_args(fp_bits: int) -> None:
+def _checked_input(model: nn.Module, input_size, fp_bits: int) -> tuple[int, int, int, int]:
+    """The input shape ``(N, C, H, W)``, after checking it and ``fp_bits``."""
     if fp_bits not in (16, 32):
         raise ValueError(f"fp_bits is the width real tensors are stored at: 16 or 32, got {fp_bits}")
+    return input_shape(input_size, channels=first_conv_channels(model))
 
 
 def _macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -140,10 +142,8 @@ def _macs(module: nn.Module, output: torch.Tensor) -> int:
 
 @torch.no_grad()
 def summary(model: nn.Module, input_size: int | Sequence[int] = (1, 3, 224, 224), fp_bits: int = 32) -> ModelSummary:
-    """Summarize ``model`` (swapped or not) for one forward pass on an input of ``input_size``: an image size,
-    ``(H, W)``, ``(C, H, W)`` or ``(N, C, H, W)`` (:func:`quantswap.shapes.input_shape`).
-
-    Operations are counted for that input (batch included), as multiply-accumulates.
+    """Summarize ``model`` (swapped or not) for one forward pass on an input of ``input_size`` (an image size,
+    ``(H, W)``, ``(C, H, W)`` or ``(N, C, H, W)``); operations are multiply-accumulates, batch included.
 
     Example:
         >>> import quantswap
@@ -154,8 +154,7 @@ def summary(model: nn.Module, input_size: int | Sequence[int] = (1, 3, 224, 224)
         >>> print(str(s).splitlines()[0].split())
         ['layer', 'kind', 'W', 'A', 'params', 'BOPs', 'FLOPs']
     """
-    _check_summary_args(fp_bits)
-    input_size = input_shape(input_size, channels=first_conv_channels(model))
+    input_size = _checked_input(model, input_size, fp_bits)
     macs: dict[str, int] = {}
     names = {m: n for n, m in model.named_modules()}
     hooks = [
