@@ -98,7 +98,7 @@ def test_native_ops_reject_bad_input_with_the_fix():
         torch.ops.quantswap.bconv2d(torch.randn(1, 16, 5, 5).double(), w, alpha, None, 16, [1, 1], [1, 1], [1, 1])
     with pytest.raises(RuntimeError, match=r"expected input \[N, 16, H, W\]"):
         torch.ops.quantswap.bconv2d(torch.randn(1, 8, 5, 5), w, alpha, None, 16, [1, 1], [1, 1], [1, 1])
-    with pytest.raises(RuntimeError, match="smaller than the kernel"):
+    with pytest.raises(RuntimeError, match="Kernel size can.t be greater than actual input size"):
         torch.ops.quantswap.bconv2d(torch.randn(1, 16, 2, 2), w, alpha, None, 16, [1, 1], [0, 0], [1, 1])
 
 
