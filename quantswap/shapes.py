@@ -29,9 +29,10 @@ def first_conv_channels(model: nn.Module) -> int | None:
     return next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
 
-def input_shape(value: Any, *, channels: int | None = None, name: str = "input_size") -> tuple[int, int, int, int]:
+def input_shape(value: Any, *, channels: int | None = None, name: str = "input_size",
+                min_side: int = 1) -> tuple[int, int, int, int]:
     """``(N, C, H, W)`` from any of the accepted forms. ``channels`` fills in C where it is not given (default 3)
-    and, where it is, must match (the model's first convolution)."""
+    and, where it is, must match (the model's first convolution); sides from ``min_side`` to MAX_SIDE px."""
     forms = "an image size, (H, W), (C, H, W) or (N, C, H, W)"
     size = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
     try:
@@ -47,9 +48,9 @@ def input_shape(value: Any, *, channels: int | None = None, name: str = "input_s
     if len(size) == 3:
         size = (1, *size)
     n, c, h, w = size
-    if not (1 <= n <= MAX_BATCH and 1 <= c <= MAX_CHANNELS and 1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+    if not (1 <= n <= MAX_BATCH and 1 <= c <= MAX_CHANNELS and min_side <= h <= MAX_SIDE and min_side <= w <= MAX_SIDE):
         raise ValueError(f"{name} {tuple(size)} is out of range: batch 1 to {MAX_BATCH}, 1 to {MAX_CHANNELS} channels, "
-                         f"sides 1 to {MAX_SIDE} px")
+                         f"sides from {min_side} to {MAX_SIDE} px")
     if channels is not None and c != channels:
         raise ValueError(f"{name} {tuple(size)} has {c} channels, but the model's first convolution takes {channels}: "
                          f"pass ({channels}, {h}, {w})")

@@ -341,7 +341,7 @@ def test_eval_and_summary_refuse_impossible_sizes(ckpt, capsys):
     assert main(["summary", "--model", "resnet18", "--input-size", "0", "0"]) == 2
     assert "input_size (1, 3, 0, 0) is out of range" in capsys.readouterr().err
     assert main(["summary", "--model", "resnet18", "--input-size", "1", "3", "100000", "100000"]) == 2
-    assert "sides 1 to 2048 px" in capsys.readouterr().err
+    assert "sides from 1 to 2048 px" in capsys.readouterr().err
 
 
 def test_eval_checks_the_models_classes_against_the_datas(ckpt, capsys):

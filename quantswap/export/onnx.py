@@ -75,7 +75,7 @@ def _input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
     if input_size is None:
         checkpoint = getattr(model, "meta", {}).get("quantswap_checkpoint") if isinstance(getattr(model, "meta", None), dict) else None
         input_size = (checkpoint.metrics.get("image_size") if checkpoint is not None else None) or 224
-    return input_shape(input_size, channels=first_conv_channels(model))[1:]
+    return input_shape(input_size, channels=first_conv_channels(model), min_side=8)[1:]
 
 
 def _translations() -> dict:
