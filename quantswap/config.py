@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["QuantConfig", "Variant", "config_for", "config_from_dict", "CONFIG_VERSION", "KINDS"]
 
 #: 2: skip_depthwise (version 1 configs quantized depthwise convs); 3: block_residual (the Bi-Real layout's
-#: methods kept a ResNet block's own residual before it)
+#: methods kept a ResNet block's own residual before it, as they do by default)
 CONFIG_VERSION = 3
 KINDS = ("binary", "ternary")
 

@@ -180,9 +180,9 @@ def test_bireal_adds_one_shortcut_per_binary_conv():
     binary_convs = [n for n in report.quantized if isinstance(bnn.get_submodule(n), QuantConv2d)]
     assert len(report.shortcuts) == len(binary_convs) == 16
     adds = [n for n in bnn.graph.nodes if n.op == "call_function" and "add" in str(n.target)]
-    assert len(adds) == 16  # a shortcut per binary conv; ResNet's own 8 block residuals are removed
-    kept = quantswap.binarize(resnet18(), method="bireal", block_residual=True)
-    assert len([n for n in kept.graph.nodes if n.op == "call_function" and "add" in str(n.target)]) == 16 + 8
+    assert len(adds) == 16 + 8  # a shortcut per binary conv + ResNet's own 8 block residuals (the default)
+    authors = quantswap.binarize(resnet18(), method="bireal", block_residual=False)
+    assert len([n for n in authors.graph.nodes if n.op == "call_function" and "add" in str(n.target)]) == 16
 
 
 class OneBlock(nn.Module):
@@ -240,8 +240,9 @@ def test_the_swap_is_a_pipeline_and_a_method_adds_its_own_passes():
     def extra(config):
         return SwapContext(resnet18(), config).passes()[len(STANDARD_PASSES):-1]
 
-    assert extra(quantswap.config_for("bireal")) == [passes.add_bireal_shortcuts, passes.remove_block_residuals]
-    assert extra(quantswap.config_for("bireal", block_residual=True)) == [passes.add_bireal_shortcuts]
+    assert extra(quantswap.config_for("bireal")) == [passes.add_bireal_shortcuts]
+    assert extra(quantswap.config_for("bireal", block_residual=False)) == [passes.add_bireal_shortcuts,
+                                                                           passes.remove_block_residuals]
     assert extra(quantswap.config_for("mcdonnell", bn_affine=False)) == [passes.freeze_bn_affine]
     assert extra(quantswap.config_for("mcdonnell")) == extra(quantswap.config_for("irnet")) == []
     assert SwapContext(resnet18(), quantswap.config_for("xnor")).passes()[-1] is lint
@@ -301,7 +302,7 @@ def test_weights_false_keeps_real_weights_with_binary_activations_until_quantize
 
 def test_the_swap_report_prints_as_a_table_of_layers_and_changes():
     """Issue 29: ``get_swap_report()`` printed as a 900-character dataclass line."""
-    report = quantswap.get_swap_report(quantswap.binarize(resnet18(), method="recu"))
+    report = quantswap.get_swap_report(quantswap.binarize(resnet18(), method="recu", block_residual=False))
     lines = repr(report).splitlines()
     assert lines[0] == "swap (recu W1/A1): 16 layers quantized, 2 kept real"
     assert any(line.split() == ["layer1.0.conv1", "recu", "W1/A1", "+", "shortcut"] for line in lines)

@@ -11,7 +11,7 @@ Example:
     >>> from quantswap.fx.pipeline import SwapContext, run
     >>> ctx = SwapContext(resnet18(), config_for("bireal"))
     >>> [p.__name__ for p in ctx.passes()]
-    ['trace', 'choose_layers', 'swap_layers', 'quantize_weight_reads', 'replace_activations', 'add_bireal_shortcuts', 'remove_block_residuals', 'lint']
+    ['trace', 'choose_layers', 'swap_layers', 'quantize_weight_reads', 'replace_activations', 'add_bireal_shortcuts', 'lint']
     >>> len(run(ctx).meta["quantswap"].shortcuts)
     16
 """
@@ -50,7 +50,7 @@ class SwapReport:
         >>> import quantswap
         >>> from torchvision.models import resnet18
         >>> print(str(quantswap.get_swap_report(quantswap.binarize(resnet18(), method="react"))).splitlines()[0])
-        swap (react W1/A1): 16 layers quantized, 2 kept real
+        swap (react W1/A1): 16 layers quantized, 5 kept real
     """
 
     config: QuantConfig

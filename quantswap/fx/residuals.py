@@ -1,5 +1,5 @@
-"""The authors' Bi-Real network from a model whose blocks carry their own residual: the block residual that
-per-conv shortcuts make redundant is removed.
+"""The authors' Bi-Real network from a model whose blocks carry their own residual (``block_residual=False``):
+the block residual that per-conv shortcuts make redundant is removed.
 
 Bi-Real Net, ReActNet, ReCU and AdaBin wrap *every* binary conv in its own shortcut, and their ResNets have
 no other residual: ``y1 = BN(conv1(x)) + sc(x)``, ``out = BN(conv2(y1)) + y1``, with ``sc`` the identity or,
@@ -23,7 +23,7 @@ ReLU) becomes the method's stem activation (``config.stem_activation``: ReCU's H
 Example:
     >>> import operator, quantswap
     >>> from torchvision.models import resnet18
-    >>> bnn = quantswap.binarize(resnet18(), method="bireal")
+    >>> bnn = quantswap.binarize(resnet18(), method="bireal", block_residual=False)
     >>> bnn.meta["quantswap"].blocks_rewired[:3]
     ['layer1.0', 'layer1.1', 'layer2.0']
     >>> sum(n.target is operator.add for n in bnn.graph.nodes), hasattr(bnn.layer2[0], "downsample")

@@ -8,19 +8,22 @@
 * Structure, made by rewriting the graph: every binary convolution, with the BatchNorm right after
   it, gets its own real-valued shortcut, ``out = BN(conv(sign(x))) + shortcut(x)``: the identity
   where shapes match, ``AvgPool2d → 1×1 conv → BN`` where they do not. ReLUs feeding binary layers
-  are removed (the Bi-Real body has no nonlinearity but ``sign``). Where a block's every binary conv
-  got its own shortcut (a ResNet's basic or bottleneck block), the block's own residual and its
-  projection ``downsample`` are removed, as in the authors' Bi-Real-18: ResNet-18 has 16 shortcut
-  sums and 3 real 1×1 convs (:mod:`quantswap.fx.residuals`); ``block_residual=True`` keeps them.
-  Elsewhere the model's own residual connections stay, and downsample convolutions (1×1, stride > 1)
-  stay real, as in the paper.
+  are removed (the Bi-Real body has no nonlinearity but ``sign``). The model's own residual
+  connections stay (``block_residual=True``, the default: fine-tuned from a pretrained torchvision
+  ResNet this scored higher, BENCHMARKS.md's structure table), and downsample convolutions (1×1,
+  stride > 1) stay real, as in the paper. ``block_residual=False`` builds the authors' Bi-Real-18:
+  where a block's every binary conv got its own shortcut, the block's own residual and its projection
+  are removed, so ResNet-18 has 16 shortcut sums and 3 real 1×1 convs (:mod:`quantswap.fx.residuals`).
 
 Example:
     >>> import quantswap
     >>> from torchvision.models import resnet18
     >>> bnn = quantswap.binarize(resnet18(), method="bireal")
-    >>> len(bnn.meta["quantswap"].shortcuts), len(bnn.meta["quantswap"].blocks_rewired)
-    (16, 8)
+    >>> len(bnn.meta["quantswap"].shortcuts)
+    16
+    >>> authors = quantswap.binarize(resnet18(), method="bireal", block_residual=False)
+    >>> len(authors.meta["quantswap"].blocks_rewired)
+    8
 """
 
 from __future__ import annotations
@@ -53,21 +56,21 @@ class BiRealWeight(BinaryWeightQuantizer):
 @dataclasses.dataclass
 class BiRealLayout(QuantConfig):
     """What the methods built on Bi-Real's layout share (Bi-Real, ReActNet, ReCU, AdaBin): W1/A1 by default,
-    the ReLUs feeding binary layers removed, a shortcut around every binary conv (:meth:`shortcut_pass`), and
-    the block residuals those shortcuts make redundant removed (the authors' networks).
+    the ReLUs feeding binary layers removed, and a shortcut around every binary conv (:meth:`shortcut_pass`).
 
     Args:
-        keep_downsample: keep 1×1 stride-2 projection convs real (they get no shortcut). With the authors'
-            structure a ResNet's projections are removed with its block residuals; this applies to the others.
+        keep_downsample: keep 1×1 stride-2 projection convs real (they get no shortcut).
         block_residual: keep each residual block's own residual (and projection) on top of the per-conv
-            shortcuts, the structure quantswap built before 0.9 (checkpoints saved then load with it).
+            shortcuts (the default, which fine-tuned from a pretrained ResNet scored higher than the authors'
+            structure: BENCHMARKS.md). ``False`` builds the authors' networks: the block residuals the
+            per-conv shortcuts make redundant are removed, with the methods' stem activations.
     """
 
     default_activations = True
     supports_binary_activations = True
 
     keep_downsample: bool = True
-    block_residual: bool = False
+    block_residual: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
