@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import logging
@@ -54,6 +53,7 @@ from safetensors.torch import save_file
 
 import quantswap
 from quantswap import FinetuneConfig, finetune
+from quantswap.checkpoint_file import sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING_SET = 60_000  # Fashion-MNIST's training images
@@ -360,14 +360,6 @@ class Bench:
         quantswap.recalibrate_bn(model, data.train, batches=RECALIBRATE_BATCHES)
         result["recalibrated_top1"] = evaluate(model, data.val, dist.device, desc="start", disable=True)["top1"]
         return {**result, "wall_seconds": round(time.perf_counter() - started, 1), "parent": self.parent_identity()}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def mobilenet_v2_weights(folder: Path) -> Path:
