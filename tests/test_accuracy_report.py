@@ -119,12 +119,12 @@ def test_a_run_is_identified_by_its_resolved_swap_not_by_where_its_files_are(tmp
     bench = accuracy.Bench(accuracy.FULL, tmp_path, Records(tmp_path / "records"))
     spec = accuracy.Spec("structure", "react W1/A1, authors", 0, 60_000, {"method": "react"})
     options, defaults = bench.identity(spec)
-    assert options["swap.0.block_residual"] is False and options["start"] == "parent"
+    assert options["swap.0.block_residual"] is True and options["start"] == "parent"  # the default, resolved
     assert "output" not in options and "weights" not in options
     elsewhere = accuracy.Bench(accuracy.FULL, tmp_path / "other", Records(tmp_path / "records"))
     assert elsewhere.identity(spec)[0] == options
-    kept = accuracy.Spec("structure", "x", 0, 60_000, {"method": "react", "method_options": {"block_residual": True}})
-    assert bench.identity(kept)[0]["swap.0.block_residual"] is True
+    authors = accuracy.Spec("structure", "x", 0, 60_000, {"method": "react", "method_options": {"block_residual": False}})
+    assert bench.identity(authors)[0]["swap.0.block_residual"] is False
 
 
 def test_rerun_names_the_rows_it_knows_when_asked_for_one_without_records(tmp_path):
