@@ -321,7 +321,8 @@ class Bench:
             weights = str({"parent": self.parent_weights, "mobilenet_v2 fp transfer": self.transfer_weights}.get(
                 spec.start, lambda: mobilenet_v2_weights(self.runs / "weights"))())
         result = finetune(self.config(spec, folder, weights or "none"))
-        metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        metrics = [row for line in (folder / "metrics.jsonl").read_text().splitlines()
+                   if (row := json.loads(line)).get("kind") != "step"]  # the epoch rows
         measured = {"top1": result["top1"], "top5": result["top5"], "file_bytes": result["file_bytes"],
                     "train_img_s": statistics.median(r["train_img_s"] for r in metrics),
                     "epoch_top1": [r["val_top1"] for r in metrics if "val_top1" in r],

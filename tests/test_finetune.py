@@ -62,7 +62,7 @@ def _tensors(run: Path) -> dict[str, torch.Tensor]:
 
 def _metrics_rows(run: Path) -> list[dict]:
     """metrics.jsonl without the timing columns (which differ between any two runs)."""
-    timing = ("train_seconds", "train_img_s")
+    timing = ("train_seconds", "train_img_s", "img_s")
     return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in (run / "metrics.jsonl").open()]
 
 
@@ -181,7 +181,9 @@ def test_the_cli_end_to_end_on_real_fashion_mnist(tmp_path, capsys):
     assert main(["finetune", "--model", "resnet18", "--method", "none", "--weights", "none", "--lr", "2e-3",
                  "--output", str(parent), *data]) == 0
     assert "FP top-1" in capsys.readouterr().out
-    fp_top1 = json.loads((parent / "metrics.jsonl").read_text())["val_top1"]
+    fp_top1 = json.loads((parent / "metrics.jsonl").read_text().splitlines()[-1])["val_top1"]  # the epoch's row
+    steps = [json.loads(line) for line in (parent / "metrics.jsonl").open() if '"kind": "step"' in line]
+    assert [r["step"] for r in steps] == [10] and {"loss", "lr", "img_s"} <= set(steps[0])  # the training curve
     assert fp_top1 > 30  # chance is 10%
 
     assert main(["finetune", "--model", "resnet18", "--method", "irnet", "--weights", str(parent / "model.safetensors"),

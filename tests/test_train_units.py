@@ -359,3 +359,34 @@ def test_help_describes_every_option_with_its_default_once(capsys):
 
     undescribed = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in HELP and f.name not in RECIPE_ONLY]
     assert undescribed == []
+
+
+def test_metrics_hold_a_training_curve_and_plot_draws_it(tmp_path, capsys):
+    """Issue 29: a row every tenth of an epoch in metrics.jsonl (loss, lr, images/s) and ``quantswap plot RUN``."""
+    from quantswap import finetune
+    from quantswap.cli.plot import read_curves
+
+    run = tmp_path / "run"
+    finetune(FinetuneConfig(weights="none", train_subset=320, val_subset=32, batch_size=16, output=str(run)))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows if r.get("kind") == "step"] == [10, 20] and "val_top1" in rows[-1]
+    losses, top1 = read_curves(run)
+    assert [s for s, _ in losses] == [10, 20] and [s for s, _ in top1] == [20]
+    assert main(["plot", str(run), "--output", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", str(tmp_path), "--output", str(tmp_path / "d.png")]) == 2
+    assert "is not a run folder (no metrics.jsonl)" in capsys.readouterr().err
+
+
+def test_a_resume_forgets_the_step_rows_after_its_checkpoint(tmp_path):
+    """A kill after a step row but before the checkpoint that holds it: the resumed run writes that row again,
+    so the one already there goes (as an epoch row after ``last.pt`` does)."""
+    from quantswap.train.run_state import RunFolder, RunState
+
+    rows = [{"kind": "step", "epoch": 1, "step": 10}, {"epoch": 1, "step": 16, "val_top1": 50.0},
+            {"kind": "step", "epoch": 2, "step": 20}, {"kind": "step", "epoch": 2, "step": 30}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = RunFolder(FinetuneConfig(weights="none", output=str(tmp_path)))
+    folder._forget_rows_after(RunState(stage=0, epoch=1, step_in_epoch=4, global_step=20))
+    kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert kept == rows[:3]

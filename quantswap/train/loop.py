@@ -215,23 +215,22 @@ class Trainer:
                    disable=self.dist.quiet, dynamic_ncols=True)
         tick = start = time.perf_counter()
         seen = 0  # images since this process started the epoch (a resumed epoch counts from the resume)
-        # no terminal, no bar: a line every tenth of the epoch instead, so a log shows the run moving
-        log_every = max(10, self.steps_per_epoch // 10) if bar.disable and self.dist.main else 0
+        every = max(10, self.steps_per_epoch // 10)  # a step row in metrics.jsonl (and, off a terminal, a line)
+        since = [0.0, 0, start]  # loss sum, steps and time since the last step row
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss, logits = self.step(x, y, state)
-            state.add_batch(loss.item(), (logits.argmax(1) == y).sum().item(), len(y))
+            value = loss.item()
+            state.add_batch(value, (logits.argmax(1) == y).sum().item(), len(y))
             seen += len(y) * self.dist.world_size
             now = time.perf_counter()
             bar.set_postfix(loss=f"{state.train_loss:.3f}", acc=f"{state.train_top1:.1f}",
                             img_s=f"{len(y) * self.dist.world_size / max(now - tick, 1e-9):.0f}",
                             lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
             tick = now
-            if log_every and state.step_in_epoch % log_every == 0:
-                rate = seen / max(now - start, 1e-9)
-                left = (self.steps_per_epoch - state.step_in_epoch) * self.cfg.batch_size * self.dist.world_size / rate
-                _logger.info("%s, step %d/%d: loss %.4f, %.0f img/s, epoch ends in %s", desc, state.step_in_epoch,
-                             self.steps_per_epoch, state.train_loss, rate, _duration(left))
+            since[0], since[1] = since[0] + value, since[1] + 1
+            if state.step_in_epoch % every == 0:
+                self._step_row(run, state, since, now, bar.disable, desc, seen / max(now - start, 1e-9))
             if interrupted[0] or state.global_step >= self.total_steps:
                 break
             if self.cfg.save_every and state.global_step % self.cfg.save_every == 0:
@@ -239,6 +238,21 @@ class Trainer:
         bar.close()
         seconds = time.perf_counter() - start
         return {"train_seconds": round(seconds, 2), "train_img_s": round(seen / seconds, 1)}
+
+    def _step_row(self, run: RunFolder, state: RunState, since: list, now: float, log: bool, desc: str,
+                  rate: float) -> None:
+        """A step row of the training curve (mean loss since the last one, lr, images per second) and, where no
+        progress bar shows, a log line with when the epoch ends."""
+        loss, steps, then = since
+        images = steps * self.cfg.batch_size * self.dist.world_size
+        run.log_step({**({"stage": state.stage + 1} if self.stage else {}), "epoch": state.epoch + 1,
+                      "step": state.global_step, "loss": loss / max(steps, 1),
+                      "lr": self.optimizer.param_groups[0]["lr"], "img_s": round(images / max(now - then, 1e-9), 1)})
+        since[:] = [0.0, 0, now]
+        if log and self.dist.main:
+            left = (self.steps_per_epoch - state.step_in_epoch) * self.cfg.batch_size * self.dist.world_size / rate
+            _logger.info("%s, step %d/%d: loss %.4f, %.0f img/s, epoch ends in %s", desc, state.step_in_epoch,
+                         self.steps_per_epoch, state.train_loss, rate, _duration(left))
 
     def fit(self, data: Loaders, state: RunState, run: RunFolder) -> dict[str, float] | None:
         """Train every remaining epoch, validating and recording each; returns the last validation

@@ -1,7 +1,8 @@
 """The run folder and the run's position in it: the only code that writes ``last.pt``, ``best.pt``,
 ``metrics.jsonl``, ``args.yaml`` and the final model.
 
-A run folder holds ``args.yaml`` (the configuration), ``metrics.jsonl`` (a row per epoch),
+A run folder holds ``args.yaml`` (the configuration), ``metrics.jsonl`` (a row per epoch, and step rows
+between them: ``"kind": "step"``),
 ``last.pt`` (everything needed to continue: model, optimizer, scheduler, scaler, RNG and
 :class:`RunState`), ``best.pt`` (a copy of the ``last.pt`` of the best epoch) and the packed model
 (``model/``; ``model.safetensors`` for a float run). Every file is written to a temporary name and
@@ -33,9 +34,12 @@ from torch import nn
 
 from quantswap.train.config import FinetuneConfig
 
-__all__ = ["RunState", "RunFolder", "RunInUseError", "STATE_NAME", "BEST_NAME", "METRICS_NAME", "ARGS_NAME"]
+__all__ = ["RunState", "RunFolder", "RunInUseError", "STATE_NAME", "BEST_NAME", "METRICS_NAME", "ARGS_NAME", "STEP_ROW"]
 
 STATE_NAME, BEST_NAME, METRICS_NAME, ARGS_NAME, LOCK_NAME = "last.pt", "best.pt", "metrics.jsonl", "args.yaml", ".lock"
+#: ``metrics.jsonl`` holds a row per epoch (validation included) and, between them, rows of this kind every
+#: tenth of an epoch (at least every 10 steps): the training curve.
+STEP_ROW = "step"
 #: What a run writes besides ``args.yaml`` (and so what starting a run over an earlier one deletes).
 RUN_FILES = (STATE_NAME, BEST_NAME, METRICS_NAME, "model.safetensors", "model")
 #: Options a ``--resume`` may change: where and how it runs and how it saves, not what it trains.
@@ -268,22 +272,32 @@ class RunFolder:
             _set_rng_state(saved["rng"])
         except Exception as err:
             raise self._corrupt(err) from None
-        self._forget_epochs_after(state.stage, state.epoch)
+        self._forget_rows_after(state)
         return state
 
-    def _forget_epochs_after(self, stage: int, epoch: int) -> None:
-        """Drop the metrics rows of epochs ``last.pt`` does not hold (a kill between a row and its ``last.pt``)."""
+    def _forget_rows_after(self, state: RunState) -> None:
+        """Drop the metrics rows ``last.pt`` does not hold (a kill between a row and its ``last.pt``): epochs after
+        its epoch, steps after its step."""
         path = self.path / METRICS_NAME
         if not self.writer or not path.is_file():
             return
 
-        def position(row: dict) -> tuple[int, int]:
-            return row.get("stage", 1) - 1, row.get("epoch", 0)
+        def held(row: dict) -> bool:
+            stage = row.get("stage", 1) - 1
+            if row.get("kind") == STEP_ROW:
+                return (stage, row["step"]) <= (state.stage, state.global_step)
+            return (stage, row.get("epoch", 0)) <= (state.stage, state.epoch)
 
         rows = path.read_text().splitlines()
-        kept = [row for row in rows if row.strip() and position(json.loads(row)) <= (stage, epoch)]
+        kept = [row for row in rows if row.strip() and held(json.loads(row))]
         if len(kept) != len(rows):
             self._write_text(METRICS_NAME, "".join(row + "\n" for row in kept))
+
+    def log_step(self, row: dict[str, Any]) -> None:
+        """Append a step row (``"kind": "step"``: loss, lr, images per second) to ``metrics.jsonl``."""
+        if self.writer:
+            with open(self.path / METRICS_NAME, "a") as f:
+                f.write(json.dumps({"kind": STEP_ROW, **row}) + "\n")
 
     def end_epoch(self, trainer: _Checkpointable, state: RunState, row: dict[str, Any], top1: float) -> None:
         """Record an epoch: its metrics row, ``last.pt``, and ``best.pt`` when ``top1`` is the best yet."""
