@@ -260,3 +260,15 @@ def test_an_input_smaller_than_a_strided_kernel_raises_as_f_conv2d_and_an_empty_
             conv(torch.empty(1, 8, 2, 2))
     assert conv(torch.randn(1, 8, 3, 3)).shape == (1, 8, 1, 1) and conv(torch.randn(0, 8, 5, 5)).shape == (0, 8, 2, 2)
     assert linear(torch.randn(0, 8)).shape == (0, 4)
+
+
+def test_the_kernels_build_folder_is_keyed_by_sources_torch_and_compiler(monkeypatch):
+    """Issue 28: a build folder of a fixed name made two installs on one machine rebuild each other's kernels."""
+    from quantswap.kernels import native
+
+    name = native.library_name()
+    assert name.startswith("quantswap_kernels_") and name == native.library_name()
+    monkeypatch.setattr(native, "_compiler", lambda: "g++ (Debian 99.0) 99.0")
+    assert native.library_name() != name
+    if kernels.load().backend == "native":
+        assert name in kernels.info().library  # the library loaded is the one of this install's key

@@ -43,4 +43,8 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(args.model, **({"num_classes": args.num_classes} if args.num_classes else {}))
     swapped = quantswap.swap(model, config)
     print(quantswap.summary(swapped, input_size=tuple(args.input_size), fp_bits=args.fp_bits))
+    if any(getattr(m, "input_quantizer", None) is not None for m in swapped.modules()):  # packs when frozen
+        from quantswap import kernels
+
+        print(f"packed kernels: {kernels.load()}")
     return 0

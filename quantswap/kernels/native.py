@@ -4,7 +4,8 @@
 
 The C++ source is compiled by ``torch.utils.cpp_extension`` (with ninja and the system's C++
 compiler) into PyTorch's extension cache (``$TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``) and rebuilt only when the source or PyTorch changes. Where it cannot
+``~/.cache/torch_extensions``), in a folder keyed by the sources, flags, PyTorch and the compiler
+(:func:`library_name`), so it is built once per install and one log line says so while it builds. Where it cannot
 be built (no compiler, no ninja, another CPU architecture) or ``QUANTSWAP_KERNELS=reference`` is
 set, the ops keep their pure-PyTorch reference kernels and one warning says why.
 """
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
+import subprocess
 import threading
 import warnings
 from pathlib import Path
@@ -23,7 +26,7 @@ import torch
 
 import quantswap.kernels.ops  # noqa: F401 - the op schemas must exist before the library registers kernels
 
-__all__ = ["KernelInfo", "info", "load", "ensure_loaded", "set_isa", "ISAS", "loaded"]
+__all__ = ["KernelInfo", "info", "load", "ensure_loaded", "set_isa", "ISAS", "loaded", "library_name"]
 
 logger = logging.getLogger("quantswap")
 
@@ -87,14 +90,37 @@ def _quiet_cpp_extension():
         log.setLevel(level)
 
 
+def _compiler() -> str:
+    """The C++ compiler cpp_extension will run (``$CXX``, else ``c++``), as its ``--version`` first line."""
+    try:
+        done = subprocess.run([os.environ.get("CXX", "c++"), "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "no compiler"
+    return (done.stdout.splitlines() or ["unknown compiler"])[0]
+
+
+def library_name() -> str:
+    """``quantswap_kernels_<key>``: the build folder and library, keyed by the sources, the flags, torch and the
+    compiler, so that two installs (or two versions) on one machine never rebuild each other's kernels."""
+    key = hashlib.sha256()
+    for part in (*(s.read_bytes() for s in SOURCES), " ".join(_FLAGS).encode(), torch.__version__.encode(),
+                 _compiler().encode()):
+        key.update(part)
+    return f"quantswap_kernels_{key.hexdigest()[:12]}"
+
+
 def _build() -> str:
     with _quiet_cpp_extension():
         from torch.utils import cpp_extension
 
+    name = library_name()
+    library = Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so"
+    if not library.is_file():
+        logger.warning("quantswap: building the native kernels (about 30 s, once per install) into %s", library.parent)
     with _ninja_on_path(), _quiet_cpp_extension():
-        cpp_extension.load(name="quantswap_kernels", sources=[str(s) for s in SOURCES], extra_cflags=_FLAGS,
+        cpp_extension.load(name=name, sources=[str(s) for s in SOURCES], extra_cflags=_FLAGS,
                            extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
-    return str(Path(cpp_extension._get_build_directory("quantswap_kernels", False)) / "quantswap_kernels.so")
+    return str(library)
 
 
 def load() -> KernelInfo:
