@@ -66,12 +66,11 @@ def remove_block_residuals(ctx: SwapContext) -> None:
     if not rewired:
         return
     used = {n.target for graph in ctx.graphs for n in graph.nodes if n.op == "call_module"}
-    for target in dropped:
-        if target not in used and target in ctx.modules:
-            owner, name = parent_name(target)
-            delattr(get_module(ctx.model, owner), name)
-    _drop_containers(ctx.model, used)
-    gone = set(dropped) - used
+    gone = {target for target in dropped if target not in used and target in modules}
+    for target in gone:
+        owner, name = parent_name(target)
+        delattr(get_module(ctx.model, owner), name)
+    _drop_emptied_containers(ctx.model, {parent_name(target)[0] for target in gone})
 
     def kept(name: str) -> bool:
         return not any(name == g or name.startswith(g + ".") for g in gone)
@@ -207,11 +206,11 @@ def _shapes(module: nn.Module) -> dict[str, torch.Size]:
     return {name: tensor.shape for name, tensor in module.state_dict().items()}
 
 
-def _drop_containers(root: nn.Module, used: set[str]) -> None:
-    """Delete containers left empty by the removal (a ``downsample`` Sequential whose children are gone)."""
-    for name, module in sorted(root.named_modules(), key=lambda item: -item[0].count(".")):
-        if name and isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) and not len(module) \
-                and name not in used:
+def _drop_emptied_containers(root: nn.Module, owners: set[str]) -> None:
+    """Delete the containers the removal left empty (a ``downsample`` Sequential whose children are gone)."""
+    for name in sorted(owners, key=lambda n: -n.count(".")):
+        module = get_module(root, name) if name else None
+        if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) and not len(module):
             owner, child = parent_name(name)
             delattr(get_module(root, owner), child)
 
