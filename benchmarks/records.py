@@ -47,8 +47,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: which the resolved swap configs hold).
 _NOT_OPTIONS = ("output", "overwrite", "resume", "device", "workers", "save_every", "push_to_hub", "weights",
                 "teacher_weights", "eval_parent", "method_options")
-_FINETUNE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)
-                      if f.default is not dataclasses.MISSING}
+_FINETUNE_DEFAULTS = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                      for f in dataclasses.fields(FinetuneConfig)}
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
