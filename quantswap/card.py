@@ -107,7 +107,7 @@ def _rows(config: CheckpointConfig) -> list[tuple[str, str]]:
     if config.pretrained_cfg:
         shown = {k: v for k, v in config.pretrained_cfg.items() if k in ("input_size", "interpolation", "mean", "std",
                                                                        "crop_pct", "crop_mode")}
-        rows.append(("preprocessing (timm data config)", ", ".join(f"{k}={v}" for k, v in shown.items())))
+        rows.append(("preprocessing (as trained; timm data config)", ", ".join(f"{k}={v}" for k, v in shown.items())))
     return rows
 
 

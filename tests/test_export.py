@@ -173,10 +173,13 @@ def test_torch_export_of_frozen_models_runs_and_equals_the_module(variant):
 
 def test_cli_export_of_a_checkpoint_folder(tmp_path, capsys):
     model = _trained(quantswap.binarize(resnet18(num_classes=10), method="bireal"))
-    quantswap.save_pretrained(model, tmp_path / "ckpt", metrics={"image_size": 32})
+    quantswap.save_pretrained(model, tmp_path / "ckpt", metrics={"image_size": 32},
+                              pretrained_cfg={"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.25,) * 3})
     assert main(["export", "--model", str(tmp_path / "ckpt"), "--output", str(tmp_path / "m.onnx")]) == 0
     out = capsys.readouterr().out
     assert "m.onnx" in out and "weights as INT2 in 16 tensors" in out and "onnxruntime = PyTorch" in out
+    metadata = {p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}  # how to feed it
+    assert metadata == {"input_size": "3,32,32", "mean": "0.5,0.5,0.5", "std": "0.25,0.25,0.25"}
     x = torch.randn(2, 3, 32, 32)  # the checkpoint's image size was used
     _assert_close(_run(tmp_path / "m.onnx", x), quantswap.freeze(model)(x))
     assert main(["export", "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "n.onnx")]) == 2

@@ -300,6 +300,10 @@ def test_the_card_states_the_steps_and_images_trained_and_what_top1_was_measured
     assert "20 epochs (max_steps 10)" in metrics["training"]
     card = (tmp_path / "model" / "README.md").read_text()
     assert "10 optimizer steps on 160 training images" in card and "top-1 on fashion-mnist (64 test images)" in card
+    # issue 28: the normalization a deployed model needs, as trained, in config.json and the card
+    data = json.loads((tmp_path / "model" / "config.json").read_text())["pretrained_cfg"]
+    assert data["input_size"] == [3, 32, 32] and data["mean"] == [0.286] * 3 and data["std"] == [0.353] * 3
+    assert "preprocessing (as trained; timm data config) | input_size=[3, 32, 32]" in card
 
 
 def test_weights_may_name_a_float_runs_folder_or_a_runs_last_checkpoint(tmp_path):

@@ -78,6 +78,15 @@ def _input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
     return input_shape(input_size, channels=first_conv_channels(model), min_side=8)[1:]
 
 
+def _preprocessing(model: nn.Module) -> dict[str, str]:
+    """The ONNX file's metadata for feeding it: the model's data config (a checkpoint's, else a timm model's) as
+    ``input_size``, ``mean``, ``std`` and ``interpolation`` (comma-separated numbers), when the model has one."""
+    checkpoint = getattr(model, "meta", {}).get("quantswap_checkpoint") if isinstance(getattr(model, "meta", None), dict) else None
+    config = (checkpoint.data_config if checkpoint is not None else None) or getattr(model, "pretrained_cfg", None) or {}
+    return {key: ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+            for key, value in config.items() if key in ("input_size", "mean", "std", "interpolation")}
+
+
 def _translations() -> dict:
     from onnxscript import opset23 as op
 
@@ -241,6 +250,7 @@ def export_onnx(
     tensors, weights = _codes_as_int2(program.model.graph, terms)
     if fp_dtype == "float16":
         _real_weights_as_float16(program.model.graph)
+    program.model.metadata_props.update(_preprocessing(model))
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         staged = Path(tmp) / path.name
         ir.save(program.model, staged)

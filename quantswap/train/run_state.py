@@ -47,6 +47,21 @@ RESUMABLE = frozenset({"resume", "overwrite", "device", "workers", "save_every",
                        "eval_parent", "output", "fp_dtype"})
 
 
+def training_data_config(cfg: FinetuneConfig, model: nn.Module) -> dict[str, Any]:
+    """How the run fed the model, as a timm data config (a timm base's own, with what training used over it):
+    input size, channels, mean and std. A deployed model needs it; ``config.json``, the card and the ONNX file
+    carry it."""
+    from quantswap.data import DATASETS, IMAGENET_MEAN, IMAGENET_STD
+
+    spec = DATASETS.get(cfg.data)
+    mean, std = (spec.mean, spec.std) if spec else (IMAGENET_MEAN, IMAGENET_STD)
+    size = cfg.image_size or (224 if cfg.data.startswith("imagefolder") else 32)
+    channels = 3  # grayscale is repeated to three channels, each normalized alike
+    return {**(getattr(model, "pretrained_cfg", None) or {}), "input_size": (channels, size, size),
+            "mean": tuple(mean) * (channels // len(mean)), "std": tuple(std) * (channels // len(std)),
+            "interpolation": "bilinear"}
+
+
 def _difference(name: str, before: Any, after: Any) -> str:
     """The first place two option values differ, as ``name.path: before -> after`` (a stage's field, not
     two whole stage lists).
@@ -328,5 +343,6 @@ class RunFolder:
                     "weights": str(self.path / "model.safetensors")}
         from quantswap.checkpoint import save_pretrained
 
-        size = save_pretrained(model, self.path / "model", fp_dtype=self.cfg.fp_dtype, metrics=metrics)
+        size = save_pretrained(model, self.path / "model", fp_dtype=self.cfg.fp_dtype, metrics=metrics,
+                               pretrained_cfg=training_data_config(self.cfg, model))
         return {"file_bytes": size.file_bytes, "fp32_bytes": size.fp32_bytes, "checkpoint": str(self.path / "model")}
