@@ -292,13 +292,15 @@ def test_resume_forgets_metrics_rows_its_checkpoint_does_not_hold(tmp_path):
     from quantswap.train import FinetuneConfig
     from quantswap.train.run_state import RunFolder
 
+    from quantswap.train.run_state import RunState
+
     run = RunFolder(FinetuneConfig(output=str(tmp_path)))
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')  # killed after row 2, before last.pt
-    run._forget_epochs_after(0, 1)
+    run._forget_rows_after(RunState(stage=0, epoch=1))
     assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
     staged = '{"stage": 1, "epoch": 1}\n{"stage": 1, "epoch": 2}\n{"stage": 2, "epoch": 1}\n'
     (tmp_path / "metrics.jsonl").write_text(staged)  # last.pt: stage 2 (index 1) before its first epoch ended
-    run._forget_epochs_after(1, 0)
+    run._forget_rows_after(RunState(stage=1, epoch=0))
     assert (tmp_path / "metrics.jsonl").read_text() == staged.rsplit('{"stage": 2', 1)[0]
 
 
