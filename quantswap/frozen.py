@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import warnings
 
 import torch
 from torch import fx, nn
@@ -94,8 +95,12 @@ def freeze(model: nn.Module, *, backend: str = "packed", inplace: bool = False) 
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if not any(isinstance(m, QuantLayer) for m in model.modules()):
         raise ValueError("freeze takes a model swapped by quantswap.binarize/ternarize; this one has no quantized layer")
-    if not inplace:
-        model = copy.deepcopy(model)
+    with warnings.catch_warnings():  # a packed layer takes its model's mode on the way; the result is in eval mode
+        warnings.filterwarnings("ignore", message="a packed .frozen. model is for inference")
+        return _freeze(model if inplace else copy.deepcopy(model), backend)
+
+
+def _freeze(model: nn.Module, backend: str) -> nn.Module:
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayer)}
     real = [name for name, layer in layers.items() if isinstance(layer.weight_quantizer, RealWeight)]
     if real:

@@ -78,6 +78,18 @@ def _input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
     return input_shape(input_size, channels=first_conv_channels(model), min_side=8)[1:]
 
 
+def _target(path: str | os.PathLike) -> Path:
+    """The ONNX file to write, checked before any work: a ``*.onnx`` name in an existing folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; name the file to write, e.g. {path / 'model.onnx'}")
+    if path.suffix != ".onnx":
+        raise ValueError(f"{path}: name the file *.onnx")
+    if not path.parent.is_dir():
+        raise ValueError(f"{path.parent} is not a folder; create it first")
+    return path
+
+
 def _preprocessing(model: nn.Module) -> dict[str, str]:
     """The ONNX file's metadata for feeding it: the model's data config (a checkpoint's, else a timm model's) as
     ``input_size``, ``mean``, ``std`` and ``interpolation`` (comma-separated numbers), when the model has one."""
@@ -231,13 +243,7 @@ def export_onnx(
     _require("onnx", "onnxscript", "onnx_ir", "ml_dtypes", *(("onnxruntime",) if check else ()))
     import onnx_ir as ir
 
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder; name the file to write, e.g. {path / 'model.onnx'}")
-    if path.suffix != ".onnx":
-        raise ValueError(f"{path}: name the file *.onnx")
-    if not path.parent.is_dir():
-        raise ValueError(f"{path.parent} is not a folder; create it first")
+    path = _target(path)
     if fp_dtype not in FP_DTYPES:
         raise ValueError(f"fp_dtype must be one of {FP_DTYPES}, got {fp_dtype!r}")
     size = _input_size(model, input_size)
