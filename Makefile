@@ -55,7 +55,7 @@ demo: $(STAMP) data
 test: $(STAMP) data
 	$(BIN)/python -m pytest -q
 
-# A first check in about two minutes: the swap, the methods' math and structure, options and refusals.
+# A first check in a few minutes: the swap, the methods' math and structure, options and refusals.
 test-quick: $(STAMP) data
 	$(BIN)/python -m pytest -q tests/test_swap.py tests/test_methods.py tests/test_structure.py \
 		tests/test_train_units.py tests/test_accuracy_report.py tests/test_registry.py
