@@ -91,7 +91,7 @@ bench: $(STAMP)
 
 # Every method fine-tuned from one converged FP parent on Fashion-MNIST (benchmarks/accuracy.py): each run writes
 # a record into benchmarks/results/accuracy/ (commit them), and a run with a record is not trained again, so the
-# tables fill over several invocations and machines (about 5 h on 2 CPU cores from no records; bound one
+# tables fill over several invocations and machines (many hours on 2 CPU cores from no records; bound one
 # invocation with ACCURACY_ARGS="--max-minutes 120"). Then the two-stage split, and the zoo exported from the
 # runs trained here.
 ACCURACY_ARGS ?=
