@@ -448,8 +448,10 @@ def _spread(values: list[float]) -> str:
 
 
 def _speed(runs: list[dict], parent: dict | None) -> str:
-    """Time per training image against the FP parent's (the mean speed of the runs on the parent's machine)."""
-    same = [r["train_img_s"] for r in runs if parent is not None and r["machine"] == parent["machine"]]
+    """Time per training image against the FP parent's: the mean speed of the runs measured where and when the
+    parent was (the same machine name on the same day: one name covers VMs of different speeds)."""
+    same = [r["train_img_s"] for r in runs if parent is not None and r["machine"] == parent["machine"]
+            and r["date"][:10] == parent["date"][:10]]
     return f"{parent['train_img_s'] / _mean(same):.2f}" if same else "—"
 
 
@@ -614,7 +616,8 @@ def report(t: Table, plot: str | None = None) -> list[str]:
               "weights (weight decay 1e-5), stage 2 binary weights from it (weight decay 0); in the headline table "
               f"the first stage takes 1/{FIRST_STAGE_SHARE} of the steps and both draw from the one-stage run's "
               "images, each stage's schedule fitted to its own steps. Time per training image is relative to the FP "
-              "parent's on the same machine (it includes the teacher's forward pass).", "",
+              "parent's measured on the same machine the same day (it includes the teacher's forward pass; — where "
+              "there is none).", "",
               f"### Headline: {b.headline:,} training images per run", "",
               *rows_table(t, "headline", headline_rows(), (0, 1)), ""]
     met, missed, pending = headline_goals(t)
