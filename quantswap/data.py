@@ -293,7 +293,7 @@ def _available_memory() -> int | None:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except OSError:
-        pass
+        return None
     return None
 
 

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from quantswap.train.run_state import STEP_ROW
+
 __all__ = ["add_parser", "read_curves"]
 
 EXAMPLES = """examples:
@@ -39,7 +41,7 @@ def read_curves(folder: Path) -> tuple[list[tuple[int, float]], list[tuple[int, 
         offset.setdefault(stage, sum(last.get(s, 0) for s in range(1, stage)))
         step = offset[stage] + row.get("step", 0)
         last[stage] = max(last.get(stage, 0), row.get("step", 0))
-        if row.get("kind") == "step":
+        if row.get("kind") == STEP_ROW:
             losses.append((step, row["loss"]))
         elif "val_top1" in row:
             top1.append((step, row["val_top1"]))

@@ -73,9 +73,15 @@ def _input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
     exported batch is dynamic), or ``None``: the checkpoint's training size (else 224) and the first
     convolution's channels (else 3)."""
     if input_size is None:
-        checkpoint = getattr(model, "meta", {}).get("quantswap_checkpoint") if isinstance(getattr(model, "meta", None), dict) else None
+        checkpoint = _checkpoint(model)
         input_size = (checkpoint.metrics.get("image_size") if checkpoint is not None else None) or 224
     return input_shape(input_size, channels=first_conv_channels(model), min_side=8)[1:]
+
+
+def _checkpoint(model: nn.Module):
+    """The :class:`~quantswap.checkpoint_config.CheckpointConfig` a loaded model carries, or ``None``."""
+    meta = getattr(model, "meta", None)
+    return meta.get("quantswap_checkpoint") if isinstance(meta, dict) else None
 
 
 def _target(path: str | os.PathLike) -> Path:
@@ -93,7 +99,7 @@ def _target(path: str | os.PathLike) -> Path:
 def _preprocessing(model: nn.Module) -> dict[str, str]:
     """The ONNX file's metadata for feeding it: the model's data config (a checkpoint's, else a timm model's) as
     ``input_size``, ``mean``, ``std`` and ``interpolation`` (comma-separated numbers), when the model has one."""
-    checkpoint = getattr(model, "meta", {}).get("quantswap_checkpoint") if isinstance(getattr(model, "meta", None), dict) else None
+    checkpoint = _checkpoint(model)
     config = (checkpoint.data_config if checkpoint is not None else None) or getattr(model, "pretrained_cfg", None) or {}
     return {key: ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
             for key, value in config.items() if key in ("input_size", "mean", "std", "interpolation")}

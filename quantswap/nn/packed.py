@@ -112,7 +112,7 @@ class _NoBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return y.clone()
+        return y.view_as(y)  # no copy: only the graph edge to x is added
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

@@ -248,6 +248,11 @@ class FinetuneConfig:
             raise ValueError(f"--output {self.output} is a file; the run needs a folder")
 
     @property
+    def input_px(self) -> int:
+        """The input size trained at: ``image_size``, else the dataset's (32; an image folder: 224)."""
+        return self.image_size or (224 if self.data.startswith("imagefolder") else 32)
+
+    @property
     def is_float(self) -> bool:
         """Whether the run trains the float model itself (``method="none"``)."""
         return self.method == FLOAT_METHOD

@@ -94,7 +94,7 @@ def _result_metrics(cfg: FinetuneConfig, final: dict, parent: dict | None, disti
     steps, images = trained
     metrics = {"dataset": cfg.data.partition(":")[0], "top1": round(final["top1"], 2),
                "top5": round(final["top5"], 2), "val_images": val_images,
-               "image_size": cfg.image_size or (224 if cfg.data.startswith("imagefolder") else 32),
+               "image_size": cfg.input_px,
                "steps": steps, "train_images": images,
                "training": cfg.training_summary() + f"; {steps:,} optimizer steps on {images:,} training images"
                + (", distilled from the teacher" if distilled else "")}

@@ -55,7 +55,7 @@ def training_data_config(cfg: FinetuneConfig, model: nn.Module) -> dict[str, Any
 
     spec = DATASETS.get(cfg.data)
     mean, std = (spec.mean, spec.std) if spec else (IMAGENET_MEAN, IMAGENET_STD)
-    size = cfg.image_size or (224 if cfg.data.startswith("imagefolder") else 32)
+    size = cfg.input_px
     channels = 3  # grayscale is repeated to three channels, each normalized alike
     return {**(getattr(model, "pretrained_cfg", None) or {}), "input_size": (channels, size, size),
             "mean": tuple(mean) * (channels // len(mean)), "std": tuple(std) * (channels // len(std)),
