@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 FASHION_MNIST_SYSTEM := /usr/share/datasets/fashion-mnist
 FASHION_MNIST_LOCAL := $(CURDIR)/.data/debian$(FASHION_MNIST_SYSTEM)
 export QUANTSWAP_FASHION_MNIST ?= $(FASHION_MNIST_LOCAL)
-PARENT := runs/fashion-mnist-parent/model.safetensors
+PARENT := runs/fashion-mnist-parent
 
 .PHONY: install data data-download demo test test-quick test-giants test-sweep lint bench bench-train accuracy zoo gpu-bench clean
 
@@ -49,7 +49,7 @@ data-download: $(STAMP)
 # The built-in default: a FP ResNet-18 parent on Fashion-MNIST (trained once, then reused), an IR-Net
 # copy distilled from it, and the table of accuracies and sizes. About 4 minutes on 2 CPU cores.
 demo: $(STAMP) data
-	test -f $(PARENT) || $(BIN)/quantswap finetune --recipe recipes/fashion-mnist-parent.yaml --overwrite
+	test -f $(PARENT)/model/config.json || $(BIN)/quantswap finetune --recipe recipes/fashion-mnist-parent.yaml --overwrite
 	$(BIN)/quantswap finetune --recipe recipes/fashion-mnist-irnet.yaml --weights $(PARENT) --overwrite
 
 test: $(STAMP) data

@@ -54,6 +54,7 @@ from safetensors.torch import save_file
 import quantswap
 from quantswap import FinetuneConfig, finetune
 from quantswap.checkpoint_file import sha256
+from quantswap.train.parent import weights_file
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING_SET = 60_000  # Fashion-MNIST's training images
@@ -333,27 +334,25 @@ class Bench:
 
     def parent_weights(self) -> Path:
         """The FP parent's weights on this machine, trained (and recorded) first if there are none."""
-        path = self.runs / "parent" / "model.safetensors"
-        if not path.is_file():
+        if not (self.runs / "parent" / "model").is_dir() and not (self.runs / "parent" / "model.safetensors").is_file():
             self.train_parent()
-        return path
+        return weights_file(self.runs / "parent")
 
     def transfer_weights(self) -> Path:
         """The FP MobileNetV2 transfer's weights (headline budget) on this machine, trained (and recorded) first
         if there are none."""
         spec = next(s for s in plan(self.budget, lambda _: None) if s.row == "MobileNetV2 FP"
                     and s.images == self.budget.headline)
-        path = self.folder(spec) / "model.safetensors"
-        if not path.is_file():
+        if not (self.folder(spec) / "model").is_dir() and not (self.folder(spec) / "model.safetensors").is_file():
             self.write(spec, self.train(spec, self.folder(spec)))
-        return path
+        return weights_file(self.folder(spec))
 
     def train_parent(self) -> None:
         spec = parent_spec(self.budget)
         folder = self.runs / "parent"
         shutil.rmtree(folder, ignore_errors=True)
         measured = self.train(spec, folder, weights="none")
-        measured["sha256"] = sha256(folder / "model.safetensors")
+        measured["sha256"] = sha256(weights_file(folder))
         self.write(spec, measured)
 
     def parent_identity(self) -> dict:

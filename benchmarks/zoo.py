@@ -133,7 +133,7 @@ def build(only: list[str] | None = None, tolerance: float = TOLERANCE) -> int:
     if unknown:
         raise SystemExit(f"not in hub/manifest.yaml: {', '.join(sorted(unknown))}")
     parent = load_recipe(root / manifest["parent_recipe"])
-    if not (root / parent["output"] / "model.safetensors").is_file():
+    if not (root / parent["output"] / "model").is_dir():
         finetune(FinetuneConfig.from_dict({**parent, "overwrite": True}))
     failures = 0
     for entry in manifest["entries"]:

@@ -55,11 +55,12 @@ def _metadata(config: CheckpointConfig, name: str) -> ModelCardData:
     return ModelCardData(
         library_name="quantswap",
         license=config.license or data_config.get("license") or "other",
-        tags=["quantswap", quant.kind, quant.method, quant.tag, source, arch, "image-classification"],
+        tags=["quantswap", *((quant.kind, quant.method, quant.tag) if quant else ("float",)), source, arch,
+              "image-classification"],
         pipeline_tag="image-classification",
         datasets=[hub_dataset] if hub_dataset else None,
         base_model=base,
-        base_model_relation="quantized" if base else None,
+        base_model_relation=("quantized" if quant else "finetune") if base else None,
         model_name=name,
         eval_results=eval_results,
     )
@@ -83,18 +84,22 @@ def _rows(config: CheckpointConfig) -> list[tuple[str, str]]:
     quant, storage, size, metrics = config.quantization, config.storage, config.size, config.metrics
     args = ", ".join(f"{k}={v!r}" for k, v in config.base_model.args.items())
     base = config.base_model.name
-    rows = [("base model", f"`{base}` ({args})" if args else f"`{base}`"),
-            ("method", quant.paper or quant.method),
-            ("precision", f"{quant.description}; first and last layers real unless configured otherwise")]
+    rows = [("base model", f"`{base}` ({args})" if args else f"`{base}`")]
+    if quant is None:
+        rows.append(("precision", "float: not quantized (a FP parent for quantswap's methods)"))
+    else:
+        rows += [("method", quant.paper or quant.method),
+                 ("precision", f"{quant.description}; first and last layers real unless configured otherwise")]
     if config.layers:
         rows.append(("layers", f"{config.layers['quantized']} quantized, {config.layers['kept_real']} kept real"))
     rows.append(("real-valued tensors stored as", storage.fp_dtype))
-    if quant.kind == "ternary":
+    if quant is not None and quant.kind == "ternary":
         rows.append(("ternary packing", f"{storage.ternary_packing}: {storage.bits_per_code(3):g} bits per code"))
     if size:
         rows.append(("file size (model.safetensors)",
                      f"{_mb(size.file_bytes)}: {size.compression:.1f}x smaller than FP32 ({_mb(size.fp32_bytes)}), "
-                     f"{size.ratio:.3f}x the theoretical minimum ({_mb(size.theoretical_bytes)})"))
+                     f"{size.ratio:.3f}x the theoretical minimum ({_mb(size.theoretical_bytes)})" if quant else
+                     _mb(size.file_bytes)))
     if metrics.get("top1") is not None:
         on = f" ({metrics['val_images']:,} test images)" if isinstance(metrics.get("val_images"), int) else ""
         rows.append((f"top-1 on {metrics.get('dataset', 'the test set')}{on}", f"{float(metrics['top1']):.2f}%"))
@@ -136,14 +141,40 @@ logits = session.run(["logits"], {{"pixel_values": pixel_values}})[0]
 """
 
 
+def _float_card(config: CheckpointConfig, name: str, repo_id: str | None, table: str) -> ModelCard:
+    """The card of a float checkpoint: a FP parent, the model quantswap's methods start from."""
+    return ModelCard(f"""---
+{_metadata(config, name).to_yaml()}
+---
+
+# {name}
+
+`{config.base_model.name}` in float, saved with [quantswap](https://pypi.org/project/quantswap/): the FP
+parent that quantswap's binary and ternary models start from and are distilled from.
+
+{table}
+
+## Use
+
+```python
+import quantswap
+
+model = quantswap.from_pretrained("{repo_id or "ORG/NAME"}")  # rebuilt from the builder above, eval mode
+bnn = quantswap.binarize(model, method="irnet")  # a binary copy of it, to fine-tune
+```
+""")
+
+
 def model_card(config: CheckpointConfig, *, name: str | None = None, repo_id: str | None = None,
                onnx_input_size: tuple[int, int, int] | None = None) -> ModelCard:
     """The model card of a checkpoint, from its config alone (``repo_id`` goes in the usage snippet);
     with ``onnx_input_size`` (C, H, W) it also says how to run the repo's ``model.onnx``."""
     quant = config.quantization
     arch = config.base_model.name.partition(":")[2]
-    name = name or (repo_id.split("/")[-1] if repo_id else f"{arch}-{quant.method}")
+    name = name or (repo_id.split("/")[-1] if repo_id else f"{arch}-{quant.method if quant else 'float'}")
     table = "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in _rows(config))])
+    if quant is None:
+        return _float_card(config, name, repo_id, table)
     binary = quant.kind == "binary"
     text = f"""---
 {_metadata(config, name).to_yaml()}

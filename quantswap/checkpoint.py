@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from quantswap.api import get_swap_report, swap
+from quantswap.api import SwapReport, get_swap_report, swap
 from quantswap.checkpoint_config import (
     CONFIG_NAME,
     FORMAT_VERSION,
@@ -54,7 +54,7 @@ from quantswap.checkpoint_config import (
 )
 from quantswap.checkpoint_file import check_layout, read_header, read_tensors, sha256, state_to_load
 from quantswap.frozen import BACKENDS, freeze, is_frozen
-from quantswap.models import BaseModelSpec, identify_base_model
+from quantswap.models import BaseModelSpec, fingerprint, identify_base_model
 from quantswap.nn.bn_folding import refold_batchnorms
 from quantswap.nn.layers import CODES_KEY, SCALE_KEY, quantized_weight_keys
 from quantswap.packing import pack
@@ -97,7 +97,7 @@ def _packed_state(
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]], nn.Module]:
     """The tensors to write (codes packed, real tensors in ``storage.fp_dtype``), the packing metadata
     and the frozen model they come from."""
-    frozen = model if is_frozen(model) else freeze(model, backend="float")
+    frozen = model if is_frozen(model) or _swap_report(model) is None else freeze(model, backend="float")
     tensors: dict[str, torch.Tensor] = {}
     packed: dict[str, dict[str, Any]] = {}
     roles = quantized_weight_keys(frozen)
@@ -115,6 +115,9 @@ def _packed_state(
             tensors[key] = _cast(key, tensor, storage)
     if storage.keep_latent:
         if model is frozen:
+            if _swap_report(model) is None:
+                raise ValueError("keep_latent=True keeps a swapped model's latent weights; a float model has none "
+                                 "(its weights are saved as they are)")
             raise ValueError("keep_latent=True needs the latent weights, which a frozen model no longer has; "
                              "save the swapped model before quantswap.freeze")
         for key, (name, _) in quantized_weight_keys(model).items():  # the latent weights
@@ -150,10 +153,19 @@ def _umask() -> int:
     return mask
 
 
+def _swap_report(model: nn.Module) -> SwapReport | None:
+    """The model's swap report; ``None`` for a float model (saved as it is, unquantized)."""
+    try:
+        return get_swap_report(model)
+    except ValueError:
+        return None
+
+
 def _base_spec(model: nn.Module, base_model: str | None, base_model_args: dict[str, Any] | None) -> BaseModelSpec:
     if base_model is not None:
         return BaseModelSpec(base_model, dict(base_model_args or {}))
-    base = get_swap_report(model).base
+    report = _swap_report(model)
+    base = fingerprint(model) if report is None else report.base
     if base is None:
         raise ValueError("the swap report does not record the float model; pass base_model='torchvision:NAME'")
     return identify_base_model(base)
@@ -207,8 +219,12 @@ def save_pretrained(
 ) -> CheckpointSize:
     """Save a swapped (or frozen) model as a compressed checkpoint folder; see the module docstring.
 
+    A float torchvision or timm model (not swapped) is saved as it is, with ``"quantization": null`` in
+    its config: a FP parent that ``from_pretrained``, ``quantswap eval`` and ``export`` take like any other.
+
     Args:
-        model: a model returned by ``quantswap.binarize``/``ternarize``/``swap``, or its ``freeze``.
+        model: a model returned by ``quantswap.binarize``/``ternarize``/``swap``, or its ``freeze``;
+            or a float model.
         save_directory: the folder; created if missing. Files are written to a temporary folder
             beside it and moved in only when complete.
         fp_dtype, keep_latent, ternary_packing: how tensors are stored (:class:`StorageConfig`):
@@ -224,7 +240,7 @@ def save_pretrained(
     Returns:
         The :class:`CheckpointSize`: bytes on disk next to the theoretical minimum and FP32.
     """
-    report = get_swap_report(model)
+    report = _swap_report(model)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise ValueError("the model is on the meta device (shapes without data): load its weights first, e.g. "
                          "model.to_empty(device='cpu') then model.load_state_dict(...)")
@@ -233,8 +249,9 @@ def save_pretrained(
     refold_batchnorms(model)  # a folded BatchNorm edited in place: the model computes what is saved
     tensors, packed, frozen = _packed_state(model, storage)
     config = CheckpointConfig(
-        spec, report.config, storage, leaf_modules=report.leaf_modules, metrics=dict(metrics or {}),
-        layers={"quantized": len(report.quantized), "kept_real": len(report.kept_real)},
+        spec, report and report.config, storage, leaf_modules=report.leaf_modules if report else [],
+        metrics=dict(metrics or {}),
+        layers={"quantized": len(report.quantized), "kept_real": len(report.kept_real)} if report else {},
         pretrained_cfg=pretrained_cfg if pretrained_cfg is not None else getattr(model, "pretrained_cfg", None),
         license=license)
     _write_folder(Path(save_directory), tensors, packed, config,
@@ -271,10 +288,14 @@ def _build(config: CheckpointConfig, latent: bool) -> nn.Module:
     except (ValueError, TypeError, RuntimeError, AssertionError) as err:
         raise CheckpointError(f"{CONFIG_NAME} names base model {spec.name!r} with {spec.args}, which cannot be built "
                               f"here: {err}") from None
-    model = swap(base, config.quantization, inplace=True, leaf_modules=config.leaf_modules)
+    if config.quantization is None:  # a float checkpoint: the base model itself
+        model = base
+        model.meta = {}  # as a swapped model's (torch.fx GraphModule's), for the checkpoint's config
+    else:
+        model = swap(base, config.quantization, inplace=True, leaf_modules=config.leaf_modules)
     if config.data_config is not None:
         model.pretrained_cfg = config.data_config  # timm.data.resolve_data_config(model=...) reads it
-    return model if latent else freeze(model, backend="float", inplace=True)
+    return model if latent or config.quantization is None else freeze(model, backend="float", inplace=True)
 
 
 def _meta_state(config: CheckpointConfig, latent: bool) -> dict[str, torch.Tensor] | None:
@@ -335,7 +356,7 @@ def load_pretrained(folder: str | os.PathLike, *, backend: str = "packed") -> nn
         check_layout(path, header, packed, expected, latent_keys)
     roles = {key: (role, model.get_submodule(name).codec) for key, (name, role) in quantized_weight_keys(model).items()}
     model.load_state_dict(state_to_load(path, read_tensors(path), packed, expected, roles), strict=True)
-    if not latent_keys:
+    if not latent_keys and config.quantization is not None:
         freeze(model, backend=backend, inplace=True)
     model.meta["quantswap_checkpoint"] = config
     return model.eval()

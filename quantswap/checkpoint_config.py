@@ -151,7 +151,7 @@ class CheckpointConfig:
     """The contents of a checkpoint's ``config.json`` (see the module docstring)."""
 
     base_model: BaseModelSpec
-    quantization: QuantConfig
+    quantization: QuantConfig | None  # None: the float model itself (e.g. a parent trained by ``finetune --method none``)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
     size: CheckpointSize | None = None
     layers: dict[str, int] = dataclasses.field(default_factory=dict)  # {"quantized": n, "kept_real": m}
@@ -179,7 +179,7 @@ class CheckpointConfig:
             "quantswap_version": self.quantswap_version,
             "format_version": self.format_version,
             "base_model": self.base_model.to_dict(),
-            "quantization": self.quantization.to_dict(),
+            "quantization": self.quantization.to_dict() if self.quantization is not None else None,
             "leaf_modules": list(self.leaf_modules),
             "layers": dict(self.layers),
             "storage": dataclasses.asdict(self.storage),
@@ -213,7 +213,7 @@ class CheckpointConfig:
         try:
             fields = {"base_model": BaseModelSpec.from_dict(data["base_model"])}
             field = "quantization"
-            fields["quantization"] = config_from_dict(data["quantization"])
+            fields["quantization"] = None if data["quantization"] is None else config_from_dict(data["quantization"])
             for field, read in _OPTIONAL_FIELDS.items():
                 if data.get(field) is not None:
                     fields[field] = read(data[field])

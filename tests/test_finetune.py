@@ -186,7 +186,7 @@ def test_the_cli_end_to_end_on_real_fashion_mnist(tmp_path, capsys):
     assert [r["step"] for r in steps] == [10] and {"loss", "lr", "img_s"} <= set(steps[0])  # the training curve
     assert fp_top1 > 30  # chance is 10%
 
-    assert main(["finetune", "--model", "resnet18", "--method", "irnet", "--weights", str(parent / "model.safetensors"),
+    assert main(["finetune", "--model", "resnet18", "--method", "irnet", "--weights", str(parent),
                  "--output", str(run), *data]) == 0
     table = capsys.readouterr().out
     assert f"FP parent top-1   {fp_top1:.2f}%" in table and "irnet checkpoint" in table
@@ -197,6 +197,11 @@ def test_the_cli_end_to_end_on_real_fashion_mnist(tmp_path, capsys):
 
     assert main(["eval", "--model", str(run), "--data", "fashion-mnist", "--subset", "500"]) == 0
     assert f"top-1 {config['metrics']['top1']:.2f}%" in capsys.readouterr().out
+    # issue 29: the float parent is a checkpoint folder like any other run's: evaluated and exported alike
+    assert main(["eval", "--model", str(parent), "--data", "fashion-mnist", "--subset", "500"]) == 0
+    assert f"top-1 {fp_top1:.2f}%" in capsys.readouterr().out
+    assert main(["export", "--model", str(parent), "--output", str(tmp_path / "parent.onnx")]) == 0
+    assert (tmp_path / "parent.onnx").stat().st_size > 4 * 11e6  # float32 weights
 
     model = quantswap.from_pretrained(run / "model")
     assert quantswap.is_frozen(model) and model.fc.out_features == 10

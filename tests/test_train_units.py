@@ -9,6 +9,8 @@ import shutil
 import pytest
 import torch
 
+import quantswap
+
 from quantswap.cli import main
 from quantswap.data import ResumableSampler
 from quantswap.train import FinetuneConfig, distribution_loss, load_recipe
@@ -236,18 +238,18 @@ def test_an_image_size_that_cannot_fit_in_memory_is_refused_with_the_estimate(mo
     data.check_memory(64, 1, 256)  # 4 MB: fine
 
 
-def test_a_float_runs_weights_honour_the_umask(tmp_path):
+def test_a_float_runs_checkpoint_honours_the_umask(tmp_path):
     """Issue 29: the parent's model.safetensors was written 0600 (safetensors' own mode) under umask 022."""
-    from torch import nn
+    from torchvision.models import resnet18
 
     from quantswap.train.run_state import RunFolder
 
     old = os.umask(0o022)
     try:
-        RunFolder(FinetuneConfig(method="none", weights="none", output=str(tmp_path))).save_model(nn.Linear(2, 2), {})
+        RunFolder(FinetuneConfig(method="none", weights="none", output=str(tmp_path))).save_model(resnet18(), {})
     finally:
         os.umask(old)
-    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model" / "model.safetensors").stat().st_mode & 0o777 == 0o644
 
 
 @pytest.mark.parametrize("options, message", [
@@ -307,26 +309,28 @@ def test_the_card_states_the_steps_and_images_trained_and_what_top1_was_measured
 
 
 def test_weights_may_name_a_float_runs_folder_or_a_runs_last_checkpoint(tmp_path):
-    """Issue 29: ``--weights`` accepts a float run's folder and a run's ``last.pt``, so a finished run can be
-    continued from its weights; a quantized checkpoint folder is refused with what to do instead."""
+    """Issue 29: ``--weights`` accepts a float run's folder, its ``model/`` and a run's ``last.pt``, so a
+    finished run can be continued from its weights (and a float run of quantswap 0.1, whose weights lay
+    beside ``last.pt``); a quantized checkpoint folder is refused with what to do instead."""
+    from safetensors.torch import save_file
     from torchvision.models import resnet18
 
     from quantswap.train.parent import load_weights, weights_file
 
     model = resnet18(num_classes=10)
-    run = tmp_path / "parent"
-    run.mkdir()
-    from safetensors.torch import save_file
-
-    save_file(model.state_dict(), run / "model.safetensors")
+    run, old = tmp_path / "parent", tmp_path / "old-parent"
+    quantswap.save_pretrained(model, run / "model")
     torch.save({"model": model.state_dict(), "state": {"epoch": 1}}, run / "last.pt")
-    assert weights_file(run) == run / "model.safetensors"
-    for source in (run, run / "last.pt"):
+    old.mkdir()
+    save_file(model.state_dict(), old / "model.safetensors")
+    assert weights_file(run) == weights_file(run / "model") == run / "model" / "model.safetensors"
+    assert weights_file(old) == old / "model.safetensors"
+    for source in (run, run / "model", run / "last.pt", old):
         fresh = resnet18(num_classes=10)
         load_weights(fresh, source)
         assert torch.equal(fresh.conv1.weight, model.conv1.weight)
-    (tmp_path / "q" / "model").mkdir(parents=True)
-    (tmp_path / "q" / "model" / "config.json").write_text("{}")
+    binary = quantswap.binarize(resnet18(num_classes=10), method="irnet")
+    quantswap.save_pretrained(binary, tmp_path / "q" / "model")
     with pytest.raises(ValueError, match="is a quantized checkpoint.*--resume"):
         weights_file(tmp_path / "q")
 

@@ -19,7 +19,7 @@ __all__ = ["add_parser"]
 EXAMPLES = """examples:
   quantswap finetune --model resnet18 --method irnet --weights DEFAULT --data imagefolder:/data/imagenet --epochs 20 --output runs/r18-irnet
   quantswap finetune --recipe recipes/resnet18-bireal-imagenet.yaml --data imagefolder:/data/imagenet --push-to-hub my-org/resnet18-bireal
-  quantswap finetune --recipe recipes/fashion-mnist-irnet.yaml --weights runs/parent/model.safetensors
+  quantswap finetune --recipe recipes/fashion-mnist-irnet.yaml --weights runs/parent
   quantswap finetune ... --resume          (continue the run in --output exactly where it stopped)
   torchrun --nproc_per_node 8 -m quantswap finetune --recipe ...
 """

@@ -85,13 +85,21 @@ class DequantizedLinear(_DequantizedMixin, QuantLinear):
 _EXPORT_FORM = {QuantConv2d: DequantizedConv2d, QuantLinear: DequantizedLinear}
 
 
+def _is_float_checkpoint(model: nn.Module) -> bool:
+    meta = getattr(model, "meta", None)
+    config = meta.get("quantswap_checkpoint") if isinstance(meta, dict) else None
+    return config is not None and config.quantization is None
+
+
 def export_form(model: nn.Module) -> nn.Module:
     """A float32 eval-mode copy of a swapped, frozen or loaded ``model`` whose quantized layers compute
-    their weight from codes and scales (see the module docstring).
+    their weight from codes and scales (see the module docstring); a float checkpoint's model as it is.
 
     Raises ``ValueError`` naming every layer that cannot be written so, and how to keep it real.
     """
     if not any(isinstance(m, QuantLayer) for m in model.modules()):
+        if _is_float_checkpoint(model):  # a FP parent loaded by from_pretrained: exported as the float model
+            return copy.deepcopy(model).float().eval()
         raise ValueError("export_onnx takes a model swapped by quantswap.binarize/ternarize (or loaded with "
                          "quantswap.from_pretrained); this one has no quantized layer: use torch.onnx.export")
     model = freeze(copy.deepcopy(model).float(), backend="float", inplace=True)

@@ -112,7 +112,9 @@ class _NoBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return y.view_as(y)  # no copy: only the graph edge to x is added
+        # A copy, not a view: a view of y would make the next in-place op (ReLU(inplace=True)) an error.
+        # Only reached when the input asks for gradients, so frozen inference never pays for it.
+        return y.clone()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

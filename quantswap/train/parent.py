@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from quantswap.api import swap
+from quantswap.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config
 from quantswap.models import build_model
 from quantswap.train.config import FinetuneConfig
 
@@ -52,7 +53,8 @@ def _head_name(model: nn.Module) -> str:
 
 
 def weights_file(path: str | os.PathLike) -> Path:
-    """The weights file ``path`` names: a file, or a float run's folder (its ``model.safetensors``).
+    """The weights file ``path`` names: a file; a float checkpoint folder, or a float run's folder (its
+    ``model/``; a run of quantswap 0.1 kept ``model.safetensors`` beside ``last.pt``).
 
     Example:
         >>> weights_file("runs/nowhere")
@@ -61,17 +63,21 @@ def weights_file(path: str | os.PathLike) -> Path:
         FileNotFoundError: weights file runs/nowhere does not exist
     """
     path = Path(path)
-    if path.is_dir():
-        if (path / "model.safetensors").is_file() and not (path / "config.json").is_file():
-            return path / "model.safetensors"  # a float run (quantswap finetune --method none)
-        if (path / "model" / "config.json").is_file() or (path / "config.json").is_file():
-            raise ValueError(f"{path} is a quantized checkpoint, whose file holds packed codes, not float weights: "
-                             "continue its run with --resume, or start from the float weights it was made from")
-        raise FileNotFoundError(f"{path} is a folder without weights: pass a .safetensors file, a torch state dict, "
-                                "a float run's folder or a run's last.pt")
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    return path
+    if not path.is_dir():
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} does not exist")
+        return path
+    for folder in (path, path / "model"):
+        if (folder / CONFIG_NAME).is_file():
+            if read_config(folder).quantization is not None:
+                raise ValueError(f"{folder} is a quantized checkpoint, whose file holds packed codes, not float "
+                                 "weights: continue its run with --resume, or start from the float weights it was "
+                                 "made from")
+            return folder / WEIGHTS_NAME  # a float checkpoint (quantswap finetune --method none)
+    if (path / WEIGHTS_NAME).is_file():
+        return path / WEIGHTS_NAME
+    raise FileNotFoundError(f"{path} is a folder without weights: pass a .safetensors file, a torch state dict, "
+                            "a float run's folder or a run's last.pt")
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *, new_head_ok: bool = False) -> bool:

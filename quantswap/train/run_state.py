@@ -5,7 +5,7 @@ A run folder holds ``args.yaml`` (the configuration), ``metrics.jsonl`` (a row p
 between them: ``"kind": "step"``),
 ``last.pt`` (everything needed to continue: model, optimizer, scheduler, scaler, RNG and
 :class:`RunState`), ``best.pt`` (a copy of the ``last.pt`` of the best epoch) and the packed model
-(``model/``; ``model.safetensors`` for a float run). Every file is written to a temporary name and
+(``model/``, a checkpoint folder; a float run's unquantized). Every file is written to a temporary name and
 moved into place, so a killed run leaves the previous complete file.
 
 Example:
@@ -327,22 +327,10 @@ class RunFolder:
             os.replace(self.path / f".{BEST_NAME}.partial", self.path / BEST_NAME)
 
     def save_model(self, model: nn.Module, metrics: dict[str, Any]) -> dict[str, Any]:
-        """The run's result on disk: the packed checkpoint ``model/`` (a float run: ``model.safetensors``)."""
-        model = model.cpu().eval()
-        fp32_bytes = 4 * sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
-        if self.cfg.is_float:
-            from safetensors.torch import save_file
-
-            tmp = self.path / ".model.safetensors.partial"
-            from quantswap.checkpoint import _umask
-
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-            tmp.chmod(0o666 & ~_umask())  # safetensors creates its files private (0600); honour the umask
-            os.replace(tmp, self.path / "model.safetensors")
-            return {"file_bytes": (self.path / "model.safetensors").stat().st_size, "fp32_bytes": fp32_bytes,
-                    "weights": str(self.path / "model.safetensors")}
+        """The run's result on disk: the checkpoint folder ``model/`` (a float run's unquantized)."""
         from quantswap.checkpoint import save_pretrained
 
+        model = model.cpu().eval()
         size = save_pretrained(model, self.path / "model", fp_dtype=self.cfg.fp_dtype, metrics=metrics,
                                pretrained_cfg=training_data_config(self.cfg, model))
         return {"file_bytes": size.file_bytes, "fp32_bytes": size.fp32_bytes, "checkpoint": str(self.path / "model")}
