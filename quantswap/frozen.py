@@ -60,9 +60,9 @@ def freeze(model: nn.Module, *, backend: str = "packed", inplace: bool = False) 
     Every quantized layer keeps its method's integer codes and scales (its state dict). With
     ``backend="packed"`` (the default) each layer whose weights and inputs are both binary (W1/A1)
     keeps its weight as bits and runs the packed XOR-popcount op (:mod:`quantswap.kernels`); its
-    output equals the float-decoded layer's up to float32 rounding of the scale and of a folded
-    BatchNorm (its integer dot products are exact: where one is exactly 0 the float layer may give
-    ±1e-7, whose sign the next binary layer then reads; the packed value is the exact one). Every
+    output equals the float-decoded layer's up to float32 rounding of a folded BatchNorm: both sum
+    the ±1 products exactly and apply the scale after (``QuantConv2d.integer_exact``), so an exact
+    tie is 0 in either and the next binary layer reads the same sign. Every
     other layer, and every layer with ``backend="float"``, keeps a weight decoded once to float and
     gives the eval-mode swapped model's outputs bit for bit. :func:`get_freeze_report` says which
     layer went which way and why. A BatchNorm right after a packed convolution is folded into its

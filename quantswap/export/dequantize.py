@@ -47,9 +47,10 @@ class DequantizedWeight(nn.Module):
     weight as the sum of its codec's terms (:meth:`~quantswap.nn.quantizers.WeightQuantizer.dequantize_terms`),
     each a ``quantswap::dequantize`` of buffers ``codes{b}`` / ``scale{b}``."""
 
-    def __init__(self, terms: list[tuple[torch.Tensor, torch.Tensor]], offset: torch.Tensor | None = None):
+    def __init__(self, terms: list[tuple[torch.Tensor, torch.Tensor]], offset: torch.Tensor | None = None,
+                 exact: bool = False):
         super().__init__()
-        self.terms = len(terms)
+        self.terms, self.exact = len(terms), exact  # exact: the layer computes scale ⊙ (x ⊛ codes)
         for b, (codes, scale) in enumerate(terms):
             self.register_buffer(f"codes{b}", codes.to(torch.int8).contiguous())
             self.register_buffer(f"scale{b}", scale.float().contiguous())
@@ -72,6 +73,16 @@ class _DequantizedMixin:
 
     def quantized_weight(self) -> torch.Tensor:
         return self.weight_quantizer()
+
+    @property
+    def integer_exact(self) -> bool:
+        return self.weight_quantizer.exact  # as the frozen layer was (its codec is gone)
+
+    def _exact_parts(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """An integer-exact layer's ``(unit, scale)`` in the graph: the codes dequantized with scale 1 (a
+        ``DequantizeLinear`` giving ±1), the scale applied to the convolution's output (a ``Mul``)."""
+        q = self.weight_quantizer
+        return dequantize(q.codes0, torch.ones((), dtype=q.scale0.dtype)), q.scale0
 
 
 class DequantizedConv2d(_DequantizedMixin, QuantConv2d):
@@ -119,6 +130,6 @@ def export_form(model: nn.Module) -> nn.Module:
                          f"keep them real: swap again with exclude={sorted(problems)!r}")
     for name, layer in layers.items():
         del layer.weight  # the decoded float weight; the terms replace it
-        layer.weight_quantizer = DequantizedWeight(*terms[name])
+        layer.weight_quantizer = DequantizedWeight(*terms[name], exact=layer.integer_exact)
         layer.__class__ = _EXPORT_FORM[next(base for base in _EXPORT_FORM if isinstance(layer, base))]
     return model.eval()

@@ -210,8 +210,8 @@ def _check(path: Path, model: nn.Module, example: torch.Tensor) -> float:
     diff = (got - want).abs().max().item()
     if not diff <= CHECK_RTOL * max(want.abs().max().item(), 1.0):
         warnings.warn(f"onnxruntime's output differs from PyTorch's by up to {diff:.3g} on a random input; with binary "
-                      "activations a value at exactly 0 can take another sign in another runtime (common in untrained "
-                      "models): compare the two on real data", UserWarning, stacklevel=3)
+                      "activations a value within rounding of 0 can take another sign in another runtime: compare the two "
+                      "on real data", UserWarning, stacklevel=3)
     return diff
 
 

@@ -64,6 +64,7 @@ class _QuantMixin:
 
     def train(self, mode: bool = True):
         self.__dict__.pop("_eval_weight", None)  # a cached eval weight is not kept into training
+        self.__dict__.pop("_exact_parts_cache", None)
         return super().train(mode)
 
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +98,31 @@ class _QuantMixin:
     @property
     def binary_activations(self) -> bool:
         return self.input_quantizer is not None
+
+    @property
+    def integer_exact(self) -> bool:
+        """Whether the eval forward is ``α ⊙ (sign(x) ⊛ sign(W))``: the convolution of ±1 by ±1, whose integer
+        sums float32 holds exactly, then the scale. So a sum of exactly 0 stays 0, as in the packed kernels,
+        instead of ``±1e-7`` of rounding whose sign the next binary layer would read. W1/A1 layers whose weight
+        is one scale times signs (no offset, one term) and whose input is a plain sign; training is unchanged."""
+        q, codec = self.input_quantizer, self.codec
+        return (not self.training and (getattr(q, "plain_sign", False) or hasattr(q, "sign_input"))
+                and isinstance(codec, WeightQuantizer) and codec.code_levels == 2 and codec.branches == 1
+                and codec.centred)
+
+    def _exact_parts(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(unit, scale)`` with ``w == scale ⊙ unit``: ``unit`` the ±1 signs (0 in a channel of zeros), ``scale``
+        one per output channel, ``[C_out]``. Gradients reach ``w`` through ``unit`` as they would through ``w``."""
+        caching = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        cached = self.__dict__.get("_exact_parts_cache")
+        if caching and cached is not None and cached[0] is w and cached[1] == key:  # holding w: no address reuse
+            return cached[2]
+        scale = w.detach().abs().flatten(1).amax(dim=1)  # |scale · sign| is the scale, at any granularity
+        unit = w / torch.where(scale == 0, 1, scale).view(-1, *(1,) * (w.dim() - 1))
+        if caching:
+            self.__dict__["_exact_parts_cache"] = (w, key, (unit, scale))
+        return unit, scale
 
     @property
     def is_frozen(self) -> bool:
@@ -200,6 +226,10 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, (w, statistics) = self._quantize_input(x), self._forward_weight()
+        if self.integer_exact:
+            unit, scale = self._exact_parts(w)
+            y = self._conv_forward(x, unit, None) * scale.view(-1, 1, 1)
+            return y if self.bias is None else y + self.bias.view(-1, 1, 1)
         with self._compact_saves(x, w, statistics):
             return self._conv_forward(x, w, self.bias)
 
@@ -227,6 +257,10 @@ class QuantLinear(_QuantMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, (w, statistics) = self._quantize_input(x), self._forward_weight()
+        if self.integer_exact:
+            unit, scale = self._exact_parts(w)
+            y = F.linear(x, unit) * scale
+            return y if self.bias is None else y + self.bias
         with self._compact_saves(x, w, statistics):
             return F.linear(x, w, self.bias)
 
