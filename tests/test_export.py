@@ -59,15 +59,27 @@ def _assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
 
 
 def _int2_terms(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each ``DequantizeLinear``'s (codes, scale) read back from the file, by codes name."""
+    """Each ``DequantizeLinear``'s (codes, scale) read back from the file, by codes name. Where the codes are
+    dequantized with scale 1 (an integer-exact layer), the scale is the constant of the ``Mul`` after the
+    ``Conv``/``MatMul`` that reads them."""
     model = onnx.load(str(path))
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    readers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
     terms = {}
     for node in model.graph.node:
         if node.op_type == "DequantizeLinear":
-            codes, scale = inits[node.input[0]], inits[node.input[1]]
+            codes = next(t for t in model.graph.initializer if t.name == node.input[0])
             assert codes.data_type == onnx.TensorProto.INT2
-            terms[codes.name] = (numpy_helper.to_array(codes).astype(np.int8), numpy_helper.to_array(scale))
+            scale = inits[node.input[1]]
+            if scale.ndim == 0 and scale == 1:
+                (product,) = readers[node.output[0]]
+                (mul,) = [n for n in readers[product.output[0]] if n.op_type == "Mul"]
+                scale = inits[next(name for name in mul.input if name in inits)].reshape(-1)
+                scale = scale if scale.size > 1 else scale.reshape(())
+            terms[codes.name] = (numpy_helper.to_array(codes).astype(np.int8), scale)
     return terms
 
 

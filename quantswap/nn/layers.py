@@ -113,8 +113,9 @@ class _QuantMixin:
     def _exact_parts(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(unit, scale)`` with ``w == scale ⊙ unit``: ``unit`` the ±1 signs (0 in a channel of zeros), ``scale``
         one per output channel, ``[C_out]``. Gradients reach ``w`` through ``unit`` as they would through ``w``."""
-        caching = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        caching = not torch.is_grad_enabled() and not tracing
+        key = (w.data_ptr(), w._version, w.dtype, w.device) if caching else None
         cached = self.__dict__.get("_exact_parts_cache")
         if caching and cached is not None and cached[0] is w and cached[1] == key:  # holding w: no address reuse
             return cached[2]
