@@ -41,7 +41,7 @@ def _rounded(model, dtype):
     return ref
 
 
-@pytest.mark.parametrize("arch", MODELS)
+@pytest.mark.variants_by_arch(every=("resnet18", "mobilenet_v2"), in_turn=("timm:resnet18d", "timm:efficientnet_b0"))
 def test_save_load_gives_identical_outputs(tmp_path, arch, variant):
     model = _trained(quantswap.swap(MODELS[arch](), variant.config()))
     size = quantswap.save_pretrained(model, tmp_path / "ckpt")
@@ -257,10 +257,33 @@ def test_saving_over_a_folder_replaces_only_the_checkpoint_files(saved, tmp_path
     assert torch.equal(quantswap.from_pretrained(folder, backend="float")(X), model(X))
 
 
+def test_a_float_model_saves_as_a_float_checkpoint(tmp_path):
+    """Issue 29: the demo's float parent could not be evaluated or exported. A float model saves as a
+    checkpoint with ``"quantization": null`` and loads back as itself."""
+    model = _trained(resnet18(num_classes=10))
+    size = quantswap.save_pretrained(model, tmp_path / "fp", fp_dtype="bfloat16", metrics={"top1": 91.6})
+    assert size.file_bytes < 0.51 * size.fp32_bytes  # 16 bits per weight
+    config = json.loads((tmp_path / "fp" / CONFIG_NAME).read_text())
+    assert config["quantization"] is None and config["base_model"]["name"] == "torchvision:resnet18"
+    assert "float: not quantized" in (tmp_path / "fp" / "README.md").read_text()
+    loaded = quantswap.from_pretrained(tmp_path / "fp")
+    assert not loaded.training and loaded.meta["quantswap_checkpoint"].quantization is None
+    assert torch.equal(loaded(X), _rounded_float(model, torch.bfloat16)(X))
+    quantswap.binarize(loaded, method="irnet")  # the parent of a new binary model
+    with pytest.raises(ValueError, match="a float model has none"):
+        quantswap.save_pretrained(model, tmp_path / "b", keep_latent=True)
+    assert not (tmp_path / "b").exists()
+
+
+def _rounded_float(model, dtype):
+    rounded = resnet18(num_classes=10).eval()
+    rounded.load_state_dict({k: v.to(dtype).to(v.dtype) if v.is_floating_point() else v
+                             for k, v in model.state_dict().items()})
+    return rounded
+
+
 def test_bad_save_arguments(tmp_path):
     model = quantswap.binarize(resnet18(num_classes=10), method="irnet")
-    with pytest.raises(ValueError, match="not made by quantswap"):
-        quantswap.save_pretrained(resnet18(), tmp_path / "a")
     with pytest.raises(ValueError, match="fp_dtype.*float32, float16, bfloat16"):
         quantswap.save_pretrained(model, tmp_path / "a", fp_dtype="int8")
     with pytest.raises(ValueError, match="ternary_packing"):

@@ -6,8 +6,9 @@ latent weight, and no float Conv2d/Linear remains except those kept real on purp
 The 17 models of 100M parameters or more (VGG, ViT-L/H, RegNet-Y-128GF, ...) are marked
 ``giant``: on the 2-core CI machine their five conversions cost ~2 minutes each, so they run with
 ``make test-giants`` rather than in the default suite. Of the other models, the default suite
-converts each with one seed method, in turn (so every method meets every kind of layout); the rest of
-the product is marked ``sweep`` and runs with ``make test-sweep``.
+converts each with one seed method, in turn (so every method meets every kind of layout), the later
+methods on five layouts, and the timm families each with the methods in turn; the rest of the product
+is marked ``sweep`` and runs with ``make test-sweep``.
 """
 
 import functools
@@ -30,6 +31,9 @@ SEED_METHODS = ("xnor", "irnet", "bireal", "mcdonnell", "ternary")
 LATER_METHODS = [m for m in METHODS if m not in SEED_METHODS]
 LAYOUTS = ["resnet18", "mobilenet_v2", "efficientnet_b0", "googlenet", "regnet_x_400mf", "densenet121",
            "squeezenet1_0", "shufflenet_v2_x0_5", "convnext_tiny", "swin_t", "vit_b_16", "maxvit_t"]
+#: The layouts the default suite runs the later methods on (the rest with ``make test-sweep``): a residual
+#: CNN, inverted residuals with depthwise convs, squeeze-excitation, a ConvNeXt and a transformer.
+LATER_DEFAULT = ("resnet18", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "vit_b_16")
 TORCHVISION_MODELS = list_models(module=torchvision.models)
 GIANT = 100e6
 # builder arguments and input sizes that keep each model small enough for a CPU test
@@ -100,7 +104,8 @@ def _marks(name: str, method: str) -> list:
 CASES = [
     pytest.param(name, method, marks=_marks(name, method), id=f"{name}-{method}")
     for name in TORCHVISION_MODELS for method in SEED_METHODS
-] + [pytest.param(name, method, marks=pytest.mark.zoo, id=f"{name}-{method}") for name in LAYOUTS for method in LATER_METHODS]
+] + [pytest.param(name, method, marks=[pytest.mark.zoo] + ([] if name in LATER_DEFAULT else [pytest.mark.sweep]),
+                  id=f"{name}-{method}") for name in LAYOUTS for method in LATER_METHODS]
 
 
 @pytest.mark.parametrize("name, method", CASES)
@@ -129,8 +134,16 @@ TIMM_MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", list(TIMM_MODELS))
-@pytest.mark.parametrize("method", METHODS)
+def _timm_marks(name: str, method: str) -> list:
+    """Every method on ``resnet18d``; on each other family, the methods in turn (each method meets one)."""
+    others = [n for n in TIMM_MODELS if n != "resnet18d"]
+    default = name == "resnet18d" or others[METHODS.index(method) % len(others)] == name
+    return [] if default else [pytest.mark.sweep]
+
+
+@pytest.mark.parametrize("name, method", [pytest.param(name, method, marks=_timm_marks(name, method),
+                                                       id=f"{method}-{name}")
+                                          for method in METHODS for name in TIMM_MODELS])
 def test_timm_family_converts(name, method):
     timm = pytest.importorskip("timm")
     model = timm.create_model(name, pretrained=False, num_classes=10)
