@@ -4,8 +4,8 @@ drive the real client against tests/minihub.py on 127.0.0.1, never the real Hub.
 The ``variant`` fixture is every registered method variant (``quantswap.list_variants()``): tests
 that take it cover each method, including ``throwaway_method`` (registered here, so that a method
 added to the registry is shown to go through those tests without any test listing it). A test marked
-``variants_by_arch(every=..., in_turn=...)`` takes ``arch`` too: every variant on each ``every`` arch,
-and on the ``in_turn`` archs the variants in turn (each variant meets one of them)."""
+``variants_with(NAME, every=..., in_turn=...)`` takes the argument NAME too: every variant with each
+``every`` value, and the ``in_turn`` values given to the variants in turn (each variant meets one)."""
 
 import os
 import socket
@@ -42,14 +42,14 @@ def pytest_generate_tests(metafunc):
     if "variant" not in metafunc.fixturenames:
         return
     variants = quantswap.list_variants()
-    marker = metafunc.definition.get_closest_marker("variants_by_arch")
+    marker = metafunc.definition.get_closest_marker("variants_with")
     if marker is None:
         metafunc.parametrize("variant", variants, ids=[v.name for v in variants])
         return
-    every, in_turn = marker.kwargs["every"], marker.kwargs["in_turn"]  # archs: every variant, or the variants in turn
-    cases = [(arch, v) for arch in every for v in variants]
+    (name,), every, in_turn = marker.args, marker.kwargs.get("every", ()), marker.kwargs["in_turn"]
+    cases = [(value, v) for value in every for v in variants]
     cases += [(in_turn[i % len(in_turn)], v) for i, v in enumerate(variants)]
-    metafunc.parametrize("arch, variant", cases, ids=[f"{v.name}-{arch}" for arch, v in cases])
+    metafunc.parametrize(f"{name}, variant", cases, ids=[f"{v.name}-{value}" for value, v in cases])
 
 
 @pytest.fixture(autouse=True)

@@ -41,7 +41,7 @@ def _rounded(model, dtype):
     return ref
 
 
-@pytest.mark.variants_by_arch(every=("resnet18", "mobilenet_v2"), in_turn=("timm:resnet18d", "timm:efficientnet_b0"))
+@pytest.mark.variants_with("arch", every=("resnet18",), in_turn=("mobilenet_v2", "timm:resnet18d", "timm:efficientnet_b0"))
 def test_save_load_gives_identical_outputs(tmp_path, arch, variant):
     model = _trained(quantswap.swap(MODELS[arch](), variant.config()))
     size = quantswap.save_pretrained(model, tmp_path / "ckpt")
@@ -68,7 +68,7 @@ def test_keep_latent_round_trip_can_keep_training(tmp_path, variant):
     assert loaded.layer2[0].conv1.weight.grad is not None
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.variants_with("dtype", in_turn=("float16", "bfloat16"))
 def test_half_precision_real_layers_load_as_the_rounded_model(tmp_path, variant, dtype):
     model = _trained(quantswap.swap(resnet18(num_classes=10), variant.config()))
     quantswap.save_pretrained(model, tmp_path / "ckpt", fp_dtype=dtype)

@@ -168,15 +168,14 @@ def test_file_sizes_against_the_packed_checkpoints(tmp_path):
     assert types["layer1.0.conv1.weight_quantizer.scale0"] == onnx.TensorProto.FLOAT  # scales stay float32
 
 
-def test_torch_export_of_frozen_models_runs_and_equals_the_module(variant):
+@pytest.mark.variants_with("backend", in_turn=("packed", "float"))
+def test_torch_export_of_frozen_models_runs_and_equals_the_module(variant, backend):
     """Issue 16, part 2: torch.export of a frozen model, packed (the kernels' fake ops) or float."""
     model = _swapped(variant, resnet18(num_classes=10))
     x = torch.randn(3, 3, 32, 32)
-    for backend in ("packed", "float"):
-        frozen = quantswap.freeze(model, backend=backend)
-        program = torch.export.export(frozen, (torch.randn(2, 3, 32, 32),),
-                                      dynamic_shapes=({0: torch.export.Dim("batch")},))
-        assert torch.equal(program.module()(x), frozen(x))
+    frozen = quantswap.freeze(model, backend=backend)
+    program = torch.export.export(frozen, (torch.randn(2, 3, 32, 32),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    assert torch.equal(program.module()(x), frozen(x))
 
 
 # -- where it lives for users -----------------------------------------------------------------------
