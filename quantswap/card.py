@@ -123,18 +123,16 @@ def _onnx(repo_id: str | None, input_size: tuple[int, int, int]) -> str:
 ## ONNX
 
 `model.onnx` holds the same model for onnxruntime (1.23 or later) and other ONNX runtimes: each
-quantized weight is an INT2 code with its float32 scale, dequantized by `DequantizeLinear` (opset 25);
-binary activations are `x >= 0 ? 1 : -1`; the batch axis is dynamic. onnxruntime runs it as a float
-model; the session option below makes it dequantize the weights once instead of at every call.
+quantized weight is an INT2 code with its float32 scale, decoded by `Cast` and `Mul` (opset 25), which
+onnxruntime folds into float weights when the session loads; binary activations are `x >= 0 ? 1 : -1`;
+the batch axis is dynamic.
 
 ```python
 import numpy as np
 import onnxruntime
 from huggingface_hub import hf_hub_download
 
-options = onnxruntime.SessionOptions()
-options.add_session_config_entry("session.disable_quant_qdq", "1")  # dequantize the weights once, at load
-session = onnxruntime.InferenceSession(hf_hub_download("{repo_id or "ORG/NAME"}", "model.onnx"), options)
+session = onnxruntime.InferenceSession(hf_hub_download("{repo_id or "ORG/NAME"}", "model.onnx"))
 pixel_values = np.random.rand({shape}).astype(np.float32)  # an image batch, preprocessed as in the table above
 logits = session.run(["logits"], {{"pixel_values": pixel_values}})[0]
 ```

@@ -59,27 +59,35 @@ def _assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
 
 
 def _int2_terms(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each ``DequantizeLinear``'s (codes, scale) read back from the file, by codes name. Where the codes are
-    dequantized with scale 1 (an integer-exact layer), the scale is the constant of the ``Mul`` after the
-    ``Conv``/``MatMul`` that reads them."""
+    """Each quantized weight's (codes, scale) read back from the file, by codes name: an INT2 initializer
+    decoded by ``Cast``, then a ``Mul`` by its scale; an integer-exact layer's codes go to the ``Conv`` or
+    ``MatMul`` as ±1, and its scale is the constant behind the run-time ``Expand`` of the ``Mul`` after it."""
     model = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    readers = {}
+    readers, producer = {}, {}
     for node in model.graph.node:
+        producer.update({name: node for name in node.output})
         for name in node.input:
             readers.setdefault(name, []).append(node)
+
+    def constant_behind(name: str) -> np.ndarray:
+        while name not in inits:
+            name = producer[name].input[0]  # through Expand / Reshape
+        return inits[name]
+
     terms = {}
     for node in model.graph.node:
-        if node.op_type == "DequantizeLinear":
-            codes = next(t for t in model.graph.initializer if t.name == node.input[0])
-            assert codes.data_type == onnx.TensorProto.INT2
-            scale = inits[node.input[1]]
-            if scale.ndim == 0 and scale == 1:
-                (product,) = readers[node.output[0]]
-                (mul,) = [n for n in readers[product.output[0]] if n.op_type == "Mul"]
-                scale = inits[next(name for name in mul.input if name in inits)].reshape(-1)
-                scale = scale if scale.size > 1 else scale.reshape(())
-            terms[codes.name] = (numpy_helper.to_array(codes).astype(np.int8), scale)
+        codes = next((t for t in model.graph.initializer if t.name == node.input[0]), None) if node.input else None
+        if node.op_type != "Cast" or codes is None or codes.data_type != onnx.TensorProto.INT2:
+            continue
+        (user,) = readers[node.output[0]]
+        if user.op_type == "Mul":  # codes x scale
+            scale = inits[next(name for name in user.input if name in inits)]
+        else:  # scale x (x * codes)
+            (mul,) = [n for n in readers[user.output[0]] if n.op_type == "Mul"]
+            scale = constant_behind(next(name for name in mul.input if name != user.output[0]))
+        terms[codes.name] = (numpy_helper.to_array(codes).astype(np.int8),
+                             scale.reshape(-1) if scale.size > 1 else scale.reshape(()))
     return terms
 
 

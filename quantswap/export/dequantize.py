@@ -4,9 +4,12 @@
 ``quantswap::dequantize(codes, scale)`` is a custom op (``codes`` int8, ``scale`` float, 0-d or one
 per output channel): in PyTorch it is ``scale · codes``; the ONNX exporter writes it as one
 ``DequantizeLinear`` node reading the codes as a constant, which :mod:`quantswap.export.onnx` then
-stores as INT2. :func:`export_form` turns a swapped or frozen model into a copy whose quantized
-layers compute their weight that way (:class:`DequantizedWeight`); everything else is unchanged,
-so the copy's outputs are the frozen model's.
+stores as INT2 and rewrites as ``Mul(Cast(codes), scale)``. :func:`export_form` turns a swapped or
+frozen model into a copy whose quantized layers compute their weight that way
+(:class:`DequantizedWeight`); an integer-exact layer reads its codes with scale 1 and multiplies its
+output by the scale, broadcast to the batch at run time so that no graph optimizer can fold the scale
+back into the weight (which would round an exact tie off 0). Everything else is unchanged, so the
+copy's outputs are the frozen model's.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class DequantizedWeight(nn.Module):
         for b in range(self.terms):
             term = dequantize(getattr(self, f"codes{b}"), getattr(self, f"scale{b}"))
             weight = term if weight is None else weight + term
-        if self.offset is not None:  # one per output channel (AdaBin): an Add after the DequantizeLinear nodes
+        if self.offset is not None:  # one per output channel (AdaBin): an Add after the terms
             weight = weight + self.offset.view(-1, *(1,) * (weight.dim() - 1))
         return weight
 
@@ -79,10 +82,17 @@ class _DequantizedMixin:
         return self.weight_quantizer.exact  # as the frozen layer was (its codec is gone)
 
     def _exact_parts(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """An integer-exact layer's ``(unit, scale)`` in the graph: the codes dequantized with scale 1 (a
-        ``DequantizeLinear`` giving ±1), the scale applied to the convolution's output (a ``Mul``)."""
+        """An integer-exact layer's ``(unit, scale)`` in the graph: the codes dequantized with scale 1 (±1), the
+        scale applied to the convolution's output (a ``Mul``, see :meth:`_scaled`)."""
         q = self.weight_quantizer
         return dequantize(q.codes0, torch.ones((), dtype=q.scale0.dtype)), q.scale0
+
+    def _scaled(self, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``y ⊙ scale`` with the scale expanded to the batch: a run-time operand, which onnxruntime's
+        Conv-Mul fusion cannot fold into the ±1 weight (ties would no longer sum to exactly 0)."""
+        if isinstance(self, nn.Conv2d):
+            return y * scale.reshape(1, -1, 1, 1).expand(y.shape[0], -1, 1, 1)
+        return y * scale.reshape(-1).expand(*y.shape[:-1], -1)
 
 
 class DequantizedConv2d(_DequantizedMixin, QuantConv2d):

@@ -2,8 +2,9 @@
 
 Built on PyTorch's ONNX exporter (``torch.onnx.export(dynamo=True)``): the model's export form
 (:mod:`quantswap.export.dequantize`) is exported with a translation of ``quantswap::dequantize`` into
-``DequantizeLinear``; then every code tensor that ``DequantizeLinear`` reads is stored as INT2 (ONNX
-1.20, opset 25), and, when asked, the real layers' weights as float16 behind a ``Cast``. Binary
+``DequantizeLinear``; then every code tensor it reads is stored as INT2 (ONNX 1.20, opset 25) and the
+node rewritten as ``Mul(Cast(codes), scale)``, which onnxruntime folds into float weights at load, and,
+when asked, the real layers' weights as float16 behind a ``Cast``. Binary
 activations are ``Where(x >= 0, 1, -1)`` (not ``Sign``, which maps 0 to 0); the structure a method
 adds (Bi-Real's shortcuts, Hardtanh, ...) is made of ordinary modules and exports as ordinary ops.
 The batch axis is dynamic; the file is checked (``onnx.checker``, and onnxruntime against PyTorch)
@@ -26,7 +27,7 @@ from quantswap.shapes import first_conv_channels, input_shape
 
 __all__ = ["OPSET", "OnnxExport", "OnnxExportError", "export_onnx"]
 
-#: The opset of the files: DequantizeLinear reads INT2 from opset 25 on.
+#: The opset of the files: Cast reads INT2 from opset 25 on.
 OPSET = 25
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 FP_DTYPES = ("float32", "float16")
@@ -108,7 +109,7 @@ def _preprocessing(model: nn.Module) -> dict[str, str]:
 def _translations() -> dict:
     from onnxscript import opset23 as op
 
-    def dequantize_linear(codes, scale):
+    def dequantize_linear(codes, scale):  # rewritten by _codes_as_int2 (no exporter pass folds this node)
         return op.DequantizeLinear(codes, scale, axis=0)  # axis is ignored for a 0-d (per-layer) scale
 
     return {dequantize.default: dequantize_linear}
@@ -131,16 +132,49 @@ def _to_onnx(model: nn.Module, example: torch.Tensor):
                               "base model is, it does not export with torch.onnx.export either") from err
 
 
+def _code_casts(graph) -> list:
+    """The ``Cast`` nodes that decode a quantized weight (they read an INT2 constant)."""
+    import onnx_ir as ir
+
+    return [node for node in graph if node.op_type == "Cast" and node.inputs[0].const_value is not None
+            and node.inputs[0].dtype == ir.DataType.INT2]
+
+
+def _as_cast_and_mul(graph, node, codes) -> None:
+    """Replace ``DequantizeLinear(codes, scale, axis=0)`` by ``Cast(codes)`` (and a ``Mul`` by the scale, shaped
+    to broadcast, unless it is 1): all constant, which onnxruntime folds into a float weight once, at the
+    session's load (a ``DequantizeLinear`` it would run at every call, keeping it for quantized kernels)."""
+    import onnx_ir as ir
+
+    scale = node.inputs[1].const_value.numpy()
+    cast = ir.node("Cast", [codes], attributes={"to": ir.DataType.FLOAT}, name=f"{codes.name}_decode")
+    cast.outputs[0].name = f"{codes.name}_float"
+    graph.insert_before(node, cast)
+    decoded = cast.outputs[0]
+    if not (scale.ndim == 0 and scale == 1):
+        shaped = scale if scale.ndim == 0 else scale.reshape(-1, *(1,) * (len(codes.shape) - 1))
+        value = ir.Value(name=f"{codes.name}_scale", const_value=ir.tensor(shaped, name=f"{codes.name}_scale"))
+        graph.register_initializer(value)
+        mul = ir.node("Mul", [decoded, value], name=f"{codes.name}_scaled")
+        mul.outputs[0].name = f"{codes.name}_weight"
+        graph.insert_before(node, mul)
+        decoded = mul.outputs[0]
+    node.outputs[0].replace_all_uses_with(decoded)
+    old_scale = node.inputs[1]
+    graph.remove(node, safe=True)
+    if old_scale.is_initializer() and not old_scale.uses():  # shaped anew above, or 1: not written
+        graph.initializers.pop(old_scale.name)
+
+
 def _codes_as_int2(graph, terms: int) -> tuple[int, int]:
-    """Store every int8 constant that ``DequantizeLinear`` reads as INT2; returns (tensors, weights).
-    ``terms``: how many the model has (fewer means the exporter folded one into a float constant)."""
+    """Store every int8 constant that ``DequantizeLinear`` reads as INT2 and decode it with ``Cast`` (see
+    :func:`_as_cast_and_mul`); returns (tensors, weights). ``terms``: how many the model has (fewer means the
+    exporter folded one into a float constant)."""
     import ml_dtypes
     import onnx_ir as ir
 
     tensors = weights = 0
-    for node in graph:
-        if node.op_type != "DequantizeLinear":
-            continue
+    for node in [n for n in graph if n.op_type == "DequantizeLinear"]:
         codes = node.inputs[0]
         if codes.const_value is None or codes.dtype != ir.DataType.INT8:
             continue
@@ -149,6 +183,7 @@ def _codes_as_int2(graph, terms: int) -> tuple[int, int]:
             raise OnnxExportError(f"{codes.name}: codes outside the INT2 range [-2, 1]")
         codes.const_value = ir.Tensor(array.astype(ml_dtypes.int2), dtype=ir.DataType.INT2, name=codes.name)
         codes.dtype = ir.DataType.INT2
+        _as_cast_and_mul(graph, node, codes)
         tensors, weights = tensors + 1, weights + array.size
     if tensors != terms:
         raise OnnxExportError(f"the exported graph reads {tensors} INT2 weight tensors where the model has {terms}; "
@@ -160,11 +195,11 @@ def _real_weights_as_float16(graph) -> None:
     """Store the float32 constants of real layers as float16, each read through one ``Cast`` back to
     float32: those whose values float16 holds exactly (the model's tensors, rounded by
     :func:`_round_real_to_float16`), not the ones the exporter computed from them (a BatchNorm folded
-    into the convolution before it) and not the scales of ``DequantizeLinear``."""
+    into the convolution before it) and not the quantized weights' scales."""
     import numpy as np
     import onnx_ir as ir
 
-    scales = {id(node.inputs[1]) for node in graph if node.op_type == "DequantizeLinear"}
+    scales = {id(value) for cast in _code_casts(graph) for user, _ in cast.outputs[0].uses() for value in user.inputs}
     for value in list(graph.initializers.values()):
         if value.dtype != ir.DataType.FLOAT or id(value) in scales or value.const_value.size < 16:
             continue
@@ -227,7 +262,8 @@ def export_onnx(
 
     Every quantized layer's weight is INT2 codes (binary ``{-1, +1}``, ternary ``{-1, 0, +1}``, one
     tensor per residual-expansion branch) with float32 scales (per output channel or per layer),
-    dequantized by ``DequantizeLinear`` (opset 25, onnxruntime 1.23 and later). The input is
+    decoded by ``Mul(Cast(codes), scale)`` (opset 25, onnxruntime 1.23 and later), which onnxruntime folds
+    into float weights when the session loads, so the file runs at the float model's speed. The input is
     ``pixel_values`` ``[batch, C, H, W]`` (batch dynamic), the output ``logits``.
 
     Args:

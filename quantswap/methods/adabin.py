@@ -14,7 +14,7 @@
   convs real) with a **Maxout** after each sum: ``p_c·max(x, 0) − n_c·max(−x, 0)`` per channel.
 
 Its weights are codes ±1 with two values per output channel (``α``, ``β``) in the checkpoint, and an
-ONNX file adds ``β`` after the ``DequantizeLinear``. Its layers stay decoded in
+ONNX file adds ``β`` after the decoded codes. Its layers stay decoded in
 :func:`quantswap.freeze`: neither binary set is ±1, so the XOR-popcount kernel would need the offset
 terms (``β_x·Σ w`` and ``β_w·Σ x`` over each window).
 

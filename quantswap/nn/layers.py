@@ -125,6 +125,10 @@ class _QuantMixin:
             self.__dict__["_exact_parts_cache"] = (w, key, (unit, scale))
         return unit, scale
 
+    def _scaled(self, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``y`` times one scale per output channel (a convolution's channels are its second axis)."""
+        return y * (scale.view(-1, 1, 1) if isinstance(self, nn.Conv2d) else scale)
+
     @property
     def is_frozen(self) -> bool:
         return isinstance(self.weight_quantizer, FrozenWeight)
@@ -229,7 +233,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         x, (w, statistics) = self._quantize_input(x), self._forward_weight()
         if self.integer_exact:
             unit, scale = self._exact_parts(w)
-            y = self._conv_forward(x, unit, None) * scale.view(-1, 1, 1)
+            y = self._scaled(self._conv_forward(x, unit, None), scale)
             return y if self.bias is None else y + self.bias.view(-1, 1, 1)
         with self._compact_saves(x, w, statistics):
             return self._conv_forward(x, w, self.bias)
@@ -260,7 +264,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
         x, (w, statistics) = self._quantize_input(x), self._forward_weight()
         if self.integer_exact:
             unit, scale = self._exact_parts(w)
-            y = F.linear(x, unit) * scale
+            y = self._scaled(F.linear(x, unit), scale)
             return y if self.bias is None else y + self.bias
         with self._compact_saves(x, w, statistics):
             return F.linear(x, w, self.bias)

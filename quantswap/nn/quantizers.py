@@ -119,7 +119,7 @@ class WeightQuantizer(nn.Module):
         """The quantized weight as ``Σ scale_b · codes_b``: per term, ``int8`` codes shaped like the weight
         and a float scale, either 0-d (per layer) or one per output channel (``[C_out]``).
 
-        This is how ONNX stores the weight (:func:`quantswap.export_onnx`: one ``DequantizeLinear`` per
+        This is how ONNX stores the weight (:func:`quantswap.export_onnx`: one INT2 ``Cast`` and ``Mul`` per
         term); the sum must equal :meth:`decode` in float32. A codec that cannot be written so raises
         ``NotImplementedError``.
         """
