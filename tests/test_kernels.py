@@ -272,3 +272,18 @@ def test_the_kernels_build_folder_is_keyed_by_sources_torch_and_compiler(monkeyp
     assert native.library_name() != name
     if kernels.load().backend == "native":
         assert name in kernels.info().library  # the library loaded is the one of this install's key
+
+
+def test_python_m_quantswap_kernels_builds_once_and_says_which_kernels_run():
+    """Issue 28: ``make install`` builds the kernels (``python -m quantswap.kernels``) instead of a first
+    use doing it silently; the command says which kernels run, and exits 1 when only the reference can."""
+    import subprocess
+    import sys
+
+    from quantswap.kernels import native
+
+    done = subprocess.run([sys.executable, "-m", "quantswap.kernels"], capture_output=True, text=True, timeout=600)
+    report = kernels.load()
+    assert done.returncode == (0 if report.backend == "native" else 1)
+    assert done.stdout.startswith(f"{report.backend} (") and (report.library or "reference") in done.stdout
+    assert native.built() == (report.backend == "native")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from quantswap._registry import list_methods
 from quantswap.cli._args import key_value
@@ -46,5 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if any(getattr(m, "input_quantizer", None) is not None for m in swapped.modules()):  # packs when frozen
         from quantswap import kernels
 
-        print(f"packed kernels: {kernels.load()}")
+        if kernels.native.built() or os.environ.get("QUANTSWAP_KERNELS") == "reference":
+            print(f"packed kernels: {kernels.load()}")
+        else:  # not built on this install yet: say so rather than spend 30 s building them for a summary
+            print("packed kernels: native, not built yet (python -m quantswap.kernels builds them, about 30 s, once)")
     return 0

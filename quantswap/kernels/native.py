@@ -26,7 +26,7 @@ import torch
 
 import quantswap.kernels.ops  # noqa: F401 - the op schemas must exist before the library registers kernels
 
-__all__ = ["KernelInfo", "info", "load", "ensure_loaded", "set_isa", "ISAS", "loaded", "library_name"]
+__all__ = ["KernelInfo", "info", "load", "ensure_loaded", "set_isa", "ISAS", "loaded", "built", "library_name"]
 
 logger = logging.getLogger("quantswap")
 
@@ -109,12 +109,26 @@ def library_name() -> str:
     return f"quantswap_kernels_{key.hexdigest()[:12]}"
 
 
+def _library_path() -> Path:
+    with _quiet_cpp_extension():
+        from torch.utils import cpp_extension
+
+    name = library_name()
+    return Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so"
+
+
+def built() -> bool:
+    """Whether the native kernels are loaded or built for this install already (a load is then fast)."""
+    return "library" in _state or (os.environ.get("QUANTSWAP_KERNELS", "auto") != "reference"
+                                   and _library_path().is_file())
+
+
 def _build() -> str:
     with _quiet_cpp_extension():
         from torch.utils import cpp_extension
 
     name = library_name()
-    library = Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so"
+    library = _library_path()
     if not library.is_file():
         logger.warning("quantswap: building the native kernels (about 30 s, once per install) into %s", library.parent)
     with _ninja_on_path(), _quiet_cpp_extension():
