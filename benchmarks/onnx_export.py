@@ -21,6 +21,7 @@ from torchvision.models import resnet18
 
 import quantswap
 
+
 def session(path: Path) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()

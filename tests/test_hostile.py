@@ -290,9 +290,7 @@ def test_resume_with_another_configuration_is_refused_listing_the_differences(tm
 
 def test_resume_forgets_metrics_rows_its_checkpoint_does_not_hold(tmp_path):
     from quantswap.train import FinetuneConfig
-    from quantswap.train.run_state import RunFolder
-
-    from quantswap.train.run_state import RunState
+    from quantswap.train.run_state import RunFolder, RunState
 
     run = RunFolder(FinetuneConfig(output=str(tmp_path)))
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')  # killed after row 2, before last.pt

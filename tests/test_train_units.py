@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import quantswap
-
 from quantswap.cli import main
 from quantswap.data import ResumableSampler
 from quantswap.train import FinetuneConfig, distribution_loss, load_recipe
