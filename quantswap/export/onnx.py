@@ -199,7 +199,8 @@ def _real_weights_as_float16(graph) -> None:
     import numpy as np
     import onnx_ir as ir
 
-    scales = {id(value) for cast in _code_casts(graph) for user, _ in cast.outputs[0].uses() for value in user.inputs}
+    scales = {id(value) for cast in _code_casts(graph) for user, _ in cast.outputs[0].uses() if user.op_type == "Mul"
+              for value in user.inputs}
     for value in list(graph.initializers.values()):
         if value.dtype != ir.DataType.FLOAT or id(value) in scales or value.const_value.size < 16:
             continue
@@ -263,7 +264,7 @@ def export_onnx(
     Every quantized layer's weight is INT2 codes (binary ``{-1, +1}``, ternary ``{-1, 0, +1}``, one
     tensor per residual-expansion branch) with float32 scales (per output channel or per layer),
     decoded by ``Mul(Cast(codes), scale)`` (opset 25, onnxruntime 1.23 and later), which onnxruntime folds
-    into float weights when the session loads, so the file runs at the float model's speed. The input is
+    into float weights when the session loads (decoding costs nothing per call). The input is
     ``pixel_values`` ``[batch, C, H, W]`` (batch dynamic), the output ``logits``.
 
     Args:
