@@ -15,7 +15,7 @@ FASHION_MNIST_LOCAL := $(CURDIR)/.data/debian$(FASHION_MNIST_SYSTEM)
 export QUANTSWAP_FASHION_MNIST ?= $(FASHION_MNIST_LOCAL)
 PARENT := runs/fashion-mnist-parent
 
-.PHONY: install data data-download demo test test-quick test-giants test-sweep lint bench bench-train accuracy zoo gpu-bench clean
+.PHONY: install data data-download demo test test-quick test-giants test-sweep test-arm lint bench bench-train accuracy zoo gpu-bench clean
 
 install: $(STAMP)
 
@@ -69,6 +69,20 @@ test-giants: $(STAMP)
 # (the default suite runs one method per model, in turn, and four export pairs): ~10 minutes.
 test-sweep: $(STAMP)
 	$(BIN)/python -m pytest -q -m sweep tests/test_zoo.py tests/test_export.py
+
+# ARM (aarch64): the packed kernels' row functions built for aarch64 (NEON and portable) and checked bit for
+# bit against a direct count under qemu-user, then the whole extension source compiled for aarch64 against
+# torch's headers. Needs Debian's g++-aarch64-linux-gnu and qemu-user. Correctness only: qemu says nothing
+# of speed (docs/internals.md estimates it).
+ARM_CXX ?= aarch64-linux-gnu-g++
+test-arm: $(STAMP)
+	mkdir -p build
+	$(ARM_CXX) -O3 -std=c++17 -static tests/arm/check_kernels.cpp -o build/check-kernels-aarch64
+	qemu-aarch64 build/check-kernels-aarch64
+	$(ARM_CXX) -std=c++20 -fsyntax-only -fopenmp \
+		$$($(BIN)/python -c "from torch.utils import cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))" 2>/dev/null) \
+		quantswap/kernels/binary.cpp
+	@echo "aarch64: binary.cpp compiles against torch's headers"
 
 lint: $(STAMP)
 	$(BIN)/ruff check quantswap tests benchmarks

@@ -31,7 +31,8 @@ __all__ = ["KernelInfo", "info", "load", "ensure_loaded", "set_isa", "ISAS", "lo
 logger = logging.getLogger("quantswap")
 
 SOURCES = [Path(__file__).with_name(name) for name in ("binary.cpp", "training.cpp")]
-ISAS = ("portable", "avx2", "avx512-vpopcntdq")  # index = the native library's ISA level
+HEADERS = [Path(__file__).with_name("binary_kernels.h")]  # part of the build's key, not compiled alone
+ISAS = ("portable", "avx2", "avx512-vpopcntdq", "neon")  # index = the native library's ISA level
 _FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]  # no FMA: bit-equal to the reference; no FP traps: selects vectorize
 
 
@@ -103,7 +104,7 @@ def library_name() -> str:
     """``quantswap_kernels_<key>``: the build folder and library, keyed by the sources, the flags, torch and the
     compiler, so that two installs (or two versions) on one machine never rebuild each other's kernels."""
     key = hashlib.sha256()
-    for part in (*(s.read_bytes() for s in SOURCES), " ".join(_FLAGS).encode(), torch.__version__.encode(),
+    for part in (*(s.read_bytes() for s in (*SOURCES, *HEADERS)), " ".join(_FLAGS).encode(), torch.__version__.encode(),
                  _compiler().encode()):
         key.update(part)
     return f"quantswap_kernels_{key.hexdigest()[:12]}"

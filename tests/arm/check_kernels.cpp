@@ -1,0 +1,79 @@
+// The packed kernels' row functions against a direct count, on whatever CPU this is built for: every
+// instruction set the CPU runs (NEON on aarch64; AVX2 and AVX-512 on x86-64) and the portable C++ one,
+// over random geometries (sizes, groups, several words per position, strides, padding, dilation, 1..4
+// blocks of output channels). `make test-arm` builds it for aarch64 and runs it under qemu-user, which
+// checks correctness there, not speed. Exit status 0 when every accumulator and tap count is identical.
+#include <cstdio>
+#include <random>
+
+#include "../../quantswap/kernels/binary_kernels.h"
+
+using namespace quantswap;
+
+namespace {
+
+// acc[(ow * NB + b) * 8 + lane] and taps[ow] of output row `oh`, counted one tap and one bit at a time.
+void direct(const Geometry& g, const std::vector<uint64_t>& act, const std::vector<uint64_t>& w, int64_t block_words,
+            int64_t grp, int64_t oh, int nb, std::vector<int32_t>& acc, std::vector<int32_t>& taps) {
+  for (int64_t ow = 0; ow < g.OW; ++ow) {
+    int32_t n = 0;
+    std::vector<int64_t> sum(nb * kLanes, 0);
+    for (int64_t kh = 0; kh < g.KH; ++kh)
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        const int64_t ih = oh * g.sh - g.ph + kh * g.dh, iw = ow * g.sw - g.pw + kw * g.dw;
+        if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+        ++n;
+        for (int b = 0; b < nb; ++b)
+          for (int64_t j = 0; j < g.WG; ++j)
+            for (int l = 0; l < kLanes; ++l) {
+              const uint64_t x = act[((ih * g.W + iw) * g.G + grp) * g.WG + j];
+              const uint64_t y = w[b * block_words + ((kh * g.KW + kw) * g.WG + j) * kLanes + l];
+              for (int bit = 0; bit < 64; ++bit) sum[b * kLanes + l] += ((x ^ y) >> bit) & 1;
+            }
+      }
+    for (int i = 0; i < nb * kLanes; ++i) acc[ow * nb * kLanes + i] = static_cast<int32_t>(sum[i]);
+    taps[ow] = n;
+  }
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937_64 rng(0);
+  auto pick = [&](int64_t lo, int64_t hi) { return lo + static_cast<int64_t>(rng() % (hi - lo + 1)); };
+  const int64_t best = best_isa();
+  std::vector<int64_t> isas;
+  for (int64_t isa : {kPortable, kAvx2, kAvx512, kNeon})
+    if (runs(isa, best)) isas.push_back(isa);
+  int cases = 0, failures = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    Geometry g{pick(1, 9), pick(1, 9), pick(1, 2), pick(1, 3), pick(1, 3), pick(1, 3), 0, 0, pick(1, 2), pick(1, 2),
+               pick(0, 2), pick(0, 2), pick(1, 2), pick(1, 2)};
+    const int64_t span_h = g.dh * (g.KH - 1) + 1, span_w = g.dw * (g.KW - 1) + 1;
+    if (g.H + 2 * g.ph < span_h || g.W + 2 * g.pw < span_w) continue;
+    g.OH = (g.H + 2 * g.ph - span_h) / g.sh + 1;
+    g.OW = (g.W + 2 * g.pw - span_w) / g.sw + 1;
+    const int nb = static_cast<int>(pick(1, kMaxBlocks));
+    const int64_t block_words = g.KH * g.KW * g.WG * kLanes, grp = pick(0, g.G - 1), oh = pick(0, g.OH - 1);
+    std::vector<uint64_t> act(g.H * g.W * g.G * g.WG), w(nb * block_words);
+    for (auto& v : act) v = rng();
+    for (auto& v : w) v = rng();
+    std::vector<int32_t> want(g.OW * nb * kLanes), want_taps(g.OW);
+    direct(g, act, w, block_words, grp, oh, nb, want, want_taps);
+    for (int64_t isa : isas) {
+      std::vector<int32_t> got(want.size(), -1), got_taps(g.OW, -1);
+      row_kernel(isa, nb)(g, act.data(), w.data(), block_words, grp, oh, got.data(), got_taps.data());
+      ++cases;
+      if (got != want || got_taps != want_taps) {
+        ++failures;
+        std::printf("isa %lld differs: H=%lld W=%lld G=%lld WG=%lld K=%lldx%lld stride %lld,%lld pad %lld,%lld "
+                    "dilation %lld,%lld blocks %d\n", (long long)isa, (long long)g.H, (long long)g.W, (long long)g.G,
+                    (long long)g.WG, (long long)g.KH, (long long)g.KW, (long long)g.sh, (long long)g.sw,
+                    (long long)g.ph, (long long)g.pw, (long long)g.dh, (long long)g.dw, nb);
+      }
+    }
+  }
+  std::printf("%d row-kernel cases over %zu instruction sets (best: %lld): %d differ from the direct count\n", cases,
+              isas.size(), (long long)best, failures);
+  return failures == 0 ? 0 : 1;
+}
