@@ -71,7 +71,7 @@ test-sweep: $(STAMP)
 	$(BIN)/python -m pytest -q -m sweep tests/test_zoo.py tests/test_export.py
 
 # ARM (aarch64): the packed kernels' row functions built for aarch64 (NEON and portable) and checked bit for
-# bit against a direct count under qemu-user, then the whole extension source compiled for aarch64 against
+# bit against a direct count under qemu-user, then the extension's sources compiled for aarch64 against
 # torch's headers. Needs Debian's g++-aarch64-linux-gnu and qemu-user. Correctness only: qemu says nothing
 # of speed (docs/internals.md estimates it).
 ARM_CXX ?= aarch64-linux-gnu-g++
@@ -81,8 +81,8 @@ test-arm: $(STAMP)
 	qemu-aarch64 build/check-kernels-aarch64
 	$(ARM_CXX) -std=c++20 -fsyntax-only -fopenmp \
 		$$($(BIN)/python -c "from torch.utils import cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))" 2>/dev/null) \
-		quantswap/kernels/binary.cpp
-	@echo "aarch64: binary.cpp compiles against torch's headers"
+		quantswap/kernels/binary.cpp quantswap/kernels/training.cpp
+	@echo "aarch64: the extension's sources compile against torch's headers"
 
 lint: $(STAMP)
 	$(BIN)/ruff check quantswap tests benchmarks
