@@ -70,8 +70,8 @@ def _speed(w1a1: bool) -> str:
     """What the card says about inference speed: only W1/A1 layers have packed kernels."""
     if w1a1:
         return ("On the CPU, `quantswap.from_pretrained` keeps the binary layers' weights packed in memory (one bit\n"
-                "each) and runs them on quantswap's XOR-popcount kernels (compiled at first use; AVX-512 VPOPCNTDQ,\n"
-                "AVX2 or portable C++): a W1/A1 ResNet-18 at 224 px, batch 1, ran 3.1-5.0x faster than the FP32\n"
+                "each) and runs them on quantswap's XOR-popcount kernels (compiled once; AVX-512 VPOPCNTDQ, AVX2,\n"
+                "NEON or portable C++): a W1/A1 ResNet-18 at 224 px, batch 1, ran 3.1-5.0x faster than the FP32\n"
                 "model on a 2-core AVX-512 CPU (quantswap's `benchmarks/inference.py`). The first conv, BatchNorm,\n"
                 "pooling and real layers run as float32. `backend=\"float\"` decodes every layer to float instead.")
     return ("`quantswap.from_pretrained` decodes them into float tensors. **PyTorch inference of this model is not\n"
