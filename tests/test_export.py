@@ -173,7 +173,7 @@ def test_file_sizes_against_the_packed_checkpoints(tmp_path):
     assert half.file_bytes < done.file_bytes - 0.9e6  # the 1000-class head (2 MB in float32) in half
     types = {t.name: t.data_type for t in onnx.load(str(half.path)).graph.initializer}
     assert types["fc.weight"] == onnx.TensorProto.FLOAT16 and types["layer1.0.bn1.weight"] == onnx.TensorProto.FLOAT16
-    assert types["layer1.0.conv1.weight_quantizer.scale0"] == onnx.TensorProto.FLOAT  # scales stay float32
+    assert types["layer1.0.conv1.weight_quantizer.codes0_scale"] == onnx.TensorProto.FLOAT  # scales stay float32
 
 
 @pytest.mark.variants_with("backend", in_turn=("packed", "float"))

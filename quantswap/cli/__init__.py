@@ -10,13 +10,14 @@ from quantswap.cli import evaluate as _evaluate
 from quantswap.cli import export as _export
 from quantswap.cli import finetune as _finetune
 from quantswap.cli import hub as _hub
+from quantswap.cli import kernels as _kernels
 from quantswap.cli import plot as _plot
 from quantswap.cli import summary as _summary
 from quantswap.version import __version__
 
 __all__ = ["main"]
 
-_COMMANDS = (_finetune, _evaluate, _summary, _plot, _hub, _export)  # each adds its subcommand(s) with add_parser
+_COMMANDS = (_finetune, _evaluate, _summary, _plot, _hub, _export, _kernels)  # each adds its subcommand(s) with add_parser
 
 
 DESCRIPTION = """Binarize or ternarize a pretrained PyTorch vision model: fine-tune it from its float weights

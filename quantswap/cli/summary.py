@@ -50,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
         if kernels.native.built() or os.environ.get("QUANTSWAP_KERNELS") == "reference":
             print(f"packed kernels: {kernels.load()}")
         else:  # not built on this install yet: say so rather than spend 30 s building them for a summary
-            print("packed kernels: native, not built yet (python -m quantswap.kernels builds them, about 30 s, once)")
+            print("packed kernels: native, not built yet (quantswap kernels builds them, about 30 s, once)")
     return 0

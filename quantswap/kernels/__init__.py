@@ -4,7 +4,7 @@
 binarize and pack them, and multiply them with weights kept packed (1 bit each) by counting
 differing bits: exact integer dot products, then one multiply-add per output channel. On the CPU a
 C++/OpenMP kernel (AVX-512 VPOPCNTDQ or AVX2 on x86-64, NEON on aarch64, or portable code, chosen at
-run time) does the work; it is compiled once (``python -m quantswap.kernels``, or the first use) and
+run time) does the work; it is compiled once (``quantswap kernels``, or the first use) and
 cached. Without a compiler the same ops run a pure-PyTorch reference.
 :func:`quantswap.freeze` routes every W1/A1 layer through them.
 
