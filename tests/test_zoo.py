@@ -96,8 +96,8 @@ IN_TURN = {name: SEED_METHODS[i % len(SEED_METHODS)]
 
 
 #: Above this, a model's turn runs with the sweep too (the default suite keeps one of each family below it,
-#: and the layouts above): a 50-100M-parameter conversion costs several seconds on the CI machine.
-LARGE = 50e6
+#: and the layouts above): a conversion of 30-100M parameters costs several seconds on the CI machine.
+LARGE = 30e6
 
 
 def _marks(name: str, method: str) -> list:
