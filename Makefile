@@ -65,10 +65,10 @@ test-quick: $(STAMP) data
 test-giants: $(STAMP)
 	$(BIN)/python -m pytest -q -m giant tests/test_zoo.py
 
-# Every torchvision model with every seed method, every variant exported from MobileNetV2 and timm
-# (the default suite runs one method per model, in turn, and four export pairs): ~10 minutes.
+# Every torchvision model with every seed method, every variant exported (ResNet-18, MobileNetV2, timm)
+# and compiled (the default suite runs one method per model, in turn, and one variant of each kind): ~12 minutes.
 test-sweep: $(STAMP)
-	$(BIN)/python -m pytest -q -m sweep tests/test_zoo.py tests/test_export.py
+	$(BIN)/python -m pytest -q -m sweep tests/test_zoo.py tests/test_export.py tests/test_compile.py
 
 # ARM (aarch64): the packed kernels' row functions built for aarch64 (NEON and portable) and checked bit for
 # bit against a direct count under qemu-user, then the extension's sources compiled for aarch64 against

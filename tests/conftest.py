@@ -5,7 +5,8 @@ The ``variant`` fixture is every registered method variant (``quantswap.list_var
 that take it cover each method, including ``throwaway_method`` (registered here, so that a method
 added to the registry is shown to go through those tests without any test listing it). A test marked
 ``variants_with(NAME, every=..., in_turn=...)`` takes the argument NAME too: every variant with each
-``every`` value, and the ``in_turn`` values given to the variants in turn (each variant meets one)."""
+``every`` value, and the ``in_turn`` values given to the variants in turn (each variant meets one). One
+marked ``variants_sample(NAME, ...)`` runs those variants by default and the rest with ``make test-sweep``."""
 
 import os
 import socket
@@ -42,6 +43,11 @@ def pytest_generate_tests(metafunc):
     if "variant" not in metafunc.fixturenames:
         return
     variants = quantswap.list_variants()
+    sample = metafunc.definition.get_closest_marker("variants_sample")
+    if sample is not None:  # the named variants by default, the others with the sweep
+        metafunc.parametrize("variant", [pytest.param(v, id=v.name, marks=() if v.name in sample.args else
+                                                      pytest.mark.sweep) for v in variants])
+        return
     marker = metafunc.definition.get_closest_marker("variants_with")
     if marker is None:
         metafunc.parametrize("variant", variants, ids=[v.name for v in variants])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -20,6 +21,8 @@ def _net() -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
 
 
+@pytest.mark.variants_sample("xnor", "irnet", "react", "adabin", "irnet-w1a32", "mcdonnell", "ternary-t2", "throwaway",
+                              "throwaway-a1")
 def test_every_variant_compiles_to_one_graph_with_the_eager_numbers(variant):
     torch._dynamo.reset()
     eager = quantswap.swap(_net(), variant.config()).train()

@@ -24,6 +24,9 @@ from quantswap.cli import main
 from quantswap.nn.layers import QuantLayer
 
 RTOL = 1e-4  # onnxruntime vs PyTorch, relative to the output's largest magnitude
+#: One variant of each kind of quantized layer (W1/A1 integer-exact, RSign, an offset, W1/A32, ternary branches)
+#: and the registry's test-only ones; the other variants take the same paths and run with ``make test-sweep``.
+KINDS = ("xnor", "react", "adabin", "irnet-w1a32", "ternary-t2", "throwaway", "throwaway-a1")
 
 
 @torch.no_grad()
@@ -103,6 +106,7 @@ def _assert_weights_are_the_codes(path, frozen: nn.Module) -> None:
             assert np.array_equal(got_codes, codes.numpy()) and np.array_equal(got_scale, scale.numpy())
 
 
+@pytest.mark.variants_sample(*KINDS)
 @pytest.mark.filterwarnings("error:onnxruntime's output differs")  # export_onnx's own check passes too
 def test_every_variant_on_resnet18_runs_in_onnxruntime_as_in_pytorch(variant, tmp_path):
     model = _swapped(variant, resnet18(num_classes=10))
