@@ -308,8 +308,9 @@ def test_every_row_kernel_equals_a_direct_count_here_and_on_aarch64(tmp_path):
     bit-by-bit count, over random geometries."""
     import shutil
 
-    if shutil.which("c++") is None:
-        pytest.skip("no C++ compiler")
+    if shutil.which("c++") is None:  # no compiler: the ops must say they run the reference, and nothing to build
+        assert kernels.load().backend == "reference"
+        return
     out = _build_and_run(["c++"], [], tmp_path)
     assert ": 0 differ from the direct count" in out
     if shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64"):
