@@ -64,7 +64,8 @@ def _assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
 def _int2_terms(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each quantized weight's (codes, scale) read back from the file, by codes name: an INT2 initializer
     decoded by ``Cast``, then a ``Mul`` by its scale; an integer-exact layer's codes go to the ``Conv`` or
-    ``MatMul`` as ±1, and its scale is the constant behind the run-time ``Expand`` of the ``Mul`` after it."""
+    ``MatMul`` as ±1 (and, AdaBin's, to a ``ReduceSum``), and its scale is the constant behind the run-time
+    ``Expand`` of the ``Mul`` after it."""
     model = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     readers, producer = {}, {}
@@ -83,7 +84,8 @@ def _int2_terms(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         codes = next((t for t in model.graph.initializer if t.name == node.input[0]), None) if node.input else None
         if node.op_type != "Cast" or codes is None or codes.data_type != onnx.TensorProto.INT2:
             continue
-        (user,) = readers[node.output[0]]
+        users = readers[node.output[0]]  # AdaBin's codes are also summed over channels (S_w)
+        user = next(u for u in users if u.op_type in ("Mul", "Conv", "MatMul", "Gemm"))
         if user.op_type == "Mul":  # codes x scale
             scale = inits[next(name for name in user.input if name in inits)]
         else:  # scale x (x * codes)

@@ -19,13 +19,13 @@ from torchvision.models import resnet18
 import quantswap
 from quantswap import kernels
 from quantswap.functional import sign
-from quantswap.kernels import reference
+from quantswap.kernels import affine, reference
 from quantswap.nn.packed import PackedConv2d, PackedLinear, packs
 
 NATIVE = kernels.load().backend == "native"
 ISAS = [isa for isa in kernels.ISAS if NATIVE and kernels.set_isa(isa) == isa] or [None]
 kernels.set_isa(None) if NATIVE else None
-#: Every method of quantswap's own whose W1/A1 layers the packed kernels serve (not AdaBin's offset sets).
+#: Every method of quantswap's own whose W1/A1 layers the packed kernels serve.
 W1A1 = [v.name for v in quantswap.list_variants() if packs(v.config()) and type(v.config()).__module__.startswith("quantswap.")]
 
 
@@ -71,6 +71,21 @@ def test_bconv2d_equals_the_reference_and_the_float_conv(case, isa):
     decoded = F.conv2d(sign(x), codes.float() * alpha.view(-1, 1, 1, 1), bias, *args, groups=g)
     torch.testing.assert_close(y, decoded, rtol=0, atol=1e-5 * cin * k * k / 64)
     assert y.is_contiguous(memory_format=torch.channels_last) == case["channels_last"]
+    _check_offset_terms(x, codes, g, args, isa)
+
+
+def _check_offset_terms(x, codes, groups, args, isa):
+    """A binary set that is not ±1 (AdaBin): input ``a·s + b``, weight ``α·s_w + β`` per channel, zero padding."""
+    alpha, beta, a, b = torch.rand(len(codes)) + 0.5, torch.randn(len(codes)), torch.tensor(-0.8), torch.tensor(0.3)
+    c0, offset = affine.coefficients(alpha, beta, a, b)
+    packed, cin = kernels.pack_weight(codes, groups), x.shape[1]
+    for bias in (None, torch.randn(len(codes))):
+        y = kernels.bconv2d(x, packed, c0, bias, in_channels=cin, stride=args[0], padding=args[1], dilation=args[2],
+                            offset=offset)
+        assert torch.equal(y, reference.bconv2d(x, packed, c0, bias, cin, *map(list, args), offset)), isa
+        weight = codes.double() * alpha.double().view(-1, 1, 1, 1) + beta.double().view(-1, 1, 1, 1)
+        exact = F.conv2d(a * sign(x).double() + b, weight, None if bias is None else bias.double(), *args, groups=groups)
+        torch.testing.assert_close(y.double(), exact, rtol=0, atol=1e-6 * float(exact.abs().max()))  # a few roundings
 
 
 @pytest.mark.parametrize("shape", [(1, 512, 1000), (3, 70, 9), (8, 2304, 512), (2, 4096, 4096)])
@@ -81,6 +96,13 @@ def test_blinear_equals_the_reference_and_the_float_linear(shape, isa):
     y = kernels.blinear(x, kernels.pack_weight(codes), alpha, bias)
     assert torch.equal(y, reference.blinear(x, kernels.pack_weight(codes), alpha, bias))
     torch.testing.assert_close(y, F.linear(sign(x), codes.float() * alpha[:, None], bias), rtol=0, atol=1e-5 * cin / 64)
+    beta, a, b = torch.randn(cout), torch.tensor(1.3), torch.tensor(-0.4)  # AdaBin's sets
+    c0, offset = affine.coefficients(alpha, beta, a, b)
+    y = kernels.blinear(x, kernels.pack_weight(codes), c0, bias, offset)
+    assert torch.equal(y, reference.blinear(x, kernels.pack_weight(codes), c0, bias, offset))
+    exact = F.linear(a * sign(x).double() + b, codes.double() * alpha[:, None].double() + beta[:, None].double(),
+                     bias.double())
+    torch.testing.assert_close(y.double(), exact, rtol=0, atol=1e-6 * float(exact.abs().max()))
 
 
 def test_pack_weight_round_trips_and_rejects_bad_shapes():
@@ -110,6 +132,9 @@ def _trained(model: nn.Module) -> nn.Module:
             for t in (m.running_mean, m.weight, m.bias):
                 t.data.uniform_(-1, 1)
             m.running_var.data.uniform_(0.5, 2)
+        elif hasattr(m, "binary_set"):  # AdaBin's input set β ∓ α
+            m.alpha.data.uniform_(0.5, 1.5)
+            m.beta.data.uniform_(-0.3, 0.3)
         elif hasattr(m, "sign_input"):
             m.bias.data.uniform_(-0.5, 0.5)
     return model.eval()
@@ -122,10 +147,13 @@ def _with_reference_ops(model: nn.Module) -> nn.Module:
         q = getattr(m, "input_quantizer", None)
         shifted = (lambda x, q=q: q.sign_input(x)) if hasattr(q, "sign_input") else (lambda x: x)  # RSign: x + b
         if isinstance(m, PackedConv2d):  # with any BatchNorm folded into its output transform
-            m.forward = lambda x, m=m, w=w, s=shifted: reference.bconv2d(
-                s(x), w.words, *m.output_transform(), m.in_channels, list(m.stride), list(m.padding), list(m.dilation))
+            def forward(x, m=m, w=w, s=shifted):
+                alpha, bias, offset = m.output_transform()
+                return reference.bconv2d(s(x), w.words, alpha, bias, m.in_channels, list(m.stride), list(m.padding),
+                                         list(m.dilation), offset)
+            m.forward = forward
         elif isinstance(m, PackedLinear):
-            m.forward = lambda x, m=m, w=w, s=shifted: reference.blinear(s(x), w.words, w.alpha, m.bias)
+            m.forward = lambda x, m=m, w=w, s=shifted: reference.blinear(s(x), w.words, *m.output_transform())
     return model
 
 
@@ -187,7 +215,8 @@ def test_batchnorm_after_a_packed_conv_is_folded_and_refolded_on_load():
     conv, bn = packed.layer1[0].conv1, packed.layer1[0].bn1
     # the closed form: alpha' = alpha * gamma / sqrt(var + eps), bias' = beta - mean * gamma / sqrt(var + eps)
     g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    alpha, bias = conv.output_transform()
+    alpha, bias, offset = conv.output_transform()
+    assert offset is None  # bireal: ±1 inputs, weights centred on 0
     torch.testing.assert_close(alpha, conv.weight_quantizer.alpha * g, rtol=1e-6, atol=0)
     torch.testing.assert_close(bias, bn.bias - bn.running_mean * g, rtol=1e-6, atol=1e-7)
     assert packed.state_dict().keys() == decoded.state_dict().keys()  # the BatchNorm keeps its state dict

@@ -81,11 +81,11 @@ class _DequantizedMixin:
     def integer_exact(self) -> bool:
         return self.weight_quantizer.exact  # as the frozen layer was (its codec is gone)
 
-    def _exact_parts(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """An integer-exact layer's ``(unit, scale)`` in the graph: the codes dequantized with scale 1 (±1), the
-        scale applied to the convolution's output (a ``Mul``, see :meth:`_scaled`)."""
+    def _exact_parts(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """An integer-exact layer's ``(unit, scale, offset)`` in the graph: the codes dequantized with scale 1 (±1),
+        the scale applied to the convolution's output (a ``Mul``, see :meth:`_scaled`), AdaBin's offset."""
         q = self.weight_quantizer
-        return dequantize(q.codes0, torch.ones((), dtype=q.scale0.dtype)), q.scale0
+        return dequantize(q.codes0, torch.ones((), dtype=q.scale0.dtype)), q.scale0, q.offset
 
     def _scaled(self, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """``y ⊙ scale`` with the scale expanded to the batch: a run-time operand, which onnxruntime's

@@ -38,14 +38,17 @@ def _pair(v: int | Sequence[int]) -> list[int]:
 
 def bconv2d(x: torch.Tensor, weight: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None = None, *,
             in_channels: int, stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
-            dilation: int | Sequence[int] = 1) -> torch.Tensor:
-    """``alpha · conv2d(sign(x), codes) + bias`` with ``codes`` packed by :func:`pack_weight`."""
+            dilation: int | Sequence[int] = 1, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """``alpha · conv2d(sign(x), codes) + bias`` with ``codes`` packed by :func:`pack_weight`; an ``offset``
+    ``[3, O]`` adds the terms of binary sets that are not ±1 (:mod:`quantswap.kernels.affine`)."""
     ensure_loaded()
     return torch.ops.quantswap.bconv2d(x, weight, alpha, bias, in_channels, _pair(stride), _pair(padding),
-                                       _pair(dilation))
+                                       _pair(dilation), offset)
 
 
-def blinear(x: torch.Tensor, weight: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``alpha · linear(sign(x), codes) + bias`` for ``x`` ``[N, C]`` and codes ``[O, C]`` packed by :func:`pack_weight`."""
+def blinear(x: torch.Tensor, weight: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None = None,
+            offset: torch.Tensor | None = None) -> torch.Tensor:
+    """``alpha · linear(sign(x), codes) + bias`` for ``x`` ``[N, C]`` and codes ``[O, C]`` packed by :func:`pack_weight`
+    (``offset`` as in :func:`bconv2d`)."""
     ensure_loaded()
-    return torch.ops.quantswap.blinear(x, weight, alpha, bias)
+    return torch.ops.quantswap.blinear(x, weight, alpha, bias, offset)

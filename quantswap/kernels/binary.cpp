@@ -91,11 +91,34 @@ void check_operands(const at::Tensor& x, const at::Tensor& weight, const at::Ten
                 "bias must be a contiguous float32 vector of ", out_channels, " values");
 }
 
+// Each output channel's one bits per tap, [O, KH * KW], and over all taps, [O] (for an offset transform).
+std::pair<std::vector<int32_t>, std::vector<int32_t>> weight_ones(const at::Tensor& weight, int64_t out_channels) {
+  const int64_t G = weight.size(0), OB = weight.size(1), ntaps = weight.size(2) * weight.size(3), WG = weight.size(4);
+  const int64_t og = out_channels / G;
+  const uint64_t* w = reinterpret_cast<const uint64_t*>(weight.data_ptr<int64_t>());
+  std::vector<int32_t> ones(out_channels * ntaps, 0), total(out_channels, 0);
+  for (int64_t grp = 0; grp < G; ++grp)
+    for (int64_t ob = 0; ob < OB; ++ob)
+      for (int64_t tap = 0; tap < ntaps; ++tap)
+        for (int64_t j = 0; j < WG; ++j)
+          for (int64_t lane = 0; lane < kLanes && ob * kLanes + lane < og; ++lane) {
+            const int64_t o = grp * og + ob * kLanes + lane;
+            const int32_t n = __builtin_popcountll(w[(((grp * OB + ob) * ntaps + tap) * WG + j) * kLanes + lane]);
+            ones[o * ntaps + tap] += n;
+            total[o] += n;
+          }
+  return {std::move(ones), std::move(total)};
+}
+
 at::Tensor bconv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
                    const std::optional<at::Tensor>& bias, int64_t in_channels, at::IntArrayRef stride,
-                   at::IntArrayRef padding, at::IntArrayRef dilation) {
+                   at::IntArrayRef padding, at::IntArrayRef dilation, const std::optional<at::Tensor>& offset) {
   const int64_t out_channels = alpha.numel();
   check_operands(x, weight, alpha, bias, out_channels);
+  if (offset.has_value())
+    TORCH_CHECK(offset->scalar_type() == at::kFloat && offset->dim() == 2 && offset->size(0) == 3 &&
+                    offset->size(1) == out_channels && offset->is_contiguous(),
+                "offset must be a contiguous float32 [3, ", out_channels, "] (the coefficients of S_x, S_w and K)");
   TORCH_CHECK(x.dim() == 4 && x.size(1) == in_channels, "expected input [N, ", in_channels, ", H, W], got ",
               x.sizes());
   const int64_t G = weight.size(0), OB = weight.size(1), KH = weight.size(2), KW = weight.size(3),
@@ -132,11 +155,15 @@ at::Tensor bconv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   const int64_t block_words = KH * KW * WG * kLanes;
   const int64_t isa = active_isa();
   const int64_t OBB = (OB + kMaxBlocks - 1) / kMaxBlocks;  // groups of up to kMaxBlocks blocks
+  const float* c = offset.has_value() ? offset->data_ptr<float>() : nullptr;
+  const auto [wones, wtotal] = c != nullptr ? weight_ones(weight, out_channels)
+                                            : std::pair<std::vector<int32_t>, std::vector<int32_t>>{};
 
   // One task: an output row of up to 4 blocks of 8 output channels, in one group of one image.
   at::parallel_for(0, N * G * OBB * g.OH, 1, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> acc(g.OW * kMaxBlocks * kLanes);
     std::vector<int32_t> taps(g.OW);
+    std::vector<int32_t> xones(c != nullptr ? g.OW : 0), wsum(c != nullptr ? g.OW * kMaxBlocks * kLanes : 0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t oh = task % g.OH, obb = (task / g.OH) % OBB, grp = (task / (g.OH * OBB)) % G,
                     n = task / (g.OH * OBB * G);
@@ -147,14 +174,21 @@ at::Tensor bconv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tens
       prefetch_for_writing(e);
       row_kernel(isa, nb)(g, act + n * g.H * g.W * G * WG, wts + (grp * OB + ob0) * block_words, block_words, grp,
                           oh, acc.data(), taps.data());
-      emit_row(isa, e);
+      if (c == nullptr) {
+        emit_row(isa, e);
+        continue;
+      }
+      const int64_t ntaps = KH * KW;
+      offset_sums(g, act + n * g.H * g.W * G * WG, wones.data() + o0 * ntaps, wtotal.data() + o0, e.lanes, grp, oh,
+                  xones.data(), wsum.data());
+      emit_offsets(e, Offsets{c + o0, c + out_channels + o0, c + 2 * out_channels + o0, xones.data(), wsum.data()});
     }
   });
   return out;
 }
 
 at::Tensor blinear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
-                   const std::optional<at::Tensor>& bias) {
+                   const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& offset) {
   TORCH_CHECK(x.dim() == 2, "blinear takes a 2-D input [N, in_features], got ", x.sizes());
   TORCH_CHECK(weight.dim() == 6 && weight.size(0) == 1 && weight.size(2) == 1 && weight.size(3) == 1,
               "blinear's weight is the layout of a 1x1, one-group convolution");
@@ -162,7 +196,7 @@ at::Tensor blinear(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   // The batch as the width of a 1 x N image (each sample's features are its channels, contiguous):
   // the convolution's row kernel then reuses every weight vector for two samples at a time.
   const at::Tensor image = x.contiguous().t().unsqueeze(0).unsqueeze(2);  // [1, C, 1, N]
-  const at::Tensor y = bconv2d(image, weight, alpha, bias, x.size(1), {1, 1}, {0, 0}, {1, 1});
+  const at::Tensor y = bconv2d(image, weight, alpha, bias, x.size(1), {1, 1}, {0, 0}, {1, 1}, offset);
   return y.select(2, 0).select(0, 0).t().contiguous();  // [N, O]
 }
 

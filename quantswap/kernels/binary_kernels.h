@@ -423,6 +423,52 @@ void row_neon(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int6
   }
 }
 #endif
+
+// ---------------------------------------------------------------------------------------------------
+// Binary sets that are not +-1 (AdaBin, see quantswap/kernels/affine.py): besides D = K - 2 * acc, the output
+// needs per position S_x = K - 2 * (the activations' one bits over the valid taps) and per lane S_w = K - 2 *
+// (the weights' one bits over the same taps), then y = (D * c0 + S_x * c1) + ((S_w * c2 + K * c3) + bias).
+
+// xones[ow] and wsum[l * OW + ow] for output row `oh`: `wones[l * KH * KW + tap]` holds each lane's one bits per
+// tap, `wtotal[l]` their sum over all taps (a position whose window lies inside the input takes it).
+void offset_sums(const Geometry& g, const uint64_t* act, const int32_t* wones, const int32_t* wtotal, int64_t lanes,
+                 int64_t grp, int64_t oh, int32_t* xones, int32_t* wsum) {
+  const int64_t ntaps = g.KH * g.KW, ih0 = oh * g.sh - g.ph;
+  const bool rows_inside = ih0 >= 0 && ih0 + (g.KH - 1) * g.dh < g.H;
+  for (int64_t ow = 0; ow < g.OW; ++ow) {
+    const int64_t iw0 = ow * g.sw - g.pw;
+    const bool inside = rows_inside && iw0 >= 0 && iw0 + (g.KW - 1) * g.dw < g.W;
+    for (int64_t l = 0; l < lanes; ++l) wsum[l * g.OW + ow] = inside ? wtotal[l] : 0;
+    int32_t ones = 0;
+    QUANTSWAP_FOR_EACH_TAP(g, oh, ow, tap, pos) {
+      const uint64_t* a = act + (pos * g.G + grp) * g.WG;
+      for (int64_t j = 0; j < g.WG; ++j) ones += static_cast<int32_t>(__builtin_popcountll(a[j]));
+      if (!inside)
+        for (int64_t l = 0; l < lanes; ++l) wsum[l * g.OW + ow] += wones[l * ntaps + tap];
+    }
+    xones[ow] = ones;
+  }
+}
+
+struct Offsets {
+  const float* c1;  // coefficients of S_x, S_w and K, one per lane of the row
+  const float* c2;
+  const float* c3;
+  const int32_t* xones;
+  const int32_t* wsum;
+};
+
+void emit_offsets(const Emit& e, const Offsets& f) {
+  for (int64_t l = 0; l < e.lanes; ++l)
+    for (int64_t ow = 0; ow < e.OW; ++ow) {
+      const int32_t k = static_cast<int32_t>(e.taps[ow] * e.cg);
+      const float d = static_cast<float>(k - 2 * e.acc[ow * e.nb * kLanes + l]) * e.alpha[l];
+      const float sx = static_cast<float>(k - 2 * f.xones[ow]) * f.c1[l];
+      float rest = static_cast<float>(k - 2 * f.wsum[l * e.OW + ow]) * f.c2[l] + static_cast<float>(k) * f.c3[l];
+      if (e.bias != nullptr) rest += e.bias[l];
+      e.y[l * e.so + ow * e.sx] = (d + sx) + rest;
+    }
+}
 #undef QUANTSWAP_FOR_EACH_TAP
 
 

@@ -10,7 +10,9 @@ prefers for CPU tensors.
 ``[N, C, H, W]``; ``weight`` the ``int64 [G, OB, KH, KW, WG, 8]`` words of
 :func:`quantswap.kernels.layout.pack_weight`; ``alpha`` float32 ``[O]``; returns
 ``alpha * conv(sign(x), codes) + bias``. ``blinear(x, weight, alpha, bias)``: the same for ``x``
-``[N, C]`` and a 1x1 one-group weight.
+``[N, C]`` and a 1x1 one-group weight. An ``offset`` (float32 ``[3, O]``) adds the terms of a binary set
+that is not ±1 (:mod:`quantswap.kernels.affine`): ``(D·alpha + S_x·offset[0]) + ((S_w·offset[1] +
+K·offset[2]) + bias)``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ __all__ = ["bconv2d", "blinear"]
 _LIB = torch.library.Library("quantswap", "DEF")  # noqa: TOR901 - kernels are added below and from C++
 _LIB.define(
     "bconv2d(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, int in_channels, int[2] stride, "
-    "int[2] padding, int[2] dilation) -> Tensor"
+    "int[2] padding, int[2] dilation, Tensor? offset=None) -> Tensor"
 )
-_LIB.define("blinear(Tensor x, Tensor weight, Tensor alpha, Tensor? bias) -> Tensor")
+_LIB.define("blinear(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, Tensor? offset=None) -> Tensor")
 _LIB.impl("bconv2d", reference.bconv2d, "CompositeExplicitAutograd")
 _LIB.impl("blinear", reference.blinear, "CompositeExplicitAutograd")
 
@@ -45,7 +47,7 @@ def check_input_size(size: tuple[int, int], kernel: tuple[int, int], padding, di
 
 
 @torch.library.register_fake("quantswap::bconv2d")
-def _bconv2d_fake(x, weight, alpha, bias, in_channels, stride, padding, dilation):
+def _bconv2d_fake(x, weight, alpha, bias, in_channels, stride, padding, dilation, offset=None):
     kernel = weight.shape[2:4]
     check_input_size(tuple(x.shape[2:]), tuple(kernel), padding, dilation)
     height, width = (_conv_size(x.shape[2 + i], kernel[i], stride[i], padding[i], dilation[i]) for i in range(2))
@@ -55,7 +57,7 @@ def _bconv2d_fake(x, weight, alpha, bias, in_channels, stride, padding, dilation
 
 
 @torch.library.register_fake("quantswap::blinear")
-def _blinear_fake(x, weight, alpha, bias):
+def _blinear_fake(x, weight, alpha, bias, offset=None):
     return x.new_empty((x.shape[0], alpha.shape[0]))
 
 

@@ -2,7 +2,8 @@
 
 Each one unpacks the weight bits to ``±1``, convolves ``sign(x)`` with them in float32 (sums of
 ``±1`` are exact integers there, below 2^24) and applies the same output transform as the native
-kernel, ``dot * alpha + bias`` rounded twice, so the two agree bit for bit. It runs on any device,
+kernel, ``dot * alpha + bias`` rounded twice (with an ``offset``, the order of
+:mod:`quantswap.kernels.affine`), so the two agree bit for bit. It runs on any device,
 keeps the weights packed between calls, and costs about what the float-decoded layer costs.
 """
 
@@ -12,25 +13,30 @@ import torch
 from torch.nn import functional as F
 
 from quantswap.functional import sign
+from quantswap.kernels import affine
 from quantswap.kernels.layout import weight_sign_bits
 
 __all__ = ["bconv2d", "blinear"]
 
 
-def _transform(dot: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None, dims: int) -> torch.Tensor:
-    shape = (-1,) + (1,) * dims
-    y = dot.round() * alpha.view(shape)  # round(): exact already, unless the backend used Winograd
-    return y if bias is None else y + bias.view(shape)
-
-
 def bconv2d(x: torch.Tensor, weight: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None,
-            in_channels: int, stride: list[int], padding: list[int], dilation: list[int]) -> torch.Tensor:
+            in_channels: int, stride: list[int], padding: list[int], dilation: list[int],
+            offset: torch.Tensor | None = None) -> torch.Tensor:
     groups = weight.shape[0]
     signs = 1 - 2 * weight_sign_bits(weight, alpha.numel(), in_channels // groups).to(x.dtype)
-    dot = F.conv2d(sign(x), signs, None, stride, padding, dilation, groups)
-    return _transform(dot, alpha, bias, 2)
+    s = sign(x)
+    dot = F.conv2d(s, signs, None, stride, padding, dilation, groups).round()  # exact already, unless Winograd
+    scaled = dot * alpha.view(-1, 1, 1)
+    if offset is None:
+        return scaled if bias is None else scaled + bias.view(-1, 1, 1)
+    return affine.combine(scaled, affine.conv2d_sums(s, signs, stride, padding, dilation, groups), offset, bias, 2)
 
 
-def blinear(x: torch.Tensor, weight: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def blinear(x: torch.Tensor, weight: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None,
+            offset: torch.Tensor | None = None) -> torch.Tensor:
     signs = 1 - 2 * weight_sign_bits(weight, alpha.numel(), x.shape[-1]).to(x.dtype).flatten(1)
-    return _transform(F.linear(sign(x), signs), alpha, bias, 0)
+    s = sign(x)
+    scaled = F.linear(s, signs).round() * alpha
+    if offset is None:
+        return scaled if bias is None else scaled + bias
+    return affine.combine(scaled, affine.linear_sums(s, signs), offset, bias, 0)

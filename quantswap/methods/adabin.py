@@ -139,6 +139,14 @@ class AdaBinSign(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _AdaptiveActivation.apply(x, self.alpha, self.beta)
 
+    def sign_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x − β)/α``, whose sign picks the value: a packed layer binarizes it and adds the set's terms."""
+        return (x - self.beta) / self.alpha
+
+    def binary_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(α, β)``: the output is ``α·s + β`` with ``s = sign(sign_input(x))`` (detached 0-d tensors)."""
+        return self.alpha.detach(), self.beta.detach()
+
     def levels(self) -> tuple[float, float]:
         """The two values of the output, ``(β − α, β + α)``, rounded as the forward rounds them (float32):
         a binary layer saves its input as one byte per element and these two numbers."""

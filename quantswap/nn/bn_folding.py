@@ -1,8 +1,9 @@
 """Folding the BatchNorm after a packed convolution into the convolution's output transform.
 
-A packed convolution ends in ``y = alpha * dot + bias`` per output channel; an eval-mode BatchNorm
-right after it is another per-channel affine map, so both fold into one: ``alpha' = alpha * g``,
-``bias' = (bias - mean) * g + beta`` with ``g = gamma / sqrt(var + eps)``. :func:`quantswap.freeze`
+A packed convolution ends in ``y = alpha * dot + bias`` per output channel (plus AdaBin's offset terms);
+an eval-mode BatchNorm right after it is another per-channel affine map, so both fold into one:
+``alpha' = alpha * g`` (and each offset coefficient times ``g``), ``bias' = (bias - mean) * g + beta`` with
+``g = gamma / sqrt(var + eps)``. :func:`quantswap.freeze`
 folds every BatchNorm the traced graph allows (the convolution's only user, a plain
 ``nn.BatchNorm2d`` with running statistics, each called once); the folded BatchNorm stays in the
 model with its state dict (a :class:`FoldedBatchNorm2d` whose forward passes its input through), so
@@ -95,7 +96,7 @@ def _refold(conv: PackedConv2d) -> None:
         g = g * bn.weight.float()
     shift = -bn.running_mean.float() * g if bn.bias is None else bn.bias.float() - bn.running_mean.float() * g
     bias = shift if conv.bias is None else conv.bias.float() * g + shift
-    conv.register_buffer("folded_alpha", (conv.weight_quantizer.alpha * g).contiguous(), persistent=False)
+    conv.register_buffer("folded_gain", g.contiguous(), persistent=False)
     conv.register_buffer("folded_bias", bias.contiguous(), persistent=False)
 
 
@@ -108,7 +109,7 @@ def unfold_batchnorm(conv: nn.Module) -> None:
         hooks = module._load_state_dict_post_hooks
         for key in [k for k, hook in hooks.items() if hook is _refold_after_load]:
             del hooks[key]
-    for name in ("folded_alpha", "folded_bias"):
+    for name in ("folded_gain", "folded_bias"):
         delattr(conv, name)
     object.__delattr__(conv, "folded_bn")
     object.__delattr__(bn, "folded_into")

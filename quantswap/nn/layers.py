@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from quantswap import functional as QF
+from quantswap.kernels import affine
 from quantswap.nn.quantizers import FrozenWeight, WeightQuantizer
 
 __all__ = ["QuantConv2d", "QuantLinear", "QuantLayer", "is_quantized_layer", "quantized_weight_keys"]
@@ -90,7 +91,7 @@ class _QuantMixin:
         of something, an input quantizer's ``levels()`` where the native kernels code them (AdaBin's
         ``β ∓ α``); ``None`` when its output is not known to be two values."""
         q = self.input_quantizer
-        if getattr(q, "plain_sign", False) or hasattr(q, "sign_input"):
+        if (getattr(q, "plain_sign", False) or hasattr(q, "sign_input")) and not hasattr(q, "binary_set"):
             return -1.0, 1.0
         levels = getattr(q, "levels", None)
         return levels() if levels is not None and QF._native(x) else None
@@ -101,29 +102,60 @@ class _QuantMixin:
 
     @property
     def integer_exact(self) -> bool:
-        """Whether the eval forward is ``α ⊙ (sign(x) ⊛ sign(W))``: the convolution of ±1 by ±1, whose integer
-        sums float32 holds exactly, then the scale. So a sum of exactly 0 stays 0, as in the packed kernels,
-        instead of ``±1e-7`` of rounding whose sign the next binary layer would read. W1/A1 layers whose weight
-        is one scale times signs (no offset, one term) and whose input is a plain sign; training is unchanged."""
+        """Whether the eval forward is computed from the exact integer sums of ``sign(x) ⊛ sign(W)``: ``α ⊙ (sign(x)
+        ⊛ sign(W))``, or with a binary set that is not ±1 (AdaBin) the four sums of :mod:`quantswap.kernels.affine`.
+        So a sum of exactly 0 stays 0, as in the packed kernels, instead of ``±1e-7`` of rounding whose sign the
+        next binary layer would read. W1/A1 layers with one binary term per weight (an offset allowed) and an input
+        that is the sign of something (a plain sign, RSign's ``x + b``, AdaBin's two values); training is unchanged."""
         q, codec = self.input_quantizer, self.codec
         return (not self.training and (getattr(q, "plain_sign", False) or hasattr(q, "sign_input"))
-                and isinstance(codec, WeightQuantizer) and codec.code_levels == 2 and codec.branches == 1
-                and codec.centred)
+                and isinstance(codec, WeightQuantizer) and codec.code_levels == 2 and codec.branches == 1)
 
-    def _exact_parts(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(unit, scale)`` with ``w == scale ⊙ unit``: ``unit`` the ±1 signs (0 in a channel of zeros), ``scale``
-        one per output channel, ``[C_out]``. Gradients reach ``w`` through ``unit`` as they would through ``w``."""
+    def _exact_parts(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(unit, scale, offset)`` with ``w == scale ⊙ unit + offset``: ``unit`` the ±1 signs (0 in a channel of
+        zeros), ``scale`` and ``offset`` (``None`` for a weight centred on 0) one per output channel, ``[C_out]``.
+        Gradients reach ``w`` through ``unit`` as they would through ``w``; cached while ``w`` is unchanged."""
         tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
         caching = not torch.is_grad_enabled() and not tracing
         key = (w.data_ptr(), w._version, w.dtype, w.device) if caching else None
         cached = self.__dict__.get("_exact_parts_cache")
         if caching and cached is not None and cached[0] is w and cached[1] == key:  # holding w: no address reuse
             return cached[2]
-        scale = w.detach().abs().flatten(1).amax(dim=1)  # |scale · sign| is the scale, at any granularity
-        unit = w / torch.where(scale == 0, 1, scale).view(-1, *(1,) * (w.dim() - 1))
+        parts = self._centred_parts(w) if self.codec.centred else self._offset_parts(w)
         if caching:
-            self.__dict__["_exact_parts_cache"] = (w, key, (unit, scale))
-        return unit, scale
+            self.__dict__["_exact_parts_cache"] = (w, key, parts)
+        return parts
+
+    def _centred_parts(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        scale = w.detach().abs().flatten(1).amax(dim=1)  # |scale · sign| is the scale, at any granularity
+        return w / torch.where(scale == 0, 1, scale).view(-1, *(1,) * (w.dim() - 1)), scale, None
+
+    def _offset_parts(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The codec's own codes and per-channel ``α``, ``β`` (``w - β`` divided by ``α`` would round off ±1)."""
+        with torch.no_grad():
+            frozen = self.weight_quantizer if self.is_frozen else None
+            codes, scale = (frozen.codes, frozen.scale) if frozen is not None else self.codec.encode(self.weight)
+            (codes, alpha), = self.codec.dequantize_terms(codes, scale)
+            beta = self.codec.dequantize_offset(codes, scale)
+            alpha, beta = (t.to(w.dtype).expand(w.shape[0]).contiguous() for t in (alpha, beta))
+        unit = codes.to(w.dtype)
+        if w.requires_grad and torch.is_grad_enabled():
+            unit = unit + (w - w.detach()) / alpha.view(-1, *(1,) * (w.dim() - 1))
+        return unit, alpha, beta
+
+    def _exact_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """``(s, binary_set)``: the ±1 signs the input quantizer reads and its two values as ``(a, b)`` in
+        ``a·s + b`` (``None``: ±1). Gradients reach ``x`` through ``s`` as through the quantizer's output."""
+        q = self.input_quantizer
+        binary_set = getattr(q, "binary_set", None)
+        if binary_set is None:
+            return q(x), None
+        a, b = binary_set()
+        s = QF.sign(q.sign_input(x))
+        if torch.is_grad_enabled() and x.requires_grad:
+            xq = q(x)
+            s = s + (xq - xq.detach()) / a
+        return s, (a, b)
 
     def _scaled(self, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """``y`` times one scale per output channel (a convolution's channels are its second axis)."""
@@ -230,13 +262,20 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, (w, statistics) = self._quantize_input(x), self._forward_weight()
         if self.integer_exact:
-            unit, scale = self._exact_parts(w)
-            y = self._scaled(self._conv_forward(x, unit, None), scale)
-            return y if self.bias is None else y + self.bias.view(-1, 1, 1)
+            return self._exact_forward(x, self._forward_weight()[0])
+        x, (w, statistics) = self._quantize_input(x), self._forward_weight()
         with self._compact_saves(x, w, statistics):
             return self._conv_forward(x, w, self.bias)
+
+    def _exact_forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        (s, binary_set), (unit, scale, offset) = self._exact_input(x), self._exact_parts(w)
+        c0, offsets = affine.coefficients(scale, offset, *(binary_set or (None, None)))
+        y = self._scaled(self._conv_forward(s, unit, None), c0)
+        if offsets is not None:
+            sums = affine.conv2d_sums(s, unit, self.stride, self.padding, self.dilation, self.groups)
+            return affine.combine(y, sums, offsets, self.bias, 2)
+        return y if self.bias is None else y + self.bias.view(-1, 1, 1)
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
@@ -261,13 +300,19 @@ class QuantLinear(_QuantMixin, nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, (w, statistics) = self._quantize_input(x), self._forward_weight()
         if self.integer_exact:
-            unit, scale = self._exact_parts(w)
-            y = self._scaled(F.linear(x, unit), scale)
-            return y if self.bias is None else y + self.bias
+            return self._exact_forward(x, self._forward_weight()[0])
+        x, (w, statistics) = self._quantize_input(x), self._forward_weight()
         with self._compact_saves(x, w, statistics):
             return F.linear(x, w, self.bias)
+
+    def _exact_forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        (s, binary_set), (unit, scale, offset) = self._exact_input(x), self._exact_parts(w)
+        c0, offsets = affine.coefficients(scale, offset, *(binary_set or (None, None)))
+        y = self._scaled(F.linear(s, unit), c0)
+        if offsets is not None:
+            return affine.combine(y, affine.linear_sums(s, unit), offsets, self.bias, 0)
+        return y if self.bias is None else y + self.bias
 
 
 QuantLayer = (QuantConv2d, QuantLinear)

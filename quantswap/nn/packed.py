@@ -27,11 +27,12 @@ Example:
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from quantswap.kernels import layout
+from quantswap.kernels import affine, layout
 from quantswap.nn.layers import QuantConv2d, QuantLinear
 from quantswap.nn.quantizers import FrozenWeight, WeightQuantizer, codes_problem
 
@@ -51,13 +52,19 @@ class PackedWeight(FrozenWeight):
         self.codec, self.groups, self.code_shape = codec, groups, tuple(codes.shape)
         self.register_buffer("scale", scale)
         self.register_buffer("words", layout.pack_weight(codes, groups), persistent=False)
-        self.register_buffer("alpha", self._alpha(codes, scale), persistent=False)
+        self._set_transform(codes, scale)
         self.register_state_dict_post_hook(_codes_into_state_dict)
         self.register_load_state_dict_pre_hook(_codes_from_state_dict)
 
-    def _alpha(self, codes: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-        # |scale · code| is the scale exactly, whatever the codec's granularity (channel, tensor, constant)
-        return self.codec.decode(codes, scale, torch.float32).abs().flatten(1)[:, 0].contiguous()
+    def _set_transform(self, codes: torch.Tensor, scale: torch.Tensor | None) -> None:
+        """``alpha`` and ``offset``: the weight's ``α`` and ``β`` per output channel as float32 (``offset`` is
+        ``None`` for a weight centred on 0)."""
+        (_, alpha), = self.codec.dequantize_terms(codes, scale)
+        offset = self.codec.dequantize_offset(codes, scale)
+        channels = codes.shape[0]
+        self.register_buffer("alpha", alpha.float().expand(channels).contiguous(), persistent=False)
+        self.register_buffer("offset", None if offset is None else offset.float().expand(channels).contiguous(),
+                             persistent=False)
 
     @property
     def codes(self) -> torch.Tensor:
@@ -91,8 +98,10 @@ def _codes_from_state_dict(module: PackedWeight, state_dict: dict, prefix: str, 
         return
     codes = codes.to(torch.int8)
     scale = state_dict.get(prefix + "scale", module.scale)
-    module.words = layout.pack_weight(codes, module.groups).to(module.words.device)
-    module.alpha = module._alpha(codes, scale).to(module.alpha.device)
+    device = module.words.device
+    module.words = layout.pack_weight(codes, module.groups).to(device)
+    module._set_transform(codes, scale)
+    module.to(device)
 
 
 def _sign_input(layer: QuantConv2d | QuantLinear, x: torch.Tensor) -> torch.Tensor:
@@ -104,6 +113,24 @@ def _sign_input(layer: QuantConv2d | QuantLinear, x: torch.Tensor) -> torch.Tens
 
 def _float32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.float().contiguous()
+
+
+class OutputTransform(NamedTuple):
+    """What the packed op makes of the integer sums: ``alpha · D + bias`` per output channel, plus, where the
+    input's or the weight's binary set is not ±1 (AdaBin), the ``offset`` terms of
+    :mod:`quantswap.kernels.affine` (float32 ``[3, C_out]``)."""
+
+    alpha: torch.Tensor
+    bias: torch.Tensor | None
+    offset: torch.Tensor | None
+
+
+def _output_transform(layer: QuantConv2d | QuantLinear) -> OutputTransform:
+    """The layer's own transform: its weight's ``α``, ``β`` and its input's binary set, as float32."""
+    w, binary_set = layer.weight_quantizer, getattr(layer.input_quantizer, "binary_set", None)
+    a, b = binary_set() if binary_set is not None else (None, None)
+    alpha, offset = affine.coefficients(_float32(w.alpha), _float32(w.offset), a, b)  # float32 in a .half() model too
+    return OutputTransform(alpha, _float32(layer.bias), _float32(offset))
 
 
 class _NoBackward(torch.autograd.Function):
@@ -151,18 +178,22 @@ class PackedConv2d(_Inference, QuantConv2d):
     def quantized_weight(self) -> torch.Tensor:
         return self.weight
 
-    def output_transform(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(alpha, bias)`` of ``y = alpha * dot + bias``, with a following BatchNorm folded in when
-        :func:`quantswap.nn.bn_folding.fold_batchnorms` folded one."""
-        if getattr(self, "folded_alpha", None) is not None:
-            return self.folded_alpha, self.folded_bias
-        return self.weight_quantizer.alpha, _float32(self.bias)
+    def output_transform(self) -> OutputTransform:
+        """The op's ``alpha``, ``bias`` and ``offset`` (see :func:`_output_transform`), with a following BatchNorm
+        folded in when :func:`quantswap.nn.bn_folding.fold_batchnorms` folded one: every coefficient times its
+        ``gamma / sqrt(var + eps)``, its shift as the bias."""
+        transform = _output_transform(self)
+        gain = getattr(self, "folded_gain", None)
+        if gain is None:
+            return transform
+        gain = gain.float()
+        offset = None if transform.offset is None else transform.offset * gain
+        return OutputTransform(transform.alpha * gain, _float32(self.folded_bias), offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha, bias = self.output_transform()
-        alpha, bias = _float32(alpha), _float32(bias)  # the kernels take float32 scales (a .half() model too)
+        alpha, bias, offset = self.output_transform()
         y = torch.ops.quantswap.bconv2d(_sign_input(self, x), self.weight_quantizer.words, alpha, bias, self.in_channels,
-                                        list(self.stride), list(self.padding), list(self.dilation))
+                                        list(self.stride), list(self.padding), list(self.dilation), offset)
         return _guard(x, y.to(x.dtype))
 
 
@@ -176,10 +207,13 @@ class PackedLinear(_Inference, QuantLinear):
     def quantized_weight(self) -> torch.Tensor:
         return self.weight
 
+    def output_transform(self) -> OutputTransform:
+        return _output_transform(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight_quantizer
-        y = torch.ops.quantswap.blinear(_sign_input(self, x).reshape(-1, self.in_features), w.words, _float32(w.alpha),
-                                        _float32(self.bias))
+        alpha, bias, offset = self.output_transform()
+        y = torch.ops.quantswap.blinear(_sign_input(self, x).reshape(-1, self.in_features),
+                                        self.weight_quantizer.words, alpha, bias, offset)
         return _guard(x, y.to(x.dtype).reshape(*x.shape[:-1], self.out_features))
 
 
@@ -198,7 +232,7 @@ def packs(config) -> bool:
         >>> import quantswap
         >>> from quantswap.nn.packed import packs
         >>> [m for m in ("xnor", "adabin", "mcdonnell") if packs(quantswap.config_for(m))]
-        ['xnor']
+        ['xnor', 'adabin']
     """
     conv = nn.Conv2d(64, 64, 3, padding=1)
     layer = QuantConv2d.from_float(conv, config.layer_weight_quantizer(conv), config.input_quantizer(conv))
@@ -215,8 +249,6 @@ def packing_obstacle(layer: nn.Module) -> str | None:
     codec = layer.codec
     if codec.code_levels != 2 or codec.branches != 1:
         return f"its weights are not binary ({codec.code_levels}-level codes, {codec.branches} branches)"
-    if not codec.centred:
-        return "its binary weights are not centred on 0 (a per-channel offset the packed kernel has no term for)"
     if layer.input_quantizer is None:
         return "its activations are real (W1/A32)"
     if not (getattr(layer.input_quantizer, "plain_sign", False) or hasattr(layer.input_quantizer, "sign_input")):
