@@ -77,7 +77,7 @@ test-sweep: $(STAMP)
 ARM_CXX ?= aarch64-linux-gnu-g++
 test-arm: $(STAMP)
 	mkdir -p build
-	$(ARM_CXX) -O3 -std=c++17 -static tests/arm/check_kernels.cpp -o build/check-kernels-aarch64
+	$(ARM_CXX) -O3 -std=c++17 -ffp-contract=off -static tests/arm/check_kernels.cpp -o build/check-kernels-aarch64
 	qemu-aarch64 build/check-kernels-aarch64
 	$(ARM_CXX) -std=c++20 -fsyntax-only -fopenmp \
 		$$($(BIN)/python -c "from torch.utils import cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))" 2>/dev/null) \

@@ -346,6 +346,10 @@ def channel_piecewise(x: torch.Tensor, shift_in: torch.Tensor, pos: torch.Tensor
     """
     if x.dim() >= 2 and _native(x, shift_in, pos, neg, shift_out):
         return _ChannelPiecewise.apply(x, shift_in, pos, neg, shift_out)
+    params = (shift_in, pos, neg, shift_out)
+    no_grad = not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, *params))
+    if no_grad and x.dim() == 4 and _native(x.permute(0, 2, 3, 1), *params):  # channels_last inference (packed)
+        return _kernels().channel_piecewise(x, *params)
     shape = (1, -1) + (1,) * (x.dim() - 2)
     u = x - shift_in.view(shape)
     return torch.where(u > 0, pos.view(shape), neg.view(shape)) * u + shift_out.view(shape)

@@ -91,25 +91,6 @@ void check_operands(const at::Tensor& x, const at::Tensor& weight, const at::Ten
                 "bias must be a contiguous float32 vector of ", out_channels, " values");
 }
 
-// Each output channel's one bits per tap, [O, KH * KW], and over all taps, [O] (for an offset transform).
-std::pair<std::vector<int32_t>, std::vector<int32_t>> weight_ones(const at::Tensor& weight, int64_t out_channels) {
-  const int64_t G = weight.size(0), OB = weight.size(1), ntaps = weight.size(2) * weight.size(3), WG = weight.size(4);
-  const int64_t og = out_channels / G;
-  const uint64_t* w = reinterpret_cast<const uint64_t*>(weight.data_ptr<int64_t>());
-  std::vector<int32_t> ones(out_channels * ntaps, 0), total(out_channels, 0);
-  for (int64_t grp = 0; grp < G; ++grp)
-    for (int64_t ob = 0; ob < OB; ++ob)
-      for (int64_t tap = 0; tap < ntaps; ++tap)
-        for (int64_t j = 0; j < WG; ++j)
-          for (int64_t lane = 0; lane < kLanes && ob * kLanes + lane < og; ++lane) {
-            const int64_t o = grp * og + ob * kLanes + lane;
-            const int32_t n = __builtin_popcountll(w[(((grp * OB + ob) * ntaps + tap) * WG + j) * kLanes + lane]);
-            ones[o * ntaps + tap] += n;
-            total[o] += n;
-          }
-  return {std::move(ones), std::move(total)};
-}
-
 at::Tensor bconv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
                    const std::optional<at::Tensor>& bias, int64_t in_channels, at::IntArrayRef stride,
                    at::IntArrayRef padding, at::IntArrayRef dilation, const std::optional<at::Tensor>& offset) {
@@ -155,15 +136,20 @@ at::Tensor bconv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   const int64_t block_words = KH * KW * WG * kLanes;
   const int64_t isa = active_isa();
   const int64_t OBB = (OB + kMaxBlocks - 1) / kMaxBlocks;  // groups of up to kMaxBlocks blocks
-  const float* c = offset.has_value() ? offset->data_ptr<float>() : nullptr;
-  const auto [wones, wtotal] = c != nullptr ? weight_ones(weight, out_channels)
-                                            : std::pair<std::vector<int32_t>, std::vector<int32_t>>{};
+  std::optional<OffsetTerms> terms;  // AdaBin's binary sets: the S_x, S_w and K terms
+  if (offset.has_value()) {
+    terms.emplace(g, N, act, wts, out_channels, cg, offset->data_ptr<float>(), b);
+    at::parallel_for(0, terms->rows(), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) terms->count_row(row);
+    });
+  }
 
   // One task: an output row of up to 4 blocks of 8 output channels, in one group of one image.
   at::parallel_for(0, N * G * OBB * g.OH, 1, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> acc(g.OW * kMaxBlocks * kLanes);
     std::vector<int32_t> taps(g.OW);
-    std::vector<int32_t> xones(c != nullptr ? g.OW : 0), wsum(c != nullptr ? g.OW * kMaxBlocks * kLanes : 0);
+    std::vector<float> rest(terms ? g.OW * kMaxLanes : 0);
+    std::vector<const float*> rows(terms ? g.OW : 0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t oh = task % g.OH, obb = (task / g.OH) % OBB, grp = (task / (g.OH * OBB)) % G,
                     n = task / (g.OH * OBB * G);
@@ -174,14 +160,11 @@ at::Tensor bconv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tens
       prefetch_for_writing(e);
       row_kernel(isa, nb)(g, act + n * g.H * g.W * G * WG, wts + (grp * OB + ob0) * block_words, block_words, grp,
                           oh, acc.data(), taps.data());
-      if (c == nullptr) {
+      if (terms) {
+        terms->emit(e, n, grp, oh, o0, rest.data(), rows.data());
+      } else {
         emit_row(isa, e);
-        continue;
       }
-      const int64_t ntaps = KH * KW;
-      offset_sums(g, act + n * g.H * g.W * G * WG, wones.data() + o0 * ntaps, wtotal.data() + o0, e.lanes, grp, oh,
-                  xones.data(), wsum.data());
-      emit_offsets(e, Offsets{c + o0, c + out_channels + o0, c + 2 * out_channels + o0, xones.data(), wsum.data()});
     }
   });
   return out;

@@ -24,6 +24,8 @@ namespace {
 
 enum Isa : int64_t { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
 constexpr int kLanes = 8;  // output channels per weight block
+constexpr int kMaxBlocks = 4;  // blocks of 8 output channels per pass: 4 zmm accumulators
+constexpr int kMaxLanes = kMaxBlocks * kLanes;
 
 int64_t best_isa() {
 #if QUANTSWAP_X86
@@ -427,55 +429,131 @@ void row_neon(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int6
 // ---------------------------------------------------------------------------------------------------
 // Binary sets that are not +-1 (AdaBin, see quantswap/kernels/affine.py): besides D = K - 2 * acc, the output
 // needs per position S_x = K - 2 * (the activations' one bits over the valid taps) and per lane S_w = K - 2 *
-// (the weights' one bits over the same taps), then y = (D * c0 + S_x * c1) + ((S_w * c2 + K * c3) + bias).
+// (the weights' one bits over the same taps): y = (D * c0 + S_x * c1) + R, R = (S_w * c2 + K * c3) + bias.
+// R is the same at every position whose window lies inside the input (computed once per call).
 
-// xones[ow] and wsum[l * OW + ow] for output row `oh`: `wones[l * KH * KW + tap]` holds each lane's one bits per
-// tap, `wtotal[l]` their sum over all taps (a position whose window lies inside the input takes it).
-void offset_sums(const Geometry& g, const uint64_t* act, const int32_t* wones, const int32_t* wtotal, int64_t lanes,
-                 int64_t grp, int64_t oh, int32_t* xones, int32_t* wsum) {
-  const int64_t ntaps = g.KH * g.KW, ih0 = oh * g.sh - g.ph;
-  const bool rows_inside = ih0 >= 0 && ih0 + (g.KH - 1) * g.dh < g.H;
-  for (int64_t ow = 0; ow < g.OW; ++ow) {
-    const int64_t iw0 = ow * g.sw - g.pw;
-    const bool inside = rows_inside && iw0 >= 0 && iw0 + (g.KW - 1) * g.dw < g.W;
-    for (int64_t l = 0; l < lanes; ++l) wsum[l * g.OW + ow] = inside ? wtotal[l] : 0;
-    int32_t ones = 0;
-    QUANTSWAP_FOR_EACH_TAP(g, oh, ow, tap, pos) {
-      const uint64_t* a = act + (pos * g.G + grp) * g.WG;
-      for (int64_t j = 0; j < g.WG; ++j) ones += static_cast<int32_t>(__builtin_popcountll(a[j]));
-      if (!inside)
-        for (int64_t l = 0; l < lanes; ++l) wsum[l * g.OW + ow] += wones[l * ntaps + tap];
-    }
-    xones[ow] = ones;
+#if QUANTSWAP_X86  // a copy per instruction set, picked at load time (baseline x86-64 has no popcount instruction)
+#define QUANTSWAP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define QUANTSWAP_POPCNT_CLONES __attribute__((target_clones("popcnt", "default")))
+#else
+#define QUANTSWAP_CLONES
+#define QUANTSWAP_POPCNT_CLONES
+#endif
+
+// ones[i] = the one bits of words [i * per, (i + 1) * per): a position's words of one group, a lane's of one tap.
+QUANTSWAP_POPCNT_CLONES void count_ones(const uint64_t* __restrict words, int64_t n, int64_t per,
+                                        int32_t* __restrict ones) {
+  for (int64_t i = 0; i < n; ++i) {
+    int32_t sum = 0;
+    for (int64_t j = 0; j < per; ++j) sum += static_cast<int32_t>(__builtin_popcountll(words[i * per + j]));
+    ones[i] = sum;
   }
 }
 
-struct Offsets {
-  const float* c1;  // coefficients of S_x, S_w and K, one per lane of the row
-  const float* c2;
-  const float* c3;
-  const int32_t* xones;
-  const int32_t* wsum;
-};
+// What an offset transform needs besides the popcount sums, for one call: each output channel's weight one bits
+// per tap, R of a window inside the input, and S_x's activation one bits at every output position.
+class OffsetTerms {
+ public:
+  // c: the coefficients [3, O]; bias: [O] or nullptr; act: the packed input [N, H, W, G, WG].
+  OffsetTerms(const Geometry& g, int64_t N, const uint64_t* act, const uint64_t* wts, int64_t out_channels,
+              int64_t cg, const float* c, const float* bias)
+      : g_(g), O_(out_channels), cg_(cg), ntaps_(g.KH * g.KW), c_(c), bias_(bias),
+        position_ones_(N * g.H * g.W * g.G), wones_(out_channels * ntaps_), interior_(out_channels),
+        xones_(N * g.G * g.OH * g.OW) {
+    count_ones(act, N * g.H * g.W * g.G, g.WG, position_ones_.data());
+    // weights [G, OB, tap, WG, 8]: sum each lane's WG words of a tap
+    const int64_t og = out_channels / g.G, OB = (og + kLanes - 1) / kLanes;
+    std::vector<int32_t> word_ones(g.G * OB * ntaps_ * g.WG * kLanes);
+    count_ones(wts, static_cast<int64_t>(word_ones.size()), 1, word_ones.data());
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t ob = 0; ob < OB; ++ob)
+        for (int64_t tap = 0; tap < ntaps_; ++tap)
+          for (int64_t lane = 0; lane < kLanes && ob * kLanes + lane < og; ++lane) {
+            int32_t sum = 0;
+            for (int64_t j = 0; j < g.WG; ++j) sum += word_ones[(((grp * OB + ob) * ntaps_ + tap) * g.WG + j) * kLanes + lane];
+            wones_[(grp * og + ob * kLanes + lane) * ntaps_ + tap] = sum;
+          }
+    for (int64_t o = 0; o < O_; ++o) {
+      int32_t total = 0;
+      for (int64_t tap = 0; tap < ntaps_; ++tap) total += wones_[o * ntaps_ + tap];
+      interior_[o] = rest(o, static_cast<int32_t>(ntaps_ * cg), total);
+    }
+  }
 
-void emit_offsets(const Emit& e, const Offsets& f) {
-  for (int64_t l = 0; l < e.lanes; ++l)
+  // S_x's one bits at the positions of output row `row` = (n * G + grp) * OH + oh (one task of a parallel loop).
+  void count_row(int64_t row) {
+    const int64_t oh = row % g_.OH, grp = (row / g_.OH) % g_.G, n = row / (g_.OH * g_.G);
+    const int32_t* ones = position_ones_.data() + n * g_.H * g_.W * g_.G + grp;
+    for (int64_t ow = 0; ow < g_.OW; ++ow) {
+      int32_t sum = 0;
+      QUANTSWAP_FOR_EACH_TAP(g_, oh, ow, tap, pos) sum += ones[pos * g_.G];
+      xones_[row * g_.OW + ow] = sum;
+    }
+  }
+  int64_t rows() const { return static_cast<int64_t>(xones_.size()) / std::max<int64_t>(g_.OW, 1); }
+
+  // The output transform of one row task (see Emit) for output channels from o0; rest: kMaxLanes * OW floats.
+  void emit(const Emit& e, int64_t n, int64_t grp, int64_t oh, int64_t o0, float* rest, const float** rows) const {
+    const int64_t ih0 = oh * g_.sh - g_.ph;
+    const bool rows_inside = ih0 >= 0 && ih0 + (g_.KH - 1) * g_.dh < g_.H;
+    for (int64_t ow = 0; ow < g_.OW; ++ow) {
+      const int64_t iw0 = ow * g_.sw - g_.pw;
+      rows[ow] = interior_.data() + o0;
+      if (!(rows_inside && iw0 >= 0 && iw0 + (g_.KW - 1) * g_.dw < g_.W)) rows[ow] = border(e.lanes, oh, ow, o0, rest);
+    }
+    emit_offsets(e, c_ + o0, xones_.data() + ((n * g_.G + grp) * g_.OH + oh) * g_.OW, rows);
+  }
+
+ private:
+  // R = (S_w * c2 + K * c3) + bias for output channel o over K valid taps x channels with `weight_ones` one bits.
+  float rest(int64_t o, int32_t k, int32_t weight_ones) const {
+    const float r = static_cast<float>(k - 2 * weight_ones) * c_[O_ + o] + static_cast<float>(k) * c_[2 * O_ + o];
+    return bias_ != nullptr ? r + bias_[o] : r;
+  }
+
+  const float* border(int64_t lanes, int64_t oh, int64_t ow, int64_t o0, float* rest_row) const {
+    int32_t ones[kMaxLanes] = {}, taps = 0;
+    QUANTSWAP_FOR_EACH_TAP(g_, oh, ow, tap, pos) {
+      ++taps;
+      for (int64_t l = 0; l < lanes; ++l) ones[l] += wones_[(o0 + l) * ntaps_ + tap];
+    }
+    float* r = rest_row + ow * kMaxLanes;
+    for (int64_t l = 0; l < lanes; ++l) r[l] = rest(o0 + l, static_cast<int32_t>(taps * cg_), ones[l]);
+    return r;
+  }
+
+  // y = (D * c0 + S_x * c1) + R at every position of the row.
+  static QUANTSWAP_CLONES void emit_offsets(const Emit& e, const float* c1, const int32_t* xones,
+                                            const float* const* rows) {
     for (int64_t ow = 0; ow < e.OW; ++ow) {
       const int32_t k = static_cast<int32_t>(e.taps[ow] * e.cg);
-      const float d = static_cast<float>(k - 2 * e.acc[ow * e.nb * kLanes + l]) * e.alpha[l];
-      const float sx = static_cast<float>(k - 2 * f.xones[ow]) * f.c1[l];
-      float rest = static_cast<float>(k - 2 * f.wsum[l * e.OW + ow]) * f.c2[l] + static_cast<float>(k) * f.c3[l];
-      if (e.bias != nullptr) rest += e.bias[l];
-      e.y[l * e.so + ow * e.sx] = (d + sx) + rest;
+      const float sx = static_cast<float>(k - 2 * xones[ow]);
+      const int32_t* __restrict acc = e.acc + ow * e.nb * kLanes;
+      const float* __restrict r = rows[ow];
+      float* __restrict y = e.y + ow * e.sx;
+      if (e.so == 1) {  // channels_last: the lanes are contiguous
+        for (int64_t l = 0; l < e.lanes; ++l) y[l] = (static_cast<float>(k - 2 * acc[l]) * e.alpha[l] + sx * c1[l]) + r[l];
+      } else {
+        for (int64_t l = 0; l < e.lanes; ++l)
+          y[l * e.so] = (static_cast<float>(k - 2 * acc[l]) * e.alpha[l] + sx * c1[l]) + r[l];
+      }
     }
-}
+  }
+
+  Geometry g_;
+  int64_t O_, cg_, ntaps_;
+  const float* c_;
+  const float* bias_;
+  std::vector<int32_t> position_ones_, wones_;
+  std::vector<float> interior_;
+  std::vector<int32_t> xones_;
+};
+
 #undef QUANTSWAP_FOR_EACH_TAP
 
 
 using RowFn = void (*)(const Geometry&, const uint64_t*, const uint64_t*, int64_t, int64_t, int64_t, int32_t*,
                        int32_t*);
-constexpr int kMaxBlocks = 4;  // blocks of 8 output channels per pass: 4 zmm accumulators
-
 template <template <int> class Kernel>
 RowFn pick(int64_t nb) {
   switch (nb) {

@@ -949,8 +949,36 @@ struct Channels {
 // The per-channel piecewise-linear map, one parameter per channel (dimension 1 of x):
 // y = (u > 0 ? pos : neg) * u + shift_out with u = x - shift_in. RPReLU is pos = 1, neg = its slope;
 // Maxout shift_in = shift_out = 0; ChannelScale pos = neg = its scale.
+// The same map over a channels_last x [N, C, H, W] (each position's C channels contiguous): inference of packed models.
+QS_CLONES void piecewise_positions(const float* __restrict x, float* __restrict y, int64_t positions, int64_t C,
+                                   const float* in, const float* a, const float* b, const float* o) {
+  for (int64_t p = 0; p < positions; ++p)
+    for (int64_t c = 0; c < C; ++c) {
+      const float u = x[p * C + c] - in[c];
+      y[p * C + c] = (u > 0.0f ? a[c] : b[c]) * u + o[c];
+    }
+}
+
+at::Tensor channel_piecewise_channels_last(const at::Tensor& x, const at::Tensor& shift_in, const at::Tensor& pos,
+                                          const at::Tensor& neg, const at::Tensor& shift_out) {
+  const int64_t C = x.size(1), positions = C != 0 ? x.numel() / C : 0;
+  for (const at::Tensor* t : {&shift_in, &pos, &neg, &shift_out}) {
+    check_dense(*t, "a channel parameter");
+    TORCH_CHECK(t->numel() == C, "one parameter per channel");
+  }
+  at::Tensor out = at::empty_like(x);  // channels_last too
+  const float *src = x.data_ptr<float>(), *in = shift_in.data_ptr<float>(), *a = pos.data_ptr<float>(),
+              *b = neg.data_ptr<float>(), *o = shift_out.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  by_rows(positions, C, [&](int64_t p) { piecewise_positions(src + p * C, dst + p * C, 1, C, in, a, b, o); });
+  return out;
+}
+
 at::Tensor channel_piecewise(const at::Tensor& x, const at::Tensor& shift_in, const at::Tensor& pos,
                              const at::Tensor& neg, const at::Tensor& shift_out) {
+  if (x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == at::kFloat && !x.is_contiguous() &&
+      x.is_contiguous(at::MemoryFormat::ChannelsLast))
+    return channel_piecewise_channels_last(x, shift_in, pos, neg, shift_out);
   const Channels ch(x, "channel_piecewise");
   const float *in = ch.param(shift_in), *a = ch.param(pos), *b = ch.param(neg), *o = ch.param(shift_out);
   at::Tensor out = at::empty_like(x);

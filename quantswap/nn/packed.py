@@ -156,7 +156,32 @@ def _guard(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 class _Inference:
     """What the packed layers share: ``.train()`` warns, since a packed model is for inference (the
-    BatchNorms folded into its convolutions keep their running statistics, the others would not)."""
+    BatchNorms folded into its convolutions keep their running statistics, the others would not); the output
+    transform is computed once and reused while the tensors it is made of are unchanged."""
+
+    def output_transform(self) -> OutputTransform:
+        """The op's ``alpha``, ``bias`` and ``offset`` (see :func:`_output_transform`; a convolution's with a
+        folded BatchNorm in it), reused while each tensor it is made of is the same tensor at the same version."""
+        sources = [t for t in self._transform_sources() if t is not None]
+        cached = self.__dict__.get("_transform_cache")
+        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        if not tracing and cached is not None and len(cached[0]) == len(sources) and all(
+                t is s and version == s._version for (t, version), s in zip(cached[0], sources, strict=True)):
+            return cached[1]
+        with torch.no_grad():
+            transform = self._compute_transform()
+        if not tracing:
+            self.__dict__["_transform_cache"] = ([(t, t._version) for t in sources], transform)
+        return transform
+
+    def _transform_sources(self) -> list[torch.Tensor | None]:
+        """The tensors the transform is made of (read from the module dicts: this runs at every call)."""
+        weight, q = self._modules["weight_quantizer"]._buffers, self._modules.get("input_quantizer")
+        return [weight["alpha"], weight["offset"], self._parameters.get("bias"), self._buffers.get("folded_gain"),
+                self._buffers.get("folded_bias"), *(q._parameters.values() if q is not None else ())]
+
+    def _compute_transform(self) -> OutputTransform:
+        return _output_transform(self)
 
     def train(self, mode: bool = True):
         if mode and not getattr(self, "_warned_train", False):
@@ -178,10 +203,9 @@ class PackedConv2d(_Inference, QuantConv2d):
     def quantized_weight(self) -> torch.Tensor:
         return self.weight
 
-    def output_transform(self) -> OutputTransform:
-        """The op's ``alpha``, ``bias`` and ``offset`` (see :func:`_output_transform`), with a following BatchNorm
-        folded in when :func:`quantswap.nn.bn_folding.fold_batchnorms` folded one: every coefficient times its
-        ``gamma / sqrt(var + eps)``, its shift as the bias."""
+    def _compute_transform(self) -> OutputTransform:
+        """With a following BatchNorm folded in when :func:`quantswap.nn.bn_folding.fold_batchnorms` folded one:
+        every coefficient times its ``gamma / sqrt(var + eps)``, its shift as the bias."""
         transform = _output_transform(self)
         gain = getattr(self, "folded_gain", None)
         if gain is None:
@@ -206,9 +230,6 @@ class PackedLinear(_Inference, QuantLinear):
 
     def quantized_weight(self) -> torch.Tensor:
         return self.weight
-
-    def output_transform(self) -> OutputTransform:
-        return _output_transform(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha, bias, offset = self.output_transform()
