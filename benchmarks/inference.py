@@ -218,7 +218,10 @@ def goals(convs: dict, linears: dict, e2e: dict, held: dict) -> str:
                + ", ".join(f"{v:.2f}× on {n} thread{'s' * (n > 1)}" for n, v in sorted(xnor.items())) + ")"),
         judged(max(held.values()) <= 1.1, f"resident weights ≤ 1.1× the checkpoint (at most {max(held.values()):.2f}×)"),
     ]
-    return "Goals (issue 15): " + "; ".join(parts) + "."
+    adabin = {k[2]: v for k, v in e2e.items() if k[:2] == ("adabin", "default") and k[3] == 1}
+    issue28 = judged(min(adabin.values()) >= 3, "AdaBin packed ≥ 3× end to end at 224 px, batch 1 ("
+                     + ", ".join(f"{v:.2f}× on {n} thread{'s' * (n > 1)}" for n, v in sorted(adabin.items())) + ")")
+    return "Goals (issue 15): " + "; ".join(parts) + ". Issue 28: " + issue28 + "."
 
 
 def main() -> None:
