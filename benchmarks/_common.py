@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import datetime
+import json
 import platform
 import re
 from pathlib import Path
@@ -84,6 +86,21 @@ def publish(lines: list[str], heading: str, output: str | None) -> None:
     print(text)
     if output:
         update_section(output, heading, text)
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def save_summary(name: str, data: dict) -> Path:
+    """Write a benchmark's headline numbers to ``benchmarks/results/<name>.json`` (with the machine and the
+    date), atomically: what ``benchmarks/choosing.py`` builds docs/choosing.md from."""
+    path = RESULTS / f"{name}.json"
+    record = {"machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              **data}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def update_section(path: str | Path, heading: str, body: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from statistics import median
 
 import torch
-from _common import arguments, keep_freed_memory, publish
+from _common import arguments, keep_freed_memory, publish, save_summary
 from torch import nn
 from torch.nn import functional as F
 from torchvision.models import resnet18
@@ -250,6 +250,10 @@ def main() -> None:
         "", goals(conv_speedups, linear_ratios, e2e_speedups, held_ratios),
     ]
     publish(lines, "Packed W1/A1 inference on the CPU", args.output)
+    if args.output:  # the end-to-end speed-ups docs/choosing.md quotes: default allocator, batch 1
+        threads = torch.get_num_threads()
+        save_summary("inference", {"threads": threads, "speedup": {
+            m: {str(n): round(e2e_speedups[m, "default", n, 1], 2) for n in sorted({1, threads})} for m in W1A1}})
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
-from _common import VARIANTS, arguments, convert, machine, publish
+from _common import VARIANTS, arguments, convert, machine, publish, save_summary
 from torchvision.models import resnet18
 
 import quantswap
@@ -60,6 +60,7 @@ def main() -> None:
         "| method | checkpoint | ONNX | ONNX / checkpoint | ONNX, float16 real layers | onnxruntime |",
         "|---|---|---|---|---|---|",
     ]
+    summary = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         fp_path = fp_onnx(folder)
@@ -71,6 +72,8 @@ def main() -> None:
             full = quantswap.export_onnx(model, folder / "q.onnx", check=False)
             half = quantswap.export_onnx(model, folder / "h.onnx", fp_dtype="float16", check=False)
             t = medians({"fp": session(fp_path), "onnx": session(full.path)}, args.iters)
+            summary[label] = {"checkpoint_bytes": checkpoint.file_bytes, "onnx_bytes": full.file_bytes,
+                              "latency_vs_fp": round(t["onnx"] / t["fp"], 2)}
             lines.append(
                 f"| {label} | {checkpoint.file_bytes / 1e6:.2f} MB | {full.file_bytes / 1e6:.2f} MB | "
                 f"**{full.file_bytes / checkpoint.file_bytes:.2f}×** | {half.file_bytes / 1e6:.2f} MB | "
@@ -86,6 +89,8 @@ def main() -> None:
         "packed kernels (`quantswap.freeze`) are the path; ONNX is for deployment elsewhere.",
     ]
     publish(lines, "ONNX export: file size and onnxruntime latency", args.output)
+    if args.output:
+        save_summary("onnx", {"variants": summary})
 
 
 if __name__ == "__main__":
