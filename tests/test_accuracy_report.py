@@ -140,3 +140,15 @@ def test_zoo_rebuild_verdict_allows_the_stated_tolerance_and_prints_the_differen
     assert zoo.verdict(74.36, 74.30) == (True, "reproduced within 0.5 points (+0.06)")  # another machine's Bi-Real
     assert zoo.verdict(73.79, 74.30) == (False, "DIFFERS by -0.51 points (tolerance 0.5)")
     assert zoo.verdict(73.79, 74.30, tolerance=1.0)[0]
+
+
+def test_choosing_md_is_what_the_committed_results_make():
+    """docs/choosing.md (issue 27, deliverable 6) is rendered by benchmarks/choosing.py from the records and the
+    inference and ONNX summaries: no number in it is written by hand."""
+    import choosing
+
+    assert (ROOT / "docs" / "choosing.md").read_text() == choosing.build()
+    text = choosing.build()
+    for variant in accuracy.VARIANTS:
+        assert f"| {variant} |" in text
+    assert "choosing.md" in (ROOT / "README.md").read_text().split("## Set up")[0]  # linked from the top

@@ -139,6 +139,8 @@ at::Tensor bconv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   std::optional<OffsetTerms> terms;  // AdaBin's binary sets: the S_x, S_w and K terms
   if (offset.has_value()) {
     terms.emplace(g, N, act, wts, out_channels, cg, offset->data_ptr<float>(), b);
+    at::parallel_for(0, terms->positions(), 1024, [&](int64_t begin, int64_t end) { terms->count_positions(begin, end); });
+    at::parallel_for(0, out_channels, 16, [&](int64_t begin, int64_t end) { terms->count_weights(begin, end); });
     at::parallel_for(0, terms->rows(), 1, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) terms->count_row(row);
     });

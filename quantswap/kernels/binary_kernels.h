@@ -440,7 +440,7 @@ void row_neon(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int6
 #define QUANTSWAP_POPCNT_CLONES
 #endif
 
-// ones[i] = the one bits of words [i * per, (i + 1) * per): a position's words of one group, a lane's of one tap.
+// ones[i] = the one bits of words [i * per, (i + 1) * per): a position's words of one group.
 QUANTSWAP_POPCNT_CLONES void count_ones(const uint64_t* __restrict words, int64_t n, int64_t per,
                                         int32_t* __restrict ones) {
   for (int64_t i = 0; i < n; ++i) {
@@ -450,33 +450,46 @@ QUANTSWAP_POPCNT_CLONES void count_ones(const uint64_t* __restrict words, int64_
   }
 }
 
-// What an offset transform needs besides the popcount sums, for one call: each output channel's weight one bits
-// per tap, R of a window inside the input, and S_x's activation one bits at every output position.
+// One output channel's weight one bits per tap: `lane` points at its first word in its block [tap, WG, 8].
+QUANTSWAP_POPCNT_CLONES void lane_tap_ones(const uint64_t* __restrict lane, int64_t ntaps, int64_t WG,
+                                           int32_t* __restrict ones) {
+  for (int64_t tap = 0; tap < ntaps; ++tap) {
+    int32_t sum = 0;
+    for (int64_t j = 0; j < WG; ++j) sum += static_cast<int32_t>(__builtin_popcountll(lane[(tap * WG + j) * kLanes]));
+    ones[tap] = sum;
+  }
+}
+
+// What an offset transform needs besides the popcount sums, for one call: each input position's one bits, each
+// output channel's weight one bits per tap and R of a window inside the input, and S_x's activation one bits at
+// every output position. The caller fills them, in parallel: count_positions, count_weights, then count_row.
 class OffsetTerms {
  public:
   // c: the coefficients [3, O]; bias: [O] or nullptr; act: the packed input [N, H, W, G, WG].
   OffsetTerms(const Geometry& g, int64_t N, const uint64_t* act, const uint64_t* wts, int64_t out_channels,
               int64_t cg, const float* c, const float* bias)
-      : g_(g), O_(out_channels), cg_(cg), ntaps_(g.KH * g.KW), c_(c), bias_(bias),
+      : g_(g), O_(out_channels), cg_(cg), ntaps_(g.KH * g.KW), act_(act), wts_(wts), c_(c), bias_(bias),
         position_ones_(N * g.H * g.W * g.G), wones_(out_channels * ntaps_), interior_(out_channels),
-        xones_(N * g.G * g.OH * g.OW) {
-    count_ones(act, N * g.H * g.W * g.G, g.WG, position_ones_.data());
-    // weights [G, OB, tap, WG, 8]: sum each lane's WG words of a tap
-    const int64_t og = out_channels / g.G, OB = (og + kLanes - 1) / kLanes;
-    std::vector<int32_t> word_ones(g.G * OB * ntaps_ * g.WG * kLanes);
-    count_ones(wts, static_cast<int64_t>(word_ones.size()), 1, word_ones.data());
-    for (int64_t grp = 0; grp < g.G; ++grp)
-      for (int64_t ob = 0; ob < OB; ++ob)
-        for (int64_t tap = 0; tap < ntaps_; ++tap)
-          for (int64_t lane = 0; lane < kLanes && ob * kLanes + lane < og; ++lane) {
-            int32_t sum = 0;
-            for (int64_t j = 0; j < g.WG; ++j) sum += word_ones[(((grp * OB + ob) * ntaps_ + tap) * g.WG + j) * kLanes + lane];
-            wones_[(grp * og + ob * kLanes + lane) * ntaps_ + tap] = sum;
-          }
-    for (int64_t o = 0; o < O_; ++o) {
+        xones_(N * g.G * g.OH * g.OW) {}
+
+  int64_t positions() const { return static_cast<int64_t>(position_ones_.size()); }
+  int64_t rows() const { return static_cast<int64_t>(xones_.size()) / std::max<int64_t>(g_.OW, 1); }
+
+  // Input positions (x groups) [begin, end).
+  void count_positions(int64_t begin, int64_t end) {
+    count_ones(act_ + begin * g_.WG, end - begin, g_.WG, position_ones_.data() + begin);
+  }
+
+  // Output channels [begin, end): weights [G, OB, tap, WG, 8].
+  void count_weights(int64_t begin, int64_t end) {
+    const int64_t og = O_ / g_.G, OB = (og + kLanes - 1) / kLanes;
+    for (int64_t o = begin; o < end; ++o) {
+      const int64_t grp = o / og, ob = (o % og) / kLanes, lane = (o % og) % kLanes;
+      int32_t* ones = wones_.data() + o * ntaps_;
+      lane_tap_ones(wts_ + (grp * OB + ob) * ntaps_ * g_.WG * kLanes + lane, ntaps_, g_.WG, ones);
       int32_t total = 0;
-      for (int64_t tap = 0; tap < ntaps_; ++tap) total += wones_[o * ntaps_ + tap];
-      interior_[o] = rest(o, static_cast<int32_t>(ntaps_ * cg), total);
+      for (int64_t tap = 0; tap < ntaps_; ++tap) total += ones[tap];
+      interior_[o] = rest(o, static_cast<int32_t>(ntaps_ * cg_), total);
     }
   }
 
@@ -490,8 +503,6 @@ class OffsetTerms {
       xones_[row * g_.OW + ow] = sum;
     }
   }
-  int64_t rows() const { return static_cast<int64_t>(xones_.size()) / std::max<int64_t>(g_.OW, 1); }
-
   // The output transform of one row task (see Emit) for output channels from o0; rest: kMaxLanes * OW floats.
   void emit(const Emit& e, int64_t n, int64_t grp, int64_t oh, int64_t o0, float* rest, const float** rows) const {
     const int64_t ih0 = oh * g_.sh - g_.ph;
@@ -542,6 +553,8 @@ class OffsetTerms {
 
   Geometry g_;
   int64_t O_, cg_, ntaps_;
+  const uint64_t* act_;
+  const uint64_t* wts_;
   const float* c_;
   const float* bias_;
   std::vector<int32_t> position_ones_, wones_;

@@ -57,6 +57,8 @@ bool offsets_agree(const Geometry& g, const std::vector<uint64_t>& act, const st
   for (auto& v : c) v = uniform(rng);
   const float *alpha = c.data() + 3 * O, *bias = c.data() + 3 * O;  // any numbers do: the bias reuses alpha's
   OffsetTerms terms(g, 1, act.data(), w.data(), O, cg, c.data(), bias);
+  terms.count_positions(0, terms.positions());
+  terms.count_weights(0, O);
   for (int64_t row = 0; row < terms.rows(); ++row) terms.count_row(row);
   std::vector<const float*> rows(g.OW);
   const Emit e{acc.data(), taps.data(), g.OW, nb, cg, lanes, alpha + o0, bias + o0, y.data(), g.OW, 1};
