@@ -104,6 +104,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/compile_speed.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/training_memory.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/inference.py --output BENCHMARKS.md
+	$(BIN)/python benchmarks/choosing.py
 
 # Every method fine-tuned from one converged FP parent on Fashion-MNIST (benchmarks/accuracy.py): each run writes
 # a record into benchmarks/results/accuracy/ (commit them), and a run with a record is not trained again, so the
@@ -115,6 +116,7 @@ accuracy: $(STAMP) data
 	$(BIN)/python benchmarks/accuracy.py --output BENCHMARKS.md --plot benchmarks/accuracy.png $(ACCURACY_ARGS)
 	$(BIN)/python benchmarks/two_stage_split.py --output BENCHMARKS.md
 	$(BIN)/python benchmarks/zoo.py export
+	$(BIN)/python benchmarks/choosing.py
 
 # Rebuild the zoo's weights from hub/*/recipe.yaml and check each reproduces its published top-1.
 zoo: $(STAMP) data

@@ -73,7 +73,7 @@ def _speed(quant) -> str:
     if packs(quant):
         return ("On the CPU, `quantswap.from_pretrained` keeps the binary layers' weights packed in memory (one bit\n"
                 "each) and runs them on quantswap's XOR-popcount kernels (compiled once; AVX-512 VPOPCNTDQ, AVX2,\n"
-                "NEON or portable C++): a W1/A1 ResNet-18 at 224 px, batch 1, ran 3.1-5.0x faster than the FP32\n"
+                "NEON or portable C++): a W1/A1 ResNet-18 at 224 px, batch 1, ran 2.7-5.6x faster than the FP32\n"
                 "model on a 2-core AVX-512 CPU (quantswap's `benchmarks/inference.py`). The first conv, BatchNorm,\n"
                 "pooling and real layers run as float32. `backend=\"float\"` decodes every layer to float instead.")
     if quant.kind == "binary" and quant.activations:  # W1/A1 whose binary sets are not ±1 (AdaBin)
