@@ -152,13 +152,12 @@ def test_the_cached_exact_weight_follows_an_optimizer_step():
         assert torch.equal(after, quantswap.freeze(model, backend="float")(x))
 
 
-@pytest.mark.parametrize("method", ["xnor", "adabin"])
-def test_onnx_computes_the_ties_as_the_packed_model_does(tmp_path, method):
-    """xnor's scale is not a power of two, so a tie rounded differently once flipped signs in onnxruntime too;
-    AdaBin's graph computes the four sums of the packed kernel."""
+def test_onnx_computes_the_ties_as_the_packed_model_does(tmp_path):
+    """xnor's scale is not a power of two, so a tie rounded differently once flipped signs in onnxruntime too.
+    (AdaBin's graph keeps its offset in the weight, see docs/methods.md#adabin: tests/test_export.py compares it.)"""
     onnxruntime = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    bnn = quantswap.binarize(resnet18(num_classes=10), method=method).eval()
+    bnn = quantswap.binarize(resnet18(num_classes=10), method="xnor").eval()
     quantswap.export_onnx(bnn, tmp_path / "m.onnx", input_size=32, check=False)
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
     x = torch.randn(8, 3, 32, 32)
