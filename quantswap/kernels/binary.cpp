@@ -5,7 +5,9 @@
 // zero-padded tap of the convolution contributes 0 (PyTorch pads sign(x) with zeros, not with -1
 // or +1), so every output position counts only its valid taps: K = valid taps * channels per group.
 // The result is exact integer arithmetic; the output transform y = float(K - 2 * acc) * alpha + bias
-// rounds twice, as the pure-PyTorch reference (quantswap/kernels/reference.py) does.
+// rounds twice, as the pure-PyTorch reference (quantswap/kernels/reference.py) does. With an `offset`
+// (binary sets that are not +-1, AdaBin: quantswap/kernels/affine.py) it adds the terms of two more exact
+// sums, S_x (the input's signs over the window) and S_w (the weights'), and of K, in the reference's order.
 //
 // Layouts (see quantswap/kernels/layout.py, which packs the weights):
 //   weights     int64 [G, OB, KH, KW, WG, 8]: group, block of 8 output channels, tap, word, lane
