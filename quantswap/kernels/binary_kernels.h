@@ -391,16 +391,31 @@ void pack_row_avx512(const float* xr, int64_t sc, int64_t sw, int64_t C, int64_t
 #endif  // QUANTSWAP_X86
 
 #if QUANTSWAP_NEON
-// NEON: vcntq_u8 counts the bits of 16 bytes; pairwise widening adds sum them per 64-bit lane. Each
-// weight block's 8 lanes are 4 vectors of 2 x 64 bits; one activation word is broadcast against them.
+// NEON: vcntq_u8 counts the bits of 16 bytes. Each weight block's 8 lanes are 4 vectors of 2 x 64 bits; one
+// activation word is broadcast against them. The counts add up per byte (at most 8 per word, so 31 words fit
+// in a byte) and are widened to the 64-bit lane sums every 31 words: 4 instructions per 128 products instead
+// of 7 (XOR, count, add and the load; the three pairwise widening adds only at a flush).
+constexpr int kNeonFlush = 31;
+
+inline void flush_neon(uint8x16_t* bytes, uint64x2_t* sums, int n) {
+  for (int i = 0; i < n; ++i) {
+    sums[i] = vaddq_u64(sums[i], vpaddlq_u32(vpaddlq_u16(vpaddlq_u8(bytes[i]))));
+    bytes[i] = vdupq_n_u8(0);
+  }
+}
+
 template <int NB>
 void row_neon(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int64_t block_words, int64_t grp,
               int64_t oh, int32_t* acc, int32_t* taps) {
   const int64_t tap_words = g.WG * kLanes;
   for (int64_t ow = 0; ow < g.OW; ++ow) {
     uint64x2_t s[4 * NB];
-    for (int i = 0; i < 4 * NB; ++i) s[i] = vdupq_n_u64(0);
-    int32_t n = 0;
+    uint8x16_t bytes[4 * NB];
+    for (int i = 0; i < 4 * NB; ++i) {
+      s[i] = vdupq_n_u64(0);
+      bytes[i] = vdupq_n_u8(0);
+    }
+    int32_t n = 0, pending = 0;
     QUANTSWAP_FOR_EACH_TAP(g, oh, ow, tap, pos) {
       ++n;
       const uint64_t* a = act + (pos * g.G + grp) * g.WG;
@@ -409,13 +424,16 @@ void row_neon(const Geometry& g, const uint64_t* act, const uint64_t* wblk, int6
         const uint64x2_t x = vdupq_n_u64(a[j]);
         for (int b = 0; b < NB; ++b) {
           const uint64_t* wj = w + b * block_words + j * kLanes;
-          for (int q = 0; q < 4; ++q) {
-            const uint8x16_t bits = vcntq_u8(vreinterpretq_u8_u64(veorq_u64(x, vld1q_u64(wj + 2 * q))));
-            s[4 * b + q] = vaddq_u64(s[4 * b + q], vpaddlq_u32(vpaddlq_u16(vpaddlq_u8(bits))));
-          }
+          for (int q = 0; q < 4; ++q)
+            bytes[4 * b + q] = vaddq_u8(bytes[4 * b + q], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(x, vld1q_u64(wj + 2 * q)))));
+        }
+        if (++pending == kNeonFlush) {
+          flush_neon(bytes, s, 4 * NB);
+          pending = 0;
         }
       }
     }
+    flush_neon(bytes, s, 4 * NB);
     for (int b = 0; b < NB; ++b)
       for (int q = 0; q < 4; ++q) {
         acc[(ow * NB + b) * kLanes + 2 * q] = static_cast<int32_t>(vgetq_lane_u64(s[4 * b + q], 0));
