@@ -30,10 +30,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.nn import functional as F
 
-__all__ = ["coefficients", "combine", "conv2d", "conv2d_sums", "linear", "linear_sums"]
+__all__ = ["coefficients", "combine", "conv2d", "conv2d_sums", "finish", "linear", "linear_sums"]
 
 
 def coefficients(alpha_w: torch.Tensor, beta_w: torch.Tensor | None, a: torch.Tensor | None = None,
@@ -81,18 +83,21 @@ def combine(scaled: torch.Tensor, sums: tuple[torch.Tensor, torch.Tensor, torch.
     return (scaled + s_x * c1) + rest
 
 
+def finish(scaled: torch.Tensor, offset: torch.Tensor | None, bias: torch.Tensor | None, dims: int,
+           sums: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """``scaled + bias`` without an offset, else :func:`combine` with ``sums()`` (computed only then)."""
+    if offset is None:
+        return scaled if bias is None else scaled + bias.view((-1,) + (1,) * dims)
+    return combine(scaled, sums(), offset, bias, dims)
+
+
 def conv2d(s: torch.Tensor, unit: torch.Tensor, c0: torch.Tensor, offset: torch.Tensor | None,
            bias: torch.Tensor | None, stride, padding, dilation, groups: int) -> torch.Tensor:
     """The layer's output from ±1 input ``s`` and ±1 weight ``unit`` (see the module docstring)."""
     scaled = F.conv2d(s, unit, None, stride, padding, dilation, groups) * c0.view(-1, 1, 1)
-    if offset is None:
-        return scaled if bias is None else scaled + bias.view(-1, 1, 1)
-    return combine(scaled, conv2d_sums(s, unit, stride, padding, dilation, groups), offset, bias, 2)
+    return finish(scaled, offset, bias, 2, lambda: conv2d_sums(s, unit, stride, padding, dilation, groups))
 
 
 def linear(s: torch.Tensor, unit: torch.Tensor, c0: torch.Tensor, offset: torch.Tensor | None,
            bias: torch.Tensor | None) -> torch.Tensor:
-    scaled = F.linear(s, unit) * c0
-    if offset is None:
-        return scaled if bias is None else scaled + bias
-    return combine(scaled, linear_sums(s, unit), offset, bias, 0)
+    return finish(F.linear(s, unit) * c0, offset, bias, 0, lambda: linear_sums(s, unit))

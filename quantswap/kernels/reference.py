@@ -26,17 +26,12 @@ def bconv2d(x: torch.Tensor, weight: torch.Tensor, alpha: torch.Tensor, bias: to
     signs = 1 - 2 * weight_sign_bits(weight, alpha.numel(), in_channels // groups).to(x.dtype)
     s = sign(x)
     dot = F.conv2d(s, signs, None, stride, padding, dilation, groups).round()  # exact already, unless Winograd
-    scaled = dot * alpha.view(-1, 1, 1)
-    if offset is None:
-        return scaled if bias is None else scaled + bias.view(-1, 1, 1)
-    return affine.combine(scaled, affine.conv2d_sums(s, signs, stride, padding, dilation, groups), offset, bias, 2)
+    return affine.finish(dot * alpha.view(-1, 1, 1), offset, bias, 2,
+                         lambda: affine.conv2d_sums(s, signs, stride, padding, dilation, groups))
 
 
 def blinear(x: torch.Tensor, weight: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None,
             offset: torch.Tensor | None = None) -> torch.Tensor:
     signs = 1 - 2 * weight_sign_bits(weight, alpha.numel(), x.shape[-1]).to(x.dtype).flatten(1)
     s = sign(x)
-    scaled = F.linear(s, signs).round() * alpha
-    if offset is None:
-        return scaled if bias is None else scaled + bias
-    return affine.combine(scaled, affine.linear_sums(s, signs), offset, bias, 0)
+    return affine.finish(F.linear(s, signs).round() * alpha, offset, bias, 0, lambda: affine.linear_sums(s, signs))

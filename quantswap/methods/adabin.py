@@ -140,8 +140,10 @@ class AdaBinSign(nn.Module):
         return _AdaptiveActivation.apply(x, self.alpha, self.beta)
 
     def sign_input(self, x: torch.Tensor) -> torch.Tensor:
-        """``(x − β)/α``, whose sign picks the value: a packed layer binarizes it and adds the set's terms."""
-        return (x - self.beta) / self.alpha
+        """``(x − β)/α``, whose sign picks the value: a packed layer binarizes it and adds the set's terms.
+        Divided in place where no gradient is needed (a packed model's every call)."""
+        u = x - self.beta
+        return u.div_(self.alpha) if not torch.is_grad_enabled() else u / self.alpha
 
     def binary_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(α, β)``: the output is ``α·s + β`` with ``s = sign(sign_input(x))`` (detached 0-d tensors)."""

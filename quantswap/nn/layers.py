@@ -271,11 +271,8 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
     def _exact_forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         (s, binary_set), (unit, scale, offset) = self._exact_input(x), self._exact_parts(w)
         c0, offsets = affine.coefficients(scale, offset, *(binary_set or (None, None)))
-        y = self._scaled(self._conv_forward(s, unit, None), c0)
-        if offsets is not None:
-            sums = affine.conv2d_sums(s, unit, self.stride, self.padding, self.dilation, self.groups)
-            return affine.combine(y, sums, offsets, self.bias, 2)
-        return y if self.bias is None else y + self.bias.view(-1, 1, 1)
+        return affine.finish(self._scaled(self._conv_forward(s, unit, None), c0), offsets, self.bias, 2,
+                             lambda: affine.conv2d_sums(s, unit, self.stride, self.padding, self.dilation, self.groups))
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
@@ -309,10 +306,8 @@ class QuantLinear(_QuantMixin, nn.Linear):
     def _exact_forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         (s, binary_set), (unit, scale, offset) = self._exact_input(x), self._exact_parts(w)
         c0, offsets = affine.coefficients(scale, offset, *(binary_set or (None, None)))
-        y = self._scaled(F.linear(s, unit), c0)
-        if offsets is not None:
-            return affine.combine(y, affine.linear_sums(s, unit), offsets, self.bias, 0)
-        return y if self.bias is None else y + self.bias
+        return affine.finish(self._scaled(F.linear(s, unit), c0), offsets, self.bias, 0,
+                             lambda: affine.linear_sums(s, unit))
 
 
 QuantLayer = (QuantConv2d, QuantLinear)

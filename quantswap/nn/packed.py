@@ -108,12 +108,7 @@ def _sign_input(layer: QuantConv2d | QuantLinear, x: torch.Tensor) -> torch.Tens
     """What the layer's input quantizer takes the sign of, as float32: ``x`` for a plain sign, else the
     quantizer's ``sign_input(x)`` (ReActNet's ``x + b``); the packed op binarizes it."""
     quantizer = layer.input_quantizer
-    if getattr(quantizer, "plain_sign", False):
-        return x.float()
-    if hasattr(quantizer, "binary_set"):  # AdaBin's (x - β) / α, the division in place: no autograd here
-        a, b = quantizer.binary_set()
-        return torch.sub(x.float(), b).div_(a)
-    return quantizer.sign_input(x).float()
+    return (x if getattr(quantizer, "plain_sign", False) else quantizer.sign_input(x)).float()
 
 
 def _float32(t: torch.Tensor | None) -> torch.Tensor | None:
